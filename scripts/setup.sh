@@ -1,0 +1,51 @@
+#!/bin/sh
+# Installs and builds what ferry needs, idempotently; fast when everything is already there.
+#   Zig      pinned, from PyPI (package ziglang) into .tools/zig
+#   Debian   socat, ncat (QMP clients in tests), qemu-system-x86 (the benchmark peer and a guest check)
+#   zig build  the shim (zig-out/lib/libferry_shim.so) and the probe guest (zig-out/guest/probe.elf)
+# Flags: --quiet (print nothing when there is nothing to do), --bench (also what benchmarks need).
+set -eu
+ZIG_VERSION=0.14.1
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+QUIET=0
+for a in "$@"; do
+  case "$a" in
+  --quiet) QUIET=1 ;;
+  --bench) ;;
+  *) echo "setup.sh: unknown flag '$a'" >&2; exit 2 ;;
+  esac
+done
+say() { [ "$QUIET" = 1 ] || echo "setup: $*" >&2; }
+
+# 1. Zig from PyPI.
+ZIG="$ROOT/.tools/zig/ziglang/zig"
+if [ ! -x "$ZIG" ] || [ "$("$ZIG" version 2>/dev/null)" != "$ZIG_VERSION" ]; then
+  say "installing zig $ZIG_VERSION from PyPI"
+  rm -rf "$ROOT/.tools/zig"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$ROOT/.tools/zig" "ziglang==$ZIG_VERSION"
+fi
+
+# 2. Debian packages (root on these machines; apt-get update once, only when something is missing).
+need=""
+command -v socat >/dev/null 2>&1 || need="$need socat"
+command -v ncat >/dev/null 2>&1 || need="$need ncat"
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
+if [ -n "$need" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing Debian packages:$need"
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+  else
+    say "warning: missing$need and not root; tests that need them are skipped"
+  fi
+fi
+
+# 3. The shim and the probe guest (zig's cache makes this a no-op when nothing changed).
+if [ ! -f zig-out/lib/libferry_shim.so ] || [ ! -f zig-out/guest/probe.elf ] ||
+  [ -n "$(find build.zig shim guest -newer zig-out/.stamp 2>/dev/null | head -n 1)" ] || [ ! -f zig-out/.stamp ]; then
+  say "zig build"
+  "$ZIG" build -Doptimize=ReleaseSafe
+  touch zig-out/.stamp
+fi
