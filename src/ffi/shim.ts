@@ -1,0 +1,118 @@
+/**
+ * THE native boundary: the only file that calls `Deno.dlopen`. Declares every symbol of
+ * `libferry_shim.so` (shim/shim.zig) with its C types, and finds the library:
+ * `FERRY_SHIM` env → `zig-out/lib/` beside the sources → an embedded copy (deno compile
+ * `--include`), written to a private temp file first because `dlopen(3)` needs a real file.
+ * @module
+ */
+
+/** The symbol table; every function returns `>= 0` or `-errno` unless noted. */
+export const symbols = {
+  ferry_open: { parameters: ["buffer", "i32", "u32"], result: "isize" }, // const char *path, int flags, mode_t mode
+  ferry_close: { parameters: ["i32"], result: "isize" }, // int fd
+  ferry_ioctl_ptr: { parameters: ["i32", "u64", "buffer"], result: "isize" }, // int fd, ulong req, void *arg
+  ferry_ioctl_val: { parameters: ["i32", "u64", "u64"], result: "isize" }, // int fd, ulong req, ulong arg
+  ferry_read: { parameters: ["i32", "buffer", "u64"], result: "isize" }, // int fd, void *buf, size_t len
+  ferry_write: { parameters: ["i32", "buffer", "u64"], result: "isize" }, // int fd, const void *buf, size_t len
+  ferry_pread: { parameters: ["i32", "buffer", "u64", "u64"], result: "isize" }, // fd, buf, len, off
+  ferry_pwrite: { parameters: ["i32", "buffer", "u64", "u64"], result: "isize" }, // fd, buf, len, off
+  ferry_fsync: { parameters: ["i32"], result: "isize" }, // int fd (fdatasync)
+  ferry_flock: { parameters: ["i32", "i32"], result: "isize" }, // int fd, int op
+  ferry_fstat_size: { parameters: ["i32"], result: "isize" }, // int fd → st_size
+  ferry_mmap: { parameters: ["u64", "u64", "i32", "i32", "i32", "u64"], result: "isize" }, // addr, len, prot, flags, fd, off
+  ferry_munmap: { parameters: ["u64", "u64"], result: "isize" }, // addr, len
+  ferry_madvise: { parameters: ["u64", "u64", "i32"], result: "isize" }, // addr, len, advice
+  ferry_memfd_create: { parameters: ["buffer", "u32"], result: "isize" }, // const char *name, uint flags
+  ferry_ftruncate: { parameters: ["i32", "u64"], result: "isize" }, // int fd, off_t len
+  ferry_memcpy: { parameters: ["u64", "u64", "u64"], result: "void" }, // dst addr, src addr, len
+  ferry_eventfd: { parameters: ["u32", "i32"], result: "isize" }, // uint initval, int flags
+  ferry_epoll_create: { parameters: [], result: "isize" },
+  ferry_epoll_ctl: { parameters: ["i32", "i32", "i32", "u32", "u64"], result: "isize" }, // epfd, op, fd, events, data
+  ferry_epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "isize" }, // epfd, u64 *out, max, timeout ms
+  ferry_install_kick_handler: { parameters: ["i32"], result: "isize" }, // int sig
+  ferry_gettid: { parameters: [], result: "isize" },
+  ferry_getpid: { parameters: [], result: "isize" },
+  ferry_tgkill: { parameters: ["i32", "i32", "i32"], result: "isize" }, // tgid, tid, sig
+  ferry_now_ns: { parameters: [], result: "u64" }, // CLOCK_MONOTONIC ns
+  ferry_abi: { parameters: ["u32"], result: "i64" }, // entry index → size/offset, -1 past the end
+  ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded library's symbols. */
+export type Shim = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+const LIB_NAME = "libferry_shim.so";
+let lib: Deno.DynamicLibrary<typeof symbols> | undefined;
+
+function exists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+function locate(): string {
+  const env = Deno.env.get("FERRY_SHIM");
+  if (env) return env;
+  const beside = new URL(`../../zig-out/lib/${LIB_NAME}`, import.meta.url);
+  if (beside.protocol !== "file:") throw new Error(`Cannot locate ${LIB_NAME}: module is not a local file`);
+  const path = decodeURIComponent(beside.pathname);
+  if (exists(path)) {
+    // Inside a `deno compile` binary the path is served from the embedded file system, which
+    // dlopen(3) cannot read: copy it to a private temp file when it is not on the real disk.
+    if (!(import.meta as { dirname?: string }).dirname?.includes("deno-compile-")) return path;
+    const bytes = Deno.readFileSync(path);
+    const tmp = Deno.makeTempFileSync({ prefix: "ferry-shim-", suffix: ".so" });
+    Deno.writeFileSync(tmp, bytes, { mode: 0o700 });
+    globalThis.addEventListener("unload", () => {
+      try {
+        Deno.removeSync(tmp);
+      } catch { /* already gone */ }
+    });
+    return tmp;
+  }
+  throw new Error(`Cannot locate ${LIB_NAME}: run 'deno task setup' (zig build) or set FERRY_SHIM`);
+}
+
+/** Opens (once per thread) and returns the shim's symbols. */
+export function shim(): Shim {
+  if (!lib) {
+    const path = locate();
+    try {
+      lib = Deno.dlopen(path, symbols);
+    } catch (cause) {
+      throw new Error(`Cannot load ${LIB_NAME} from '${path}'`, { cause });
+    }
+  }
+  return lib.symbols;
+}
+
+/** A NUL-terminated copy of `s` for `const char *` parameters. */
+export function cString(s: string): Uint8Array<ArrayBuffer> {
+  const bytes = new TextEncoder().encode(s);
+  const out = new Uint8Array(bytes.length + 1);
+  out.set(bytes);
+  return out;
+}
+
+/** A typed view over `len` bytes of native memory at `addr` (no ownership: see guest_memory). */
+export function viewAt(addr: bigint, len: number): Uint8Array<ArrayBuffer> {
+  const ptr = Deno.UnsafePointer.create(addr);
+  if (ptr === null) throw new RangeError("Cannot view native memory at address 0");
+  return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, len));
+}
+
+/** The shim's ABI table: struct name/field → size/offset, from the kernel's own header. */
+export function abiTable(): Map<string, number> {
+  const s = shim();
+  const out = new Map<string, number>();
+  for (let i = 0;; i++) {
+    const v = Number(s.ferry_abi(i));
+    if (v < 0) break;
+    const p = s.ferry_abi_name(i);
+    if (p === null) break;
+    out.set(new Deno.UnsafePointerView(p).getCString(), v);
+  }
+  return out;
+}

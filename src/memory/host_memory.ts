@@ -1,0 +1,41 @@
+/**
+ * Guest RAM backing: anonymous host mappings owned explicitly (V8 never frees a view over
+ * native memory, and unmapping under a live view segfaults: DESIGN.md §3). `free()` is called
+ * only when the VM and every Worker holding a view are gone.
+ * @module
+ */
+import { check } from "../ffi/errno.ts";
+import { shim, viewAt } from "../ffi/shim.ts";
+import { GuestMemory, type MemoryLayout, newDirtyBitmap, PAGE_SIZE } from "./guest_memory.ts";
+
+const PROT_RW = 3;
+const MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
+const MADV_DONTFORK = 10;
+
+/** Maps host memory for each `{gpa, sizeBytes}` range and returns the layout. */
+export function allocateRam(ranges: { gpa: number; sizeBytes: number }[]): MemoryLayout {
+  const regions = ranges.map((r, slot) => {
+    if (r.sizeBytes % PAGE_SIZE !== 0) {
+      throw new RangeError(`Cannot map RAM region of ${r.sizeBytes} bytes: not a multiple of ${PAGE_SIZE}`);
+    }
+    const addr = check(
+      shim().ferry_mmap(0n, BigInt(r.sizeBytes), PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0n),
+      `map ${r.sizeBytes} bytes of guest RAM`,
+    );
+    shim().ferry_madvise(BigInt(addr), BigInt(r.sizeBytes), MADV_DONTFORK);
+    return { gpa: r.gpa, sizeBytes: r.sizeBytes, slot, hostAddr: BigInt(addr), vmmDirty: newDirtyBitmap(r.sizeBytes) };
+  });
+  return { regions };
+}
+
+/** A `GuestMemory` over host mappings (usable in any thread of this process). */
+export function hostGuestMemory(layout: MemoryLayout): GuestMemory {
+  return new GuestMemory(layout, viewAt);
+}
+
+/** Unmaps the layout's host memory. */
+export function freeRam(layout: MemoryLayout): void {
+  for (const r of layout.regions) {
+    if (r.hostAddr !== 0n) shim().ferry_munmap(r.hostAddr, BigInt(r.sizeBytes));
+  }
+}

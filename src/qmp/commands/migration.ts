@@ -1,0 +1,109 @@
+/**
+ * Migration commands (`migrate`, `migrate_cancel`, `query-migrate`, `migrate-set-parameters`,
+ * `query-migrate-parameters`, and `migrate-incoming` when the backend supports it) over a
+ * {@link MigrationControl}. This file only checks arguments; the migration code owns state and
+ * decides what to refuse.
+ * @module
+ */
+import { QmpError } from "../protocol.ts";
+import type { QmpServer } from "../server.ts";
+
+/** What the migration commands need from ferry's migration code. */
+export interface MigrationControl {
+  /**
+   * Starts an outgoing migration and returns at once; progress and failures show in `query()`.
+   * Throws a {@link QmpError} to refuse (e.g. one is already active, or a device blocks migration).
+   */
+  migrate(uri: string): void;
+  /** Cancels the active migration; a no-op when none is active. */
+  cancel(): void;
+  /** The `query-migrate` return object (`{}` before any migration, then `{"status":…,…}`). */
+  query(): Record<string, unknown>;
+  /** Applies the given parameters (only those present); throws a {@link QmpError} to refuse. */
+  setParameters(p: MigrationParameters): void;
+  /** The `query-migrate-parameters` return object. */
+  parameters(): Record<string, unknown>;
+  /**
+   * Starts listening for an incoming migration (`-incoming defer` + `migrate-incoming`). Optional:
+   * the command is registered only when present.
+   */
+  incoming?(uri: string): void;
+}
+
+/** Parameters `migrate-set-parameters` accepts (each optional). */
+export interface MigrationParameters {
+  /** Longest tolerated pause at switch-over, milliseconds (QEMU's name and unit). */
+  "downtime-limit"?: number;
+  /** Bandwidth cap, bytes per second (QEMU's name and unit). */
+  "max-bandwidth"?: number;
+  /** ferry extension: dirty-RAM passes before the convergence policy applies. */
+  "max-iterations"?: number;
+  /** ferry extension: after `max-iterations`, `cancel` the migration or `force` the switch-over. */
+  "convergence-policy"?: "cancel" | "force";
+}
+
+/** QEMU's ceiling for `downtime-limit`: 2000 s. */
+export const MAX_DOWNTIME_LIMIT_MS = 2_000_000;
+
+const PARAMETER_ARGS = {
+  "downtime-limit": { type: "uint", required: false, max: MAX_DOWNTIME_LIMIT_MS },
+  "max-bandwidth": { type: "uint", required: false },
+  "max-iterations": { type: "uint", required: false, min: 1 },
+  "convergence-policy": { type: "str", required: false, enum: ["cancel", "force"] },
+} as const;
+
+/**
+ * Registers the migration commands on `server`.
+ * @param server the QMP server
+ * @param migration ferry's migration code
+ */
+export function registerMigrationCommands(server: QmpServer, migration: MigrationControl): void {
+  server.register("migrate", {
+    args: {
+      uri: { type: "str", required: true },
+      detach: { type: "bool", required: false },
+      blk: { type: "bool", required: false },
+      inc: { type: "bool", required: false },
+      resume: { type: "bool", required: false },
+    },
+    handler: ({ uri, blk, inc, resume }) => {
+      for (const [name, on] of [["blk", blk], ["inc", inc]] as const) {
+        if (on) {
+          throw new QmpError(
+            "GenericError",
+            `Cannot migrate with '${name}': ferry copies no disk contents, use shared storage`,
+          );
+        }
+      }
+      if (resume) throw new QmpError("GenericError", "Cannot migrate with 'resume': ferry has no postcopy");
+      migration.migrate(uri);
+      return {};
+    },
+  });
+  server.register("migrate_cancel", {
+    args: {},
+    handler: () => {
+      migration.cancel();
+      return {};
+    },
+  });
+  server.register("query-migrate", { args: {}, handler: () => migration.query() });
+  server.register("migrate-set-parameters", {
+    args: PARAMETER_ARGS,
+    handler: (args) => {
+      migration.setParameters(args);
+      return {};
+    },
+  });
+  server.register("query-migrate-parameters", { args: {}, handler: () => migration.parameters() });
+  const incoming = migration.incoming?.bind(migration);
+  if (incoming) {
+    server.register("migrate-incoming", {
+      args: { uri: { type: "str", required: true } },
+      handler: ({ uri }) => {
+        incoming(uri);
+        return {};
+      },
+    });
+  }
+}
