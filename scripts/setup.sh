@@ -49,3 +49,6 @@ if [ ! -f zig-out/lib/libferry_shim.so ] || [ ! -f zig-out/guest/probe.elf ] ||
   "$ZIG" build -Doptimize=ReleaseSafe
   touch zig-out/.stamp
 fi
+
+# 4. Real Debian kernel files for the loader's unit tests (cached in .cache/kernels).
+sh scripts/fetch_kernel.sh >/dev/null
