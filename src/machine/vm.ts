@@ -1,0 +1,421 @@
+/**
+ * The VM lifecycle: create (KVM VM, irqchip, PIT, RAM, vCPUs, devices), boot, run on vCPU
+ * Workers, pause/resume (the primitive QMP `stop`/`cont` and migration stand on), save/restore
+ * of every vCPU and VM state item, dirty logging, and teardown.
+ * @module
+ */
+import { check } from "../ffi/errno.ts";
+import { shim } from "../ffi/shim.ts";
+import { CAP, CLOCK_REALTIME, MEM_LOG_DIRTY_PAGES } from "../kvm/ioctls.ts";
+import { type CpuidEntry, Kvm, type MsrValue, platformMsrs, requiredCaps, type VcpuFd, type VmFd } from "../kvm/kvm.ts";
+import { applySregs, encodeRegs } from "../kvm/regs.ts";
+import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
+import { allocateRam, freeRam, hostGuestMemory } from "../memory/host_memory.ts";
+import { logger } from "../util/log.ts";
+import { loadKernel } from "./boot/mod.ts";
+import { ramRegions } from "./boot/layout.ts";
+import { KICK_SIGNAL, VcpuControl } from "./vcpu_control.ts";
+import type { VcpuEvent, VcpuInit, VcpuReady } from "./vcpu_worker.ts";
+import { Platform, type SerialSink } from "./platform.ts";
+import type { StateValue } from "../devices/device.ts";
+
+const log = logger("vm");
+
+/** What a VM is made of (from the command line). */
+export interface VmSpec {
+  memoryBytes: number;
+  cpus: number;
+  kernel?: { path: string; cmdline: string; initrd?: string };
+  serial: SerialSink;
+}
+
+/** Why the VM stopped on its own. */
+export interface VmExit {
+  reason: "poweroff" | "reset" | "triple-fault" | "error";
+  detail: string;
+}
+
+/** The state of one vCPU (plain data; raw kernel structs as bytes). */
+export interface VcpuState {
+  regs: Uint8Array;
+  sregs: Uint8Array;
+  fpu: Uint8Array;
+  xsave: Uint8Array;
+  xcrs: Uint8Array;
+  debugregs: Uint8Array;
+  lapic: Uint8Array;
+  events: Uint8Array;
+  mpState: number;
+  msrs: MsrValue[];
+}
+
+/** VM-wide kernel state: PIC master/slave, IOAPIC, PIT, kvmclock. */
+export interface VmKernelState {
+  irqchips: Uint8Array[];
+  pit: Uint8Array;
+  clock: Uint8Array;
+}
+
+/** Extra CPUID topology for vCPU `id` of `count`. */
+function cpuidFor(base: CpuidEntry[], id: number, count: number): CpuidEntry[] {
+  return base.map((e) => {
+    const o = { ...e };
+    if (e.function === 1) {
+      // EBX[31:24] initial APIC id, [23:16] logical processor count; EDX bit 28 HTT.
+      o.ebx = ((e.ebx & 0x0000ffff) | ((count & 0xff) << 16) | ((id & 0xff) << 24)) >>> 0;
+      if (count > 1) o.edx = (e.edx | (1 << 28)) >>> 0;
+    } else if (e.function === 0xb) {
+      // x2APIC topology: level 0 = SMT (1 thread), level 1 = core (count cores).
+      o.edx = id;
+      if (e.index === 0) {
+        o.eax = 0;
+        o.ebx = 1;
+        o.ecx = 0x100;
+      } else if (e.index === 1) {
+        o.eax = Math.ceil(Math.log2(Math.max(count, 1)));
+        o.ebx = count;
+        o.ecx = 0x201;
+      } else {
+        o.eax = 0;
+        o.ebx = 0;
+        o.ecx = e.index;
+      }
+    } else if (e.function === 4) {
+      // Cores per package - 1 in EAX[31:26].
+      o.eax = ((e.eax & 0x03ffffff) | (((count - 1) & 0x3f) << 26)) >>> 0;
+    }
+    return o;
+  });
+}
+
+let kickInstalled = false;
+
+/** A running (or paused) virtual machine. */
+export class Vm {
+  readonly spec: VmSpec;
+  readonly kvm: Kvm;
+  readonly vmFd: VmFd;
+  readonly vcpus: VcpuFd[];
+  readonly layout: MemoryLayout;
+  readonly memory: GuestMemory;
+  readonly control: VcpuControl;
+  readonly platform: Platform;
+  readonly msrIndices: number[];
+  readonly #workers: Worker[] = [];
+  readonly #exitListeners: ((e: VmExit) => void)[] = [];
+  #dirtyLogging = false;
+  #destroyed = false;
+  #bootState: VcpuState[] = [];
+  #paused = true;
+  #exited: VmExit | undefined;
+
+  private constructor(spec: VmSpec, kvm: Kvm, vmFd: VmFd, layout: MemoryLayout, vcpus: VcpuFd[], platform: Platform) {
+    this.spec = spec;
+    this.kvm = kvm;
+    this.vmFd = vmFd;
+    this.layout = layout;
+    this.memory = hostGuestMemory(layout);
+    this.vcpus = vcpus;
+    this.platform = platform;
+    this.control = new VcpuControl(vcpus.length, vcpus.map((v) => v.runView()));
+    this.msrIndices = [...kvm.msrIndexList(), ...(vcpus[0] ? platformMsrs(vcpus[0]) : [])];
+  }
+
+  /**
+   * Builds the machine; vCPUs exist but are paused. With `boot: true` the kernel is loaded and
+   * the boot vCPU set to its entry; a migration destination passes `boot: false`.
+   */
+  static async create(spec: VmSpec, options: { boot: boolean }): Promise<Vm> {
+    if (!kickInstalled) {
+      check(shim().ferry_install_kick_handler(KICK_SIGNAL), "install the vCPU kick signal handler");
+      kickInstalled = true;
+    }
+    const kvm = new Kvm();
+    const missing = requiredCaps(kvm);
+    if (missing.length > 0) throw new Error(`Cannot create VM: KVM lacks ${missing.join(", ")}`);
+    const vmFd = kvm.createVm();
+    vmFd.setTssAddr(0xfffbd000);
+    vmFd.setIdentityMapAddr(0xfffbc000);
+    vmFd.createIrqchip();
+    vmFd.createPit2();
+    const layout = allocateRam(ramRegions(spec.memoryBytes));
+    for (const r of layout.regions) {
+      vmFd.setMemorySlot({ slot: r.slot, flags: 0, gpa: r.gpa, sizeBytes: r.sizeBytes, hostAddr: r.hostAddr });
+    }
+    const cpuid = kvm.supportedCpuid();
+    const vcpus: VcpuFd[] = [];
+    for (let i = 0; i < spec.cpus; i++) {
+      const v = vmFd.createVcpu(i);
+      v.setCpuid(cpuidFor(cpuid, i, spec.cpus));
+      vcpus.push(v);
+    }
+    const platform = new Platform({ vmFd: vmFd.fd, serial: spec.serial, ramBytes: spec.memoryBytes });
+    const vm = new Vm(spec, kvm, vmFd, layout, vcpus, platform);
+    vm.#bootState = vcpus.map((_, i) => vm.saveVcpu(i));
+    if (options.boot) vm.#boot();
+    await vm.#startWorkers();
+    return vm;
+  }
+
+  #boot(): void {
+    const k = this.spec.kernel;
+    if (!k) throw new TypeError("Cannot boot: no -kernel given");
+    const kernel = Deno.readFileSync(k.path);
+    const initrd = k.initrd !== undefined ? Deno.readFileSync(k.initrd) : undefined;
+    const setup = loadKernel(this.memory, {
+      kernel,
+      kernelPath: k.path,
+      cmdline: k.cmdline,
+      ...(initrd ? { initrd } : {}),
+      cpus: this.spec.cpus,
+      ramBytes: this.spec.memoryBytes,
+    });
+    const bsp = this.vcpus[0]!;
+    bsp.setSregs(applySregs(bsp.getSregs(), setup.vcpu.sregs));
+    bsp.setRegs(encodeRegs(setup.vcpu.regs));
+    // LAPIC LINT0 = ExtINT, LINT1 = NMI on the BSP (what firmware leaves for Linux).
+    const lapic = bsp.getLapic();
+    const dv = new DataView(lapic.buffer);
+    dv.setUint32(0x350, (dv.getUint32(0x350, true) & ~0x700 & ~0x10000) | 0x700, true);
+    dv.setUint32(0x360, (dv.getUint32(0x360, true) & ~0x700 & ~0x10000) | 0x400, true);
+    bsp.setLapic(lapic);
+    log.info("kernel %s (%s) entry 0x%s", k.path, setup.kind, setup.entry.toString(16));
+  }
+
+  async #startWorkers(): Promise<void> {
+    const ready: Promise<void>[] = [];
+    const url = new URL("./vcpu_worker.ts", import.meta.url);
+    this.vcpus.forEach((v, i) => {
+      const w = new Worker(url, { type: "module", name: `vcpu${i}` });
+      this.#workers.push(w);
+      ready.push(
+        new Promise<void>((resolve, reject) => {
+          w.onerror = (e) => {
+            e.preventDefault();
+            reject(new Error(`vCPU ${i} worker failed: ${e.message}`));
+            this.#onExit({ reason: "error", detail: `vCPU ${i} worker failed: ${e.message}` });
+          };
+          w.onmessage = (e: MessageEvent<VcpuReady | VcpuEvent>) => {
+            const m = e.data;
+            if (m.type === "ready") {
+              this.control.setTid(i, m.tid);
+              resolve();
+            } else this.#onVcpuEvent(m);
+          };
+        }),
+      );
+      const init: VcpuInit = {
+        type: "init",
+        id: i,
+        fd: v.fd,
+        runAddr: v.runAddr,
+        runSize: v.runSize,
+        control: this.control.shared,
+        devices: this.platform.plan(),
+      };
+      w.postMessage(init);
+    });
+    await Promise.all(ready);
+  }
+
+  #onVcpuEvent(m: VcpuEvent): void {
+    if (m.kind === "shutdown") this.#onExit({ reason: "triple-fault", detail: m.detail });
+    else if (m.kind === "request") {
+      this.#onExit({ reason: m.request === "reset" ? "reset" : "poweroff", detail: m.detail });
+    } else this.#onExit({ reason: "error", detail: m.detail });
+  }
+
+  #onExit(e: VmExit): void {
+    if (this.#exited) return;
+    this.#exited = e;
+    for (const l of this.#exitListeners) l(e);
+  }
+
+  /** Called once when the guest powers off, resets, triple-faults or a vCPU fails. */
+  onExit(listener: (e: VmExit) => void): void {
+    this.#exitListeners.push(listener);
+  }
+
+  get exited(): VmExit | undefined {
+    return this.#exited;
+  }
+
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  /** Starts or resumes every vCPU. */
+  resume(): Promise<void> {
+    this.control.resume();
+    this.#paused = false;
+    return Promise.resolve();
+  }
+
+  /** Stops every vCPU outside KVM_RUN; returns once all are paused. */
+  async pause(): Promise<void> {
+    await this.control.pause();
+    this.#paused = true;
+  }
+
+  /** Thread ids of the vCPUs (query-cpus-fast). */
+  threadIds(): readonly number[] {
+    return this.control.tids();
+  }
+
+  // ---- state ------------------------------------------------------------------------------------
+
+  /** Reads every state item of vCPU `i` (paused). */
+  saveVcpu(i: number): VcpuState {
+    const v = this.vcpus[i]!;
+    return {
+      regs: v.getRegs(),
+      sregs: v.getSregs(),
+      fpu: v.getFpu(),
+      xsave: v.getXsave(),
+      xcrs: v.getXcrs(),
+      debugregs: v.getDebugregs(),
+      lapic: v.getLapic(),
+      events: v.getVcpuEvents(),
+      mpState: v.getMpState(),
+      msrs: v.getMsrs(this.msrIndices),
+    };
+  }
+
+  /**
+   * Writes every state item of vCPU `i`. Order matters: sregs before MSRs (PVM's native-mode MSR
+   * is accepted only on a configured vCPU), LAPIC after the irqchip.
+   */
+  restoreVcpu(i: number, s: VcpuState): void {
+    const v = this.vcpus[i]!;
+    v.setSregs(s.sregs);
+    v.setRegs(s.regs);
+    v.setFpu(s.fpu);
+    v.setXsave(s.xsave);
+    v.setXcrs(s.xcrs);
+    v.setLapic(s.lapic);
+    const refused = v.setMsrs(s.msrs.filter((m) => this.msrIndices.includes(m.index)));
+    if (refused.length > 0) {
+      log.debug("vCPU %d refused MSRs %s", i, refused.map((x) => "0x" + x.toString(16)).join(" "));
+    }
+    const missingPlatform = refused.filter((x) => !this.kvm.msrIndexList().includes(x));
+    if (missingPlatform.length > 0) {
+      throw new Error(
+        `Cannot restore vCPU ${i}: platform MSR ${missingPlatform.map((x) => "0x" + x.toString(16)).join(", ")} refused`,
+      );
+    }
+    v.setVcpuEvents(s.events);
+    v.setMpState(s.mpState);
+    v.setDebugregs(s.debugregs);
+  }
+
+  /** PIC ×2, IOAPIC, PIT and kvmclock (paused). */
+  saveKernelState(): VmKernelState {
+    return {
+      irqchips: [0, 1, 2].map((c) => this.vmFd.getIrqchip(c)),
+      pit: this.vmFd.getPit2(),
+      clock: this.vmFd.getClock(),
+    };
+  }
+
+  /**
+   * Restores PIC, IOAPIC, PIT and the clock. The clock is advanced by the real time that passed
+   * since it was saved when the host supports `KVM_CLOCK_REALTIME`, so the guest clock does not
+   * freeze across a migration.
+   */
+  restoreKernelState(s: VmKernelState): void {
+    s.irqchips.forEach((c) => this.vmFd.setIrqchip(c));
+    this.vmFd.setPit2(s.pit);
+    const clock = new Uint8Array(s.clock);
+    const dv = new DataView(clock.buffer);
+    const savedFlags = dv.getUint32(8, true);
+    const canRealtime = (this.vmFd.checkExtension(CAP.ADJUST_CLOCK) & CLOCK_REALTIME) !== 0;
+    dv.setUint32(8, canRealtime && (savedFlags & CLOCK_REALTIME) ? CLOCK_REALTIME : 0, true);
+    this.vmFd.setClock(clock);
+  }
+
+  /** Every state item of the VM as plain data (vCPUs, kernel state, platform devices). */
+  saveAll(): { vcpus: VcpuState[]; kernel: VmKernelState; devices: Record<string, StateValue> } {
+    return {
+      vcpus: this.vcpus.map((_, i) => this.saveVcpu(i)),
+      kernel: this.saveKernelState(),
+      devices: this.platform.save(),
+    };
+  }
+
+  /** Applies {@linkcode saveAll}'s result (paused; same shape of VM). */
+  restoreAll(s: { vcpus: VcpuState[]; kernel: VmKernelState; devices: Record<string, StateValue> }): void {
+    if (s.vcpus.length !== this.vcpus.length) {
+      throw new RangeError(`Cannot restore ${s.vcpus.length} vCPUs into a VM with ${this.vcpus.length}`);
+    }
+    this.restoreKernelState(s.kernel);
+    s.vcpus.forEach((v, i) => this.restoreVcpu(i, v));
+    this.platform.restore(s.devices);
+  }
+
+  /** Puts every vCPU back to its state at creation and reloads the kernel (QMP system_reset). */
+  async reset(): Promise<void> {
+    const wasRunning = !this.#paused;
+    await this.pause();
+    this.#bootState.forEach((s, i) => this.restoreVcpu(i, s));
+    this.platform.reset();
+    if (this.spec.kernel) this.#boot();
+    if (wasRunning) await this.resume();
+  }
+
+  // ---- dirty logging ------------------------------------------------------------------------------
+
+  #setLogging(on: boolean): void {
+    for (const r of this.layout.regions) {
+      this.vmFd.setMemorySlot({
+        slot: r.slot,
+        flags: on ? MEM_LOG_DIRTY_PAGES : 0,
+        gpa: r.gpa,
+        sizeBytes: r.sizeBytes,
+        hostAddr: r.hostAddr,
+      });
+    }
+    this.#dirtyLogging = on;
+  }
+
+  /** Turns KVM dirty logging on for every slot and clears the VMM bitmap. */
+  startDirtyLog(): void {
+    this.#setLogging(true);
+    this.memory.regions.forEach((r) => new Int32Array(r.vmmDirty).fill(0));
+  }
+
+  /** Per region: KVM's log OR the VMM's bitmap of its own writes; both are cleared. */
+  syncDirtyLog(): Uint32Array[] {
+    if (!this.#dirtyLogging) throw new Error("Cannot read the dirty log: dirty logging is off");
+    return this.memory.regions.map((r, i) => {
+      const pages = r.sizeBytes / 4096;
+      const bitmap = new Uint32Array(Math.ceil(pages / 64) * 2);
+      this.vmFd.getDirtyLog(r.slot, bitmap);
+      this.memory.takeVmmDirty(i, bitmap);
+      return bitmap;
+    });
+  }
+
+  stopDirtyLog(): void {
+    if (this.#dirtyLogging) this.#setLogging(false);
+  }
+
+  get dirtyLogging(): boolean {
+    return this.#dirtyLogging;
+  }
+
+  // ---- teardown -----------------------------------------------------------------------------------
+
+  /** Stops the vCPU threads and releases every resource. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    await this.control.stop();
+    for (const w of this.#workers) w.terminate();
+    this.platform.close();
+    for (const v of this.vcpus) v.close();
+    this.vmFd.close();
+    this.kvm.close();
+    // Workers are gone, so no view over guest RAM is used any more.
+    freeRam(this.layout);
+  }
+}

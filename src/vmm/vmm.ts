@@ -1,0 +1,273 @@
+/**
+ * The VMM process: one {@linkcode Vm}, its QMP sockets and its migrations. Owns the run state
+ * (`running`, `paused`, `inmigrate`, `postmigrate`, `shutdown`) and the rules that tie QMP,
+ * the machine and migration together:
+ * - lifecycle commands are refused while a migration is active;
+ * - a failed or canceled migration leaves the source exactly as it was (running or paused);
+ * - a completed migration leaves the source paused (`postmigrate`) until `quit`;
+ * - a destination answers QMP while it receives, resumes only after the whole state loaded, and
+ *   exits non-zero when the incoming migration fails.
+ * @module
+ */
+import { Vm, type VmExit, type VmSpec } from "../machine/vm.ts";
+import {
+  DEFAULT_MIGRATION_PARAMETERS,
+  type MigrationHandle,
+  type MigrationParameters,
+  MigrationStatusTracker,
+  receiveMigration,
+  startMigration,
+  updateMigrationParameters,
+} from "../migration/mod.ts";
+import {
+  type MachineControl,
+  MachineEvents,
+  type MigrationControl,
+  QmpError,
+  type QmpEventSink,
+  QmpServer,
+  registerMachineCommands,
+  registerMigrationCommands,
+  type RunState,
+} from "../qmp/mod.ts";
+import { logger } from "../util/log.ts";
+import { VmMigrationAdapter } from "./migration_adapter.ts";
+import { MigrationBlockedError } from "../devices/device.ts";
+
+const log = logger("vmm");
+
+/** Everything the VMM needs from the command line. */
+export interface VmmOptions {
+  spec: VmSpec;
+  qmp: { path: string; wait: boolean }[];
+  /** `tcp:HOST:PORT` / `unix:PATH` for a migration destination. */
+  incoming?: string;
+  /** Canonical configuration attributes a migration peer must match. */
+  configAttributes: Record<string, string>;
+  /** Ids of configured devices that cannot migrate. */
+  migrationBlockers?: string[];
+}
+
+/** How the process should end. */
+export interface VmmEnd {
+  code: number;
+  message: string;
+}
+
+class EventFanout implements QmpEventSink {
+  readonly sinks: QmpEventSink[] = [];
+  emit(name: string, data?: Record<string, unknown>): void {
+    for (const s of this.sinks) s.emit(name, data);
+  }
+}
+
+/** The running VMM. */
+export class Vmm implements MachineControl, MigrationControl {
+  readonly vm: Vm;
+  readonly #opts: VmmOptions;
+  readonly #servers: QmpServer[] = [];
+  readonly #fanout = new EventFanout();
+  readonly #events: MachineEvents;
+  readonly #migration = new MigrationStatusTracker();
+  readonly #adapter: VmMigrationAdapter;
+  #params: MigrationParameters = { ...DEFAULT_MIGRATION_PARAMETERS };
+  #state: RunState = "prelaunch";
+  #active: MigrationHandle | undefined;
+  #endResolve!: (e: VmmEnd) => void;
+  /** Settles when the process should exit. */
+  readonly ended: Promise<VmmEnd>;
+  #ending = false;
+
+  private constructor(vm: Vm, opts: VmmOptions) {
+    this.vm = vm;
+    this.#opts = opts;
+    this.#events = new MachineEvents(this.#fanout);
+    this.#adapter = new VmMigrationAdapter(vm, {
+      configAttributes: () => opts.configAttributes,
+      blockers: () => opts.migrationBlockers ?? [],
+    });
+    this.ended = new Promise((r) => (this.#endResolve = r));
+    this.#migration.onChange((status) => this.#fanout.emit("MIGRATION", { status }));
+    vm.onExit((e) => this.#onGuestExit(e));
+  }
+
+  /** Builds the VM, opens the QMP sockets and starts the guest (or waits for the incoming state). */
+  static async start(opts: VmmOptions): Promise<Vmm> {
+    const vm = await Vm.create(opts.spec, { boot: opts.incoming === undefined });
+    const vmm = new Vmm(vm, opts);
+    try {
+      for (const q of opts.qmp) {
+        const server = new QmpServer({ path: q.path, wait: q.wait });
+        registerMachineCommands(server, vmm);
+        registerMigrationCommands(server, vmm);
+        vmm.#servers.push(server);
+        vmm.#fanout.sinks.push(server);
+      }
+      for (const s of vmm.#servers) await s.listen();
+    } catch (e) {
+      await vmm.#teardown();
+      throw e;
+    }
+    if (opts.incoming !== undefined) {
+      vmm.#setState("inmigrate");
+      vmm.#receive(opts.incoming);
+    } else {
+      await vm.resume();
+      vmm.#setState("running");
+    }
+    return vmm;
+  }
+
+  #receive(uri: string): void {
+    receiveMigration(this.#adapter, uri, this.#migration).then(
+      () => {
+        this.#setState("running");
+        log.info("Incoming migration completed; the guest runs here");
+      },
+      (e: Error) => this.end({ code: 1, message: `ferry: incoming migration failed: ${e.message}` }),
+    );
+  }
+
+  #setState(to: RunState): void {
+    const from = this.#state;
+    this.#state = to;
+    this.#events.runStateChanged(from, to);
+  }
+
+  #onGuestExit(e: VmExit): void {
+    const messages: Record<VmExit["reason"], VmmEnd> = {
+      poweroff: { code: 0, message: "ferry: guest powered off" },
+      reset: { code: 0, message: "ferry: guest requested a reset; ferry exits (guest reboot ends the VM)" },
+      "triple-fault": { code: 2, message: `ferry: guest stopped: ${e.detail}` },
+      error: { code: 1, message: `ferry: ${e.detail}` },
+    };
+    const end = messages[e.reason];
+    this.#events.shutdown(e.reason === "reset" ? "guest-reset" : e.reason === "poweroff" ? "guest-shutdown" : "guest-panic");
+    this.end(end);
+  }
+
+  /** Ends the process: cancels any migration, closes sockets, destroys the VM, then resolves `ended`. */
+  async end(e: VmmEnd): Promise<void> {
+    if (this.#ending) return;
+    this.#ending = true;
+    this.#active?.cancel();
+    this.#state = "shutdown";
+    await this.#teardown();
+    this.#endResolve(e);
+  }
+
+  async #teardown(): Promise<void> {
+    for (const s of this.#servers) {
+      try {
+        await s.close();
+      } catch (err) {
+        log.warn("Closing QMP socket failed: %s", (err as Error).message);
+      }
+    }
+    await this.vm.destroy();
+  }
+
+  #refuseDuringMigration(what: string): void {
+    if (this.#migration.isActive) {
+      throw new QmpError("GenericError", `Cannot ${what}: a migration is in progress (migrate_cancel first)`);
+    }
+  }
+
+  // ---- MachineControl -----------------------------------------------------------------------------
+
+  status(): RunState {
+    return this.#state;
+  }
+
+  async stop(): Promise<void> {
+    this.#refuseDuringMigration("stop the VM");
+    if (this.#state === "inmigrate") throw new QmpError("GenericError", "Cannot stop: the VM is waiting for an incoming migration");
+    if (this.#state !== "running") return;
+    await this.vm.pause();
+    this.#setState("paused");
+  }
+
+  async cont(): Promise<void> {
+    this.#refuseDuringMigration("resume the VM");
+    if (this.#state === "inmigrate") {
+      throw new QmpError("MigrationExpected", "Cannot continue: the VM is waiting for an incoming migration");
+    }
+    if (this.#state === "postmigrate") {
+      throw new QmpError("GenericError", "Cannot continue: the VM was migrated away; quit this process");
+    }
+    if (this.#state !== "paused") return;
+    await this.vm.resume();
+    this.#setState("running");
+  }
+
+  async reset(): Promise<void> {
+    this.#refuseDuringMigration("reset the VM");
+    if (this.#state === "inmigrate" || this.#state === "postmigrate") {
+      throw new QmpError("GenericError", `Cannot reset: the VM is ${this.#state}`);
+    }
+    await this.vm.reset();
+    this.#events.reset("host-qmp-system-reset");
+  }
+
+  powerdown(): Promise<void> {
+    this.#refuseDuringMigration("power down the VM");
+    this.#events.powerdown();
+    this.vm.platform.pressPowerButton();
+    return Promise.resolve();
+  }
+
+  async quit(): Promise<void> {
+    this.#events.shutdown("host-qmp-quit");
+    await this.end({ code: 0, message: "" });
+  }
+
+  cpus(): { index: number; threadId: number }[] {
+    return this.vm.threadIds().map((tid, index) => ({ index, threadId: tid }));
+  }
+
+  // ---- MigrationControl ---------------------------------------------------------------------------
+
+  migrate(uri: string): void {
+    if (this.#state === "inmigrate") throw new QmpError("GenericError", "Cannot migrate: an incoming migration is pending");
+    if (this.#state === "postmigrate") throw new QmpError("GenericError", "Cannot migrate: the VM was already migrated away");
+    if (this.#state === "shutdown") throw new QmpError("GenericError", "Cannot migrate: the VM is shutting down");
+    let handle: MigrationHandle;
+    try {
+      handle = startMigration(this.#adapter, uri, this.#params, this.#migration);
+    } catch (e) {
+      if (e instanceof MigrationBlockedError) throw new QmpError("GenericError", e.message);
+      throw new QmpError("GenericError", (e as Error).message);
+    }
+    this.#active = handle;
+    const wasRunning = this.#state === "running";
+    handle.done.then((final) => {
+      if (this.#active === handle) this.#active = undefined;
+      if (final === "completed") {
+        // The guest runs on the destination now: stay paused until quit.
+        this.#state = wasRunning ? "running" : "paused";
+        this.#setState("postmigrate");
+      }
+    });
+  }
+
+  cancel(): void {
+    this.#active?.cancel();
+  }
+
+  query(): Record<string, unknown> {
+    const q = this.#migration.queryMigrate() as unknown as Record<string, unknown>;
+    return this.#migration.status === "none" ? {} : q;
+  }
+
+  setParameters(p: Record<string, unknown>): void {
+    try {
+      this.#params = updateMigrationParameters(this.#params, p);
+    } catch (e) {
+      throw new QmpError("GenericError", (e as Error).message);
+    }
+  }
+
+  parameters(): Record<string, unknown> {
+    return { ...this.#params };
+  }
+}
