@@ -1,0 +1,128 @@
+/**
+ * `ferry ARGS`: parse the command line, start the VMM, feed the serial console, end cleanly on a
+ * guest exit, `quit`, SIGINT or SIGTERM. Returns the process exit code:
+ *
+ * | code | meaning                                                         |
+ * |------|-----------------------------------------------------------------|
+ * | 0    | guest powered off or reset itself, `quit`, SIGINT/SIGTERM         |
+ * | 1    | ferry failed (KVM error, incoming migration failed, vCPU error) |
+ * | 2    | bad command line, or the guest triple-faulted                   |
+ * @module
+ */
+import { helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
+import type { MachineConfig } from "../config/mod.ts";
+import { configureLog, logger } from "../util/log.ts";
+import type { VmmOptions } from "./vmm.ts";
+import { Vmm } from "./vmm.ts";
+
+const log = logger("ferry");
+const encoder = new TextEncoder();
+
+function say(line: string): void {
+  Deno.stderr.writeSync(encoder.encode(line + "\n"));
+}
+
+async function kernelDigest(path: string): Promise<string> {
+  const bytes = await Deno.readFile(path);
+  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return "sha256:" + Array.from(hash.subarray(0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Turns the parsed command line into what the VMM needs. */
+export async function vmmOptions(config: MachineConfig): Promise<VmmOptions> {
+  const digest = config.kernel ? await kernelDigest(config.kernel.path) : undefined;
+  const spec = {
+    memoryBytes: config.memoryBytes,
+    cpus: config.cpus,
+    serial: config.serial,
+    ...(config.kernel
+      ? {
+        kernel: {
+          path: config.kernel.path,
+          cmdline: config.kernel.cmdline,
+          ...(config.kernel.initrd !== undefined ? { initrd: config.kernel.initrd } : {}),
+        },
+      }
+      : {}),
+  };
+  const incoming = config.incoming
+    ? (config.incoming.kind === "tcp"
+      ? `tcp:${config.incoming.host}:${config.incoming.port}`
+      : `unix:${config.incoming.path}`)
+    : undefined;
+  return {
+    spec,
+    qmp: config.qmp.map((q) => ({ path: q.path, wait: q.wait })),
+    ...(incoming !== undefined ? { incoming } : {}),
+    configAttributes: migrationAttributes(config, digest),
+  };
+}
+
+async function pumpStdin(vmm: Vmm): Promise<void> {
+  const buf = new Uint8Array(256);
+  try {
+    for (;;) {
+      const n = await Deno.stdin.read(buf);
+      if (n === null) return;
+      let off = 0;
+      while (off < n) {
+        off += vmm.vm.platform.pushSerialInput(buf.subarray(off, n));
+        if (off < n) await vmm.vm.platform.waitSerialRoom(100);
+      }
+    }
+  } catch {
+    // stdin closed or VM gone
+  }
+}
+
+/**
+ * Runs ferry with `args` (no program name) and returns the exit code.
+ * @param args the command line, e.g. `["-machine", "q35", "-kernel", "probe.elf"]`
+ */
+export async function runFerry(args: string[]): Promise<number> {
+  if (args.some((a) => a === "-help" || a === "--help" || a === "-h")) {
+    Deno.stdout.writeSync(encoder.encode(helpText()));
+    return 0;
+  }
+  let config: MachineConfig;
+  try {
+    config = parseArgs(args);
+  } catch (e) {
+    say(`ferry: ${(e as Error).message}`);
+    return 2;
+  }
+  if (config.logFile !== undefined) configureLog({ file: config.logFile });
+  if (!config.kernel && !config.incoming) {
+    say("ferry: -kernel is required: see 'ferry -help'");
+    return 2;
+  }
+  let opts: VmmOptions;
+  try {
+    if (config.kernel) await Deno.stat(config.kernel.path);
+    opts = await vmmOptions(config);
+  } catch (e) {
+    const msg = e instanceof Deno.errors.NotFound
+      ? `Cannot open kernel '${config.kernel?.path}': no such file`
+      : (e as Error).message;
+    say(`ferry: ${msg}`);
+    return 2;
+  }
+  let vmm: Vmm;
+  try {
+    vmm = await Vmm.start(opts);
+  } catch (e) {
+    const err = e as Error;
+    say(`ferry: ${err.message}`);
+    log.debug("%s", err.stack ?? "");
+    return err instanceof SyntaxError || err instanceof RangeError || err instanceof TypeError ? 2 : 1;
+  }
+  const onSignal = () => void vmm.end({ code: 0, message: "ferry: terminated by signal" });
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  if (config.serial.kind === "stdio") void pumpStdin(vmm);
+  const end = await vmm.ended;
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+  if (end.message) say(end.message);
+  return end.code;
+}
