@@ -1,0 +1,102 @@
+/**
+ * Shared helpers for benchmarks: spawn a VMM, wait for a serial line, read its RSS, summarise.
+ * @module
+ */
+
+export const ROOT = new URL("../", import.meta.url).pathname;
+export const PROBE = `${ROOT}zig-out/guest/probe.elf`;
+const encoder = new TextEncoder();
+
+/** Prints a line to stdout (benchmarks report to stdout). */
+export function out(line = ""): void {
+  Deno.stdout.writeSync(encoder.encode(line + "\n"));
+}
+
+/** The median of `xs`. */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** The command that runs ferry: a compiled binary from `FERRY_BIN`, else `deno run main.ts`. */
+export function ferryCommand(args: string[]): { cmd: string; args: string[] } {
+  const bin = Deno.env.get("FERRY_BIN");
+  if (bin) return { cmd: bin, args };
+  return { cmd: Deno.execPath(), args: ["run", "-A", `${ROOT}main.ts`, ...args] };
+}
+
+/** QEMU from Debian, or undefined when it is not installed. */
+export function qemuBinary(): string | undefined {
+  for (const p of ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"]) {
+    try {
+      if (Deno.statSync(p).isFile) return p;
+    } catch { /* next */ }
+  }
+  return undefined;
+}
+
+/** Resident set size of `pid` and its threads, in KiB (VmRSS). */
+export function rssKiB(pid: number): number {
+  try {
+    const s = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const m = s.match(/VmRSS:\s+(\d+) kB/);
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** A spawned VMM whose stdout is scanned line by line. */
+export class Spawned {
+  readonly child: Deno.ChildProcess;
+  readonly lines: string[] = [];
+  readonly #waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
+  readonly #pump: Promise<void>;
+
+  constructor(cmd: string, args: string[]) {
+    this.child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" }).spawn();
+    this.#pump = this.#read();
+    void this.child.stderr.pipeTo(new WritableStream());
+  }
+
+  async #read(): Promise<void> {
+    const dec = new TextDecoder();
+    let buf = "";
+    for await (const c of this.child.stdout) {
+      buf += dec.decode(c, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const l = buf.slice(0, i).replace(/\r$/, "");
+        buf = buf.slice(i + 1);
+        this.lines.push(l);
+        for (let w = this.#waiters.length - 1; w >= 0; w--) {
+          if (this.#waiters[w]!.re.test(l)) this.#waiters.splice(w, 1)[0]!.resolve(l);
+        }
+      }
+    }
+  }
+
+  waitLine(re: RegExp, timeoutMs = 30000): Promise<string> {
+    const seen = this.lines.find((l) => re.test(l));
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no ${re} within ${timeoutMs} ms`)), timeoutMs);
+      this.#waiters.push({
+        re,
+        resolve: (l) => {
+          clearTimeout(t);
+          resolve(l);
+        },
+      });
+    });
+  }
+
+  async kill(): Promise<void> {
+    try {
+      this.child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await this.child.status;
+    await this.#pump;
+  }
+}

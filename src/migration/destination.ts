@@ -1,0 +1,259 @@
+/**
+ * The destination side (`-incoming`): listen, accept exactly one connection, then a strict
+ * receiver state machine:
+ *
+ * ```
+ * hello → config ──(mismatch: nack, fail)──► ack → ram* → state* → complete
+ *                                         → restoreState → resume → resumed
+ * ```
+ *
+ * Input is hostile until proven otherwise: every message is bounds-checked before allocation,
+ * every RAM run is checked against this VM's RAM before any byte is written, and any bad input,
+ * truncation, unexpected order or a `cancel` fails the migration with a clear error (sent back as
+ * a `nack` when the connection still works). The VM is never resumed after a failure.
+ * @module
+ */
+import { logger } from "../util/log.ts";
+import { PAGE_SIZE } from "../memory/guest_memory.ts";
+import type { MigrationVm, Section } from "./vm_port.ts";
+import type { MigrationStatusTracker } from "./status.ts";
+import { type MigrationInfo, RamCounters } from "./stats.ts";
+import { checkCompatibility } from "./compat.ts";
+import { MigrationListener, parseMigrationUri } from "./transport.ts";
+import {
+  decodeComplete,
+  decodeConfig,
+  decodeHello,
+  decodeReason,
+  decodeSection,
+  encodeReason,
+  HEADER_BYTES,
+  MAX_CONFIG_BYTES,
+  MAX_REASON_BYTES,
+  MAX_SECTION_BYTES,
+  MAX_SECTION_ID_BYTES,
+  MAX_SECTIONS,
+  type MessageHeader,
+  MessageReader,
+  MessageWriter,
+  ProtocolError,
+} from "./stream.ts";
+import { receiveRamBatch } from "./ram.ts";
+import { settleWithin } from "./_async.ts";
+
+const log = logger("migration:incoming");
+
+/** Options of {@linkcode receiveMigration}. */
+export interface ReceiveMigrationOptions {
+  /** Stops waiting (listening or receiving); the migration fails. */
+  signal?: AbortSignal;
+  /** Called once listening, with the bound address (the real port for `tcp:HOST:0`). */
+  onListening?: (addr: Deno.Addr) => void;
+}
+
+/** Largest total of all section payloads. */
+const MAX_TOTAL_STATE_BYTES = 256 * 1024 * 1024;
+
+/**
+ * Receives one incoming migration into `vm` (QMP `-incoming`). Resolves once the guest runs here
+ * and the source was told; rejects with the reason otherwise (the caller exits non-zero). The VM
+ * is resumed only after every byte of state arrived and `restoreState` succeeded.
+ *
+ * @param vm the freshly built, paused destination VM (same command line as the source)
+ * @param uri `tcp:HOST:PORT` or `unix:PATH`
+ * @param status the VM's status tracker (`query-migrate` works meanwhile)
+ * @throws {TypeError} for a bad uri; {Error} for any migration failure
+ * @example
+ * ```ts
+ * await receiveMigration(vm, "tcp:0.0.0.0:4446", status); // guest now runs here
+ * ```
+ */
+export async function receiveMigration(
+  vm: MigrationVm,
+  uri: string,
+  status: MigrationStatusTracker,
+  options: ReceiveMigrationOptions = {},
+): Promise<void> {
+  const target = parseMigrationUri(uri, { listen: true });
+  const incoming = new IncomingMigration(vm, status);
+  status.transition("setup");
+  status.attachInfo(() => incoming.info());
+  let listener: MigrationListener | undefined;
+  let conn: Deno.Conn | undefined;
+  try {
+    listener = new MigrationListener(target);
+    options.onListening?.(listener.addr);
+    conn = await listener.acceptOne(options.signal);
+    const c = conn;
+    const onAbort = () => {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    };
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      await incoming.run(conn, status);
+    } finally {
+      options.signal?.removeEventListener("abort", onAbort);
+    }
+    incoming.end();
+    status.transition("completed");
+  } catch (e) {
+    incoming.end();
+    let message = (e as Error).message;
+    if (options.signal?.aborted) {
+      message = `Incoming migration stopped: ${
+        String(options.signal.reason?.message ?? options.signal.reason)
+      }`;
+    }
+    log.error("Incoming migration failed: %s", message);
+    if (conn) await incoming.refuse(conn, message);
+    status.transition("failed", message);
+    throw new Error(message, { cause: e });
+  } finally {
+    listener?.close();
+    if (conn) {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    }
+  }
+}
+
+class IncomingMigration {
+  #vm: MigrationVm;
+  #counters = new RamCounters();
+  #startMs = performance.now();
+  #setupMs: number | undefined;
+  #endMs: number | undefined;
+  #writer: MessageWriter | undefined;
+
+  constructor(vm: MigrationVm, _status: MigrationStatusTracker) {
+    this.#vm = vm;
+    this.#counters.totalBytes = vm.memory.sizeBytes;
+  }
+
+  info(): Omit<MigrationInfo, "status" | "error-desc"> {
+    const info: Omit<MigrationInfo, "status" | "error-desc"> = {
+      "total-time": Math.round((this.#endMs ?? performance.now()) - this.#startMs),
+      ram: this.#counters.toInfo(),
+    };
+    if (this.#setupMs !== undefined) info["setup-time"] = Math.round(this.#setupMs);
+    return info;
+  }
+
+  end(): void {
+    this.#endMs ??= performance.now();
+  }
+
+  /** Best effort: tell the source why (it may be gone or stuck writing). */
+  async refuse(conn: Deno.Conn, reason: string): Promise<void> {
+    const w = this.#writer ?? new MessageWriter(conn);
+    if (w.busy) return;
+    await settleWithin(w.send("nack", encodeReason(reason)), 200);
+  }
+
+  async run(conn: Deno.Conn, status: MigrationStatusTracker): Promise<void> {
+    const vm = this.#vm;
+    const reader = new MessageReader(conn, "source");
+    const writer = new MessageWriter(conn);
+    this.#writer = writer;
+    const c = this.#counters;
+    this.#startMs = performance.now();
+
+    const next = async (phase: string): Promise<MessageHeader> => {
+      const h = await reader.readHeader();
+      if (!h) throw new ProtocolError(`Cannot receive migration: the source closed the connection ${phase}`);
+      c.transferredBytes += HEADER_BYTES;
+      if (h.kind === "cancel") {
+        const reason = decodeReason(await reader.readPayload(h, MAX_REASON_BYTES));
+        throw new Error(`Migration canceled by the source: ${reason}`);
+      }
+      return h;
+    };
+    const expect = (h: MessageHeader, kind: MessageHeader["kind"], phase: string) => {
+      if (h.kind !== kind) {
+        throw new ProtocolError(`Cannot receive migration: expected '${kind}' ${phase}, got '${h.kind}'`);
+      }
+    };
+
+    // hello
+    let h = await next("before hello");
+    expect(h, "hello", "first");
+    const hello = decodeHello(await reader.readPayload(h, MAX_REASON_BYTES + 6));
+    c.transferredBytes += h.length;
+    if (hello.pageSize !== PAGE_SIZE) {
+      throw new ProtocolError(
+        `Cannot receive migration: source page size ${hello.pageSize}, destination ${PAGE_SIZE}`,
+      );
+    }
+    log.info("Incoming migration from %s (protocol %d)", hello.product, reader.version);
+
+    // config
+    h = await next("after hello");
+    expect(h, "config", "after hello");
+    const config = decodeConfig(await reader.readPayload(h, MAX_CONFIG_BYTES));
+    c.transferredBytes += h.length;
+    checkCompatibility(config, { config: vm.configAttributes(), host: vm.hostAttributes() });
+    await writer.send("ack");
+    this.#setupMs = performance.now() - this.#startMs;
+    status.transition("active");
+
+    // ram* state* complete
+    const sections: Section[] = [];
+    const ids = new Set<string>();
+    let stateBytes = 0;
+    for (;;) {
+      h = await next("before complete");
+      if (h.kind === "ram") {
+        if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
+        const r = await receiveRamBatch(reader, h, vm.memory);
+        c.transferredBytes += h.length;
+        c.zeroPages += r.zeroPages;
+        c.normalPages += r.rawPages;
+        continue;
+      }
+      if (h.kind === "state") {
+        const s = decodeSection(await reader.readPayload(h, MAX_SECTION_BYTES + MAX_SECTION_ID_BYTES + 10));
+        c.transferredBytes += h.length;
+        if (ids.has(s.id)) throw new ProtocolError(`Cannot receive migration: section '${s.id}' sent twice`);
+        if (sections.length >= MAX_SECTIONS) {
+          throw new ProtocolError(`Cannot receive migration: more than ${MAX_SECTIONS} sections`);
+        }
+        stateBytes += s.payload.length;
+        if (stateBytes > MAX_TOTAL_STATE_BYTES) {
+          throw new ProtocolError(`Cannot receive migration: state exceeds ${MAX_TOTAL_STATE_BYTES} bytes`);
+        }
+        ids.add(s.id);
+        sections.push(s);
+        continue;
+      }
+      expect(h, "complete", "after RAM and state");
+      const count = decodeComplete(await reader.readPayload(h, 4));
+      if (count !== sections.length) {
+        throw new ProtocolError(
+          `Cannot receive migration: source sent ${sections.length} sections but announced ${count}`,
+        );
+      }
+      break;
+    }
+
+    try {
+      await vm.restoreState(sections);
+    } catch (e) {
+      throw new Error(`Cannot restore device state: ${(e as Error).message}`, { cause: e });
+    }
+    try {
+      await vm.resume();
+    } catch (e) {
+      throw new Error(`Cannot resume the destination VM: ${(e as Error).message}`, { cause: e });
+    }
+    try {
+      await writer.send("resumed");
+    } catch (e) {
+      // The source never heard it and rolls back: stop here so the guest never runs twice.
+      await vm.pause().catch(() => {});
+      throw new Error(`Cannot confirm the resume to the source: ${(e as Error).message}`, { cause: e });
+    }
+  }
+}

@@ -1,0 +1,297 @@
+import assert from "node:assert/strict";
+import { FAKE_CONFIG, FAKE_HOST, FakeVm, listenDestination } from "./_fake_vm.ts";
+import {
+  decodeHeader,
+  encodeComplete,
+  encodeConfig,
+  encodeHeader,
+  encodeHello,
+  encodeReason,
+  encodeRunTable,
+  encodeSection,
+  HEADER_BYTES,
+  type MessageKindName,
+  type RamRun,
+} from "./stream.ts";
+
+const REGIONS = [{ gpa: 0, sizeBytes: 64 * 4096 }, { gpa: 0x10_0000, sizeBytes: 16 * 4096 }];
+
+function msg(kind: MessageKindName, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const b = new Uint8Array(HEADER_BYTES + payload.length);
+  b.set(encodeHeader(kind, payload.length));
+  b.set(payload, HEADER_BYTES);
+  return b;
+}
+
+function ram(runs: RamRun[], fill = 0x5a): Uint8Array {
+  const table = encodeRunTable(runs);
+  let raw = 0;
+  for (const r of runs) if (!r.zero) raw += r.pageCount * 4096;
+  const data = new Uint8Array(raw).fill(fill);
+  const p = new Uint8Array(table.length + raw);
+  p.set(table);
+  p.set(data, table.length);
+  return msg("ram", p);
+}
+
+const HELLO = msg("hello", encodeHello({ pageSize: 4096, product: "ferry test" }));
+const CONFIG = msg("config", encodeConfig({ config: FAKE_CONFIG, host: FAKE_HOST }));
+const SECTION = { id: "serial:ttyS0", version: 2, payload: new Uint8Array([9, 8, 7]) };
+
+/** A valid stream and the offsets where each message starts. */
+function validStream(): { bytes: Uint8Array; boundaries: number[] } {
+  const msgs = [
+    HELLO,
+    CONFIG,
+    ram([{ gpa: 0, pageCount: 1, zero: true }, { gpa: 4096, pageCount: 2, zero: false }]),
+    ram([{ gpa: 0x10_0000 + 4096, pageCount: 3, zero: false }], 0x77),
+    msg("state", encodeSection(SECTION)),
+    msg("complete", encodeComplete(1)),
+  ];
+  const boundaries: number[] = [];
+  let n = 0;
+  for (const m of msgs) {
+    boundaries.push(n);
+    n += m.length;
+  }
+  const bytes = new Uint8Array(n);
+  for (let i = 0; i < msgs.length; i++) bytes.set(msgs[i]!, boundaries[i]!);
+  return { bytes, boundaries };
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+const MARK = 0xaa;
+
+/** Feeds `bytes` to a fresh destination; returns its error (or null) and the reply kinds. */
+async function feed(bytes: Uint8Array): Promise<{ error: Error | null; replies: string[]; vm: FakeVm }> {
+  const vm = new FakeVm({ regions: REGIONS, paused: true });
+  for (const r of vm.memory.regions) r.bytes.fill(MARK);
+  const d = await listenDestination(vm, "tcp");
+  const port = Number(d.uri.split(":")[2]);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    let off = 0;
+    while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+    await conn.closeWrite();
+  } catch { /* the destination may hang up first */ }
+  const replies: string[] = [];
+  const got: Uint8Array[] = [];
+  const buf = new Uint8Array(65536);
+  try {
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      got.push(buf.slice(0, n));
+    }
+  } catch { /* reset */ }
+  conn.close();
+  const all = concat(...got);
+  for (let o = 0; o + HEADER_BYTES <= all.length;) {
+    const h = decodeHeader(all.subarray(o, o + HEADER_BYTES));
+    replies.push(h.kind);
+    o += HEADER_BYTES + h.length;
+  }
+  const error = await d.result;
+  if (error) {
+    assert.equal(d.status.status, "failed");
+    assert.equal(d.status.queryMigrate()["error-desc"], error.message);
+    assert.equal(vm.resumeCount, 0, "never resumed after a failure");
+    assert.equal(vm.restored, undefined);
+  }
+  return { error, replies, vm };
+}
+
+/** True when no byte outside `[gpa, gpa+len)` ranges changed from the mark. */
+function untouchedExcept(vm: FakeVm, written: [number, number][] = []): boolean {
+  for (const r of vm.memory.regions) {
+    for (let i = 0; i < r.bytes.length; i++) {
+      const gpa = r.gpa + i;
+      if (written.some(([a, n]) => gpa >= a && gpa < a + n)) continue;
+      if (r.bytes[i] !== MARK) return false;
+    }
+  }
+  return true;
+}
+
+Deno.test("receiveMigration accepts a valid hand-built stream and answers ack then resumed", async () => {
+  const { error, replies, vm } = await feed(validStream().bytes);
+  assert.equal(error, null);
+  assert.deepEqual(replies, ["ack", "resumed"]);
+  assert.equal(vm.resumeCount, 1);
+  assert.deepEqual(vm.restored, [SECTION]);
+  const r0 = vm.memory.regions[0]!.bytes;
+  assert.ok(r0.subarray(0, 4096).every((b) => b === 0), "zero run filled zeros");
+  assert.ok(r0.subarray(4096, 3 * 4096).every((b) => b === 0x5a));
+  assert.ok(vm.memory.slice(0x10_1000, 3 * 4096).every((b) => b === 0x77));
+  assert.ok(untouchedExcept(vm, [[0, 3 * 4096], [0x10_1000, 3 * 4096]]));
+});
+
+Deno.test("receiveMigration rejects a stream truncated at any message boundary or inside a message", async () => {
+  const { bytes, boundaries } = validStream();
+  const cuts = new Set<number>();
+  for (const b of boundaries) {
+    for (const d of [0, 1, 10, 23, 24, 30]) if (b + d < bytes.length) cuts.add(b + d);
+  }
+  cuts.add(bytes.length - 1);
+  for (const cut of [...cuts].sort((a, b) => a - b)) {
+    const { error, replies } = await feed(bytes.subarray(0, cut));
+    assert.ok(error, `cut at ${cut} must fail`);
+    assert.match(error.message, /closed the connection/, `cut at ${cut}: ${error.message}`);
+    assert.ok(!replies.includes("resumed"));
+    if (cut < boundaries[2]!) {
+      assert.ok(!replies.includes("ack"), `cut at ${cut}: no ack before the whole config`);
+    }
+  }
+});
+
+Deno.test("receiveMigration rejects a bad magic, a newer version, unknown kinds and flags, a huge length", async () => {
+  const bad = HELLO.slice();
+  bad.set(new TextEncoder().encode("QEMUVMFL"), 0);
+  let r = await feed(bad);
+  assert.match(r.error!.message, /bad magic 51454d55564d464c, want "FERRYMIG"/);
+  assert.deepEqual(r.replies, ["nack"]);
+
+  const v999 = HELLO.slice();
+  new DataView(v999.buffer).setUint16(8, 999, true);
+  r = await feed(v999);
+  assert.match(
+    r.error!.message,
+    /Cannot accept migration protocol version 999: this ferry reads versions 1 to 1/,
+  );
+
+  const kind = HELLO.slice();
+  new DataView(kind.buffer).setUint16(10, 77, true);
+  r = await feed(kind);
+  assert.match(r.error!.message, /unknown message kind 77/);
+
+  const flags = HELLO.slice();
+  new DataView(flags.buffer).setUint32(12, 4, true);
+  r = await feed(flags);
+  assert.match(r.error!.message, /unknown flags 0x4/);
+
+  const huge = HELLO.slice();
+  new DataView(huge.buffer).setBigUint64(16, 1n << 40n, true);
+  r = await feed(huge);
+  assert.match(r.error!.message, /1099511627776 bytes: limit is 67108864/);
+
+  // Within the message bound but over the per-kind bound: refused before allocating.
+  const big = encodeHeader("config", 60 * 1024 * 1024);
+  r = await feed(concat(HELLO, big));
+  assert.match(r.error!.message, /'config' message of 62914560 bytes: limit is 1048576/);
+});
+
+Deno.test("receiveMigration rejects out-of-range RAM runs before writing any byte of the message", async () => {
+  const cases: [RamRun[], RegExp][] = [
+    [
+      [{ gpa: 4096, pageCount: 1, zero: false }, { gpa: 64 * 4096, pageCount: 1, zero: false }],
+      /run 1: gpa 0x40000 \+ 1 pages is outside/,
+    ],
+    [[{ gpa: 0x8_0000, pageCount: 1, zero: true }], /gpa 0x80000 \+ 1 pages is outside guest RAM/],
+    [[{ gpa: 60 * 4096, pageCount: 5, zero: false }], /outside guest RAM/],
+    [[{ gpa: 0x10_0000 + 15 * 4096, pageCount: 0xffffffff, zero: true }], /outside guest RAM/],
+    [[{ gpa: 2 ** 52, pageCount: 1, zero: true }], /outside guest RAM/],
+  ];
+  for (const [runs, re] of cases) {
+    const r = await feed(concat(HELLO, CONFIG, ram(runs)));
+    assert.match(r.error!.message, re);
+    assert.ok(untouchedExcept(r.vm), "no byte written");
+    assert.deepEqual(r.replies, ["ack", "nack"]);
+  }
+});
+
+function rawRam(prefix: [number, number], runs: [bigint, number, number][], extra = 0): Uint8Array {
+  const p = new Uint8Array(8 + runs.length * 16 + extra);
+  const v = new DataView(p.buffer);
+  v.setUint32(0, prefix[0], true);
+  v.setUint32(4, prefix[1], true);
+  runs.forEach(([gpa, n, f], i) => {
+    v.setBigUint64(8 + i * 16, gpa, true);
+    v.setUint32(16 + i * 16, n, true);
+    v.setUint32(20 + i * 16, f, true);
+  });
+  return msg("ram", p);
+}
+
+Deno.test("receiveMigration rejects malformed RAM messages", async () => {
+  const cases: [Uint8Array, RegExp][] = [
+    [rawRam([1, 0], [[4096n + 8n, 1, 1]]), /gpa 0x1008 is not a page address/],
+    [rawRam([1, 0], [[1n << 63n, 1, 1]]), /is not a page address/],
+    [rawRam([1, 0], [[4096n, 0, 1]]), /page count is 0/],
+    [rawRam([1, 0], [[4096n, 1, 6]]), /unknown flags 0x6/],
+    [rawRam([1, 7], [[4096n, 1, 1]]), /reserved field is 7/],
+    [rawRam([0, 0], [[4096n, 1, 1]]), /run count 0/],
+    [rawRam([100000, 0], [[4096n, 1, 1]]), /run count 100000/],
+    [rawRam([5, 0], [[4096n, 1, 1]]), /5 runs do not fit/],
+    [rawRam([1, 0], [[4096n, 1, 1]], 4096), /length 4120 does not match its runs \(24 bytes\)/],
+    [rawRam([1, 0], [[4096n, 2, 0]], 4096), /does not match its runs/],
+  ];
+  for (const [m, re] of cases) {
+    const r = await feed(concat(HELLO, CONFIG, m));
+    assert.match(r.error!.message, re);
+    assert.ok(untouchedExcept(r.vm));
+  }
+});
+
+Deno.test("receiveMigration rejects messages out of order", async () => {
+  const state = msg("state", encodeSection(SECTION));
+  const okRam = ram([{ gpa: 0, pageCount: 1, zero: true }]);
+  const cases: [Uint8Array, RegExp][] = [
+    [CONFIG, /expected 'hello' first, got 'config'/],
+    [concat(HELLO, okRam), /expected 'config' after hello, got 'ram'/],
+    [concat(HELLO, HELLO), /expected 'config' after hello, got 'hello'/],
+    [concat(HELLO, CONFIG, HELLO), /expected 'complete' after RAM and state, got 'hello'/],
+    [concat(HELLO, CONFIG, state, okRam), /'ram' after 'state'/],
+    [concat(HELLO, CONFIG, state, state), /section 'serial:ttyS0' sent twice/],
+    [concat(HELLO, CONFIG, state, msg("complete", encodeComplete(2))), /sent 1 sections but announced 2/],
+    [concat(HELLO, CONFIG, msg("resumed")), /got 'resumed'/],
+    [
+      concat(HELLO, CONFIG, okRam, msg("cancel", encodeReason("operator said so"))),
+      /Migration canceled by the source: operator said so/,
+    ],
+    [
+      concat(msg("hello", encodeHello({ pageSize: 65536, product: "x" }))),
+      /source page size 65536, destination 4096/,
+    ],
+    [concat(HELLO, msg("config", new TextEncoder().encode("{not json"))), /Cannot decode config/],
+    [
+      concat(HELLO, msg("config", new TextEncoder().encode('{"config":{"-m":5},"host":{}}'))),
+      /'config.-m' is not a string/,
+    ],
+    [concat(HELLO, CONFIG, msg("state", new Uint8Array([0, 0]))), /id length 0/],
+    [
+      concat(HELLO, CONFIG, msg("state", new Uint8Array([2, 0, 0xff, 0xfe, 0, 0, 0, 0, 0, 0, 0, 0]))),
+      /not valid UTF-8/,
+    ],
+  ];
+  for (const [m, re] of cases) {
+    const r = await feed(m);
+    assert.match(r.error!.message, re);
+    assert.ok(untouchedExcept(r.vm, [[0, 4096]]));
+  }
+});
+
+Deno.test("receiveMigration rejects random garbage cleanly", async () => {
+  let seed = 7;
+  function rand(): number {
+    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+    return seed;
+  }
+  for (let i = 0; i < 24; i++) {
+    const junk = new Uint8Array(1 + rand() % 5000).map(() => rand() & 0xff);
+    // Half of them behind a valid prefix, so the garbage reaches the deeper decoders.
+    const input = i % 2 === 0 ? junk : concat(HELLO, CONFIG, encodeHeader("ram", junk.length), junk);
+    const r = await feed(input);
+    assert.ok(r.error, `garbage ${i} must fail`);
+    assert.ok(!r.replies.includes("resumed"));
+    assert.ok(untouchedExcept(r.vm), `garbage ${i} wrote RAM`);
+  }
+});

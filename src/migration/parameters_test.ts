@@ -1,0 +1,39 @@
+import assert from "node:assert/strict";
+import { DEFAULT_MIGRATION_PARAMETERS, updateMigrationParameters } from "./parameters.ts";
+
+Deno.test("updateMigrationParameters applies valid values and keeps the rest", () => {
+  const p = updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, {
+    "downtime-limit": 50,
+    "convergence-policy": "force",
+  });
+  assert.deepEqual(p, {
+    ...DEFAULT_MIGRATION_PARAMETERS,
+    "downtime-limit": 50,
+    "convergence-policy": "force",
+  });
+  assert.equal(DEFAULT_MIGRATION_PARAMETERS["downtime-limit"], 300);
+  assert.equal(DEFAULT_MIGRATION_PARAMETERS["max-bandwidth"], 0);
+});
+
+Deno.test("updateMigrationParameters rejects unknown names, wrong types and ranges, naming the parameter", () => {
+  assert.throws(
+    () => updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, { "x-foo": 1 }),
+    /'x-foo': no such parameter/,
+  );
+  assert.throws(
+    () => updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, { "downtime-limit": "1" }),
+    TypeError,
+  );
+  assert.throws(
+    () => updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, { "max-bandwidth": -1 }),
+    RangeError,
+  );
+  assert.throws(
+    () => updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, { "max-iterations": 0 }),
+    /outside 1\.\.100000/,
+  );
+  assert.throws(
+    () => updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, { "convergence-policy": "maybe" }),
+    /force or cancel/,
+  );
+});

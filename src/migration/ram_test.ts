@@ -1,0 +1,104 @@
+import assert from "node:assert/strict";
+import { GuestMemory, newDirtyBitmap } from "../memory/guest_memory.ts";
+import { countDirtyPages, mergeBitmaps, RamSender, RateLimiter } from "./ram.ts";
+import { RamCounters } from "./stats.ts";
+import {
+  decodeHeader,
+  decodeRunCount,
+  decodeRuns,
+  HEADER_BYTES,
+  MessageWriter,
+  type RamRun,
+} from "./stream.ts";
+
+function memory(regions: { gpa: number; sizeBytes: number }[]): GuestMemory {
+  return new GuestMemory({
+    regions: regions.map((r, slot) => ({
+      ...r,
+      slot,
+      hostAddr: 0n,
+      vmmDirty: newDirtyBitmap(r.sizeBytes),
+      buffer: new ArrayBuffer(r.sizeBytes),
+    })),
+  });
+}
+
+/** Collects what the sender writes and splits it into RAM messages. */
+function capture() {
+  const chunks: Uint8Array[] = [];
+  const writer = new MessageWriter({ write: (p) => (chunks.push(p.slice()), Promise.resolve(p.length)) });
+  function messages(): { runs: RamRun[]; dataBytes: number }[] {
+    const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+    let o = 0;
+    for (const c of chunks) all.set(c, (o += c.length) - c.length);
+    const out = [];
+    for (let p = 0; p < all.length;) {
+      const h = decodeHeader(all.subarray(p, p + HEADER_BYTES));
+      const body = all.subarray(p + HEADER_BYTES, p + HEADER_BYTES + h.length);
+      const n = decodeRunCount(body.subarray(0, 8), h.length);
+      out.push({ runs: decodeRuns(body.subarray(8, 8 + n * 16)), dataBytes: h.length - 8 - n * 16 });
+      p += HEADER_BYTES + h.length;
+    }
+    return out;
+  }
+  return { writer, messages };
+}
+
+Deno.test("RamSender sends zero pages as runs and coalesces adjacent pages within one region", async () => {
+  // Two regions that touch at 64 KiB: a run must never span both.
+  const mem = memory([{ gpa: 0, sizeBytes: 16 * 4096 }, { gpa: 16 * 4096, sizeBytes: 4 * 4096 }]);
+  for (const p of [2, 3, 4, 9]) mem.write(p * 4096 + 100, Uint8Array.of(1));
+  const c = capture();
+  const counters = new RamCounters();
+  const pass = await new RamSender(c.writer, mem, counters).sendAll();
+  assert.deepEqual(c.messages(), [{
+    runs: [
+      { gpa: 0, pageCount: 2, zero: true },
+      { gpa: 2 * 4096, pageCount: 3, zero: false },
+      { gpa: 5 * 4096, pageCount: 4, zero: true },
+      { gpa: 9 * 4096, pageCount: 1, zero: false },
+      { gpa: 10 * 4096, pageCount: 6, zero: true },
+      { gpa: 16 * 4096, pageCount: 4, zero: true },
+    ],
+    dataBytes: 4 * 4096,
+  }]);
+  assert.equal(counters.zeroPages, 16);
+  assert.equal(counters.normalPages, 4);
+  assert.equal(pass.pages, 20);
+  assert.equal(pass.bytes, counters.transferredBytes);
+});
+
+Deno.test("RamSender splits raw data into batches and sends only dirty pages", async () => {
+  const mem = memory([{ gpa: 0x1000_0000, sizeBytes: 64 * 4096 }]);
+  mem.fill(0x1000_0000, 64 * 4096, 7);
+  const c = capture();
+  const sender = new RamSender(c.writer, mem, new RamCounters(), { batchBytes: 3 * 4096 });
+  const bm = new Uint32Array(2);
+  for (const p of [0, 1, 2, 3, 4, 31, 32, 63]) bm[p >>> 5]! |= 1 << (p & 31);
+  await sender.sendDirty([bm]);
+  const msgs = c.messages();
+  assert.deepEqual(msgs.map((m) => m.runs.map((r) => [(r.gpa - 0x1000_0000) / 4096, r.pageCount])), [
+    [[0, 3]],
+    [[3, 2], [31, 1]],
+    [[32, 1], [63, 1]],
+  ]);
+  assert.ok(msgs.every((m) => m.dataBytes <= 3 * 4096));
+});
+
+Deno.test("countDirtyPages and mergeBitmaps work on page bitmaps", () => {
+  const a = [Uint32Array.of(0b1011, 0x80000000), Uint32Array.of(0)];
+  assert.equal(countDirtyPages(a), 4);
+  mergeBitmaps(a, [Uint32Array.of(0b0100, 0), Uint32Array.of(0xffffffff)]);
+  assert.equal(countDirtyPages(a), 37);
+});
+
+Deno.test("RateLimiter holds the average rate to its limit", async () => {
+  const l = new RateLimiter(1024 * 1024);
+  const t0 = performance.now();
+  l.reset();
+  for (let i = 0; i < 10; i++) await l.consume(10 * 1024);
+  const ms = performance.now() - t0;
+  assert.ok(ms >= 90 && ms < 2000, `took ${ms} ms`);
+  const free = new RateLimiter(0);
+  await free.consume(1 << 30);
+});

@@ -1,0 +1,478 @@
+/**
+ * The source side of a precopy live migration, as a list of named steps (STYLE.md c.11):
+ *
+ * connect → hello + config (destination checks, ack/nack) → start dirty logging → send full RAM →
+ * dirty passes until the rest fits `bandwidth × downtime-limit` (or the cap and its policy) →
+ * pause → switchover hook → last dirty pass → save state → send state → complete → wait for the
+ * destination's `resumed` → `completed` (the source stays paused: the caller keeps it `postmigrate`).
+ *
+ * Any failure or `cancel()` before `complete` is sent rolls back: stop dirty logging, the rollback
+ * hook, resume the vCPUs if this migration paused them, status `failed` (with `error-desc`) or
+ * `canceled`. The source keeps running exactly as before.
+ * @module
+ */
+import { logger } from "../util/log.ts";
+import { PAGE_SIZE } from "../memory/guest_memory.ts";
+import type { MigrationVm } from "./vm_port.ts";
+import { type MigrationStatus, MigrationStatusTracker } from "./status.ts";
+import { type MigrationInfo, RamCounters } from "./stats.ts";
+import { DEFAULT_MIGRATION_PARAMETERS, type MigrationParameters } from "./parameters.ts";
+import { connectMigration, parseMigrationUri } from "./transport.ts";
+import {
+  decodeReason,
+  encodeComplete,
+  encodeConfig,
+  encodeHello,
+  encodeReason,
+  encodeSection,
+  MAX_REASON_BYTES,
+  MAX_SECTIONS,
+  MessageReader,
+  MessageWriter,
+  ProtocolError,
+} from "./stream.ts";
+import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter } from "./ram.ts";
+import { settleWithin } from "./_async.ts";
+import { MigrationBlockedError } from "../devices/device.ts";
+
+const log = logger("migration");
+
+/** A running outgoing migration. */
+export interface MigrationHandle {
+  /** Settles with the final status (`completed`, `failed` or `canceled`); never rejects. */
+  readonly done: Promise<MigrationStatus>;
+  /**
+   * QMP `migrate_cancel`: rolls back unless the migration already finished or has sent
+   * `complete` (then the destination may already run the guest, so it is a no-op). Idempotent.
+   */
+  cancel(): void;
+  /** The QMP `query-migrate` reply. */
+  queryMigrate(): MigrationInfo;
+}
+
+/** Options of {@linkcode startMigration}. */
+export interface StartMigrationOptions {
+  /** Product and version sent in hello. @default {"ferry"} */
+  product?: string;
+  /** Connect timeout. @default {10000} */
+  connectTimeoutMs?: number;
+}
+
+/** A failure of one named step; the message is `Cannot <step>: <cause>`. */
+export class MigrationError extends Error {
+  override name = "MigrationError";
+  /** The step that failed. */
+  readonly step: string;
+  constructor(step: string, message: string, options?: ErrorOptions) {
+    super(`Cannot ${step}: ${message}`, options);
+    this.step = step;
+  }
+}
+
+class Canceled extends Error {
+  override name = "Canceled";
+}
+
+/** Below this a pass is too small to measure bandwidth; the previous measurement stays. */
+const MIN_MEASURED_PASS_BYTES = 1024 * 1024;
+/** Bandwidth assumed before any pass was big enough to measure: 1 Gbit/s. */
+const ASSUMED_BANDWIDTH = 125_000_000;
+/** How long a failed send waits for the destination's reason before reporting its own. */
+const PEER_REASON_WAIT_MS = 200;
+
+/**
+ * Starts migrating `vm` to `uri` in the background (QMP `migrate` returns at once).
+ *
+ * @param vm the running source VM
+ * @param uri `tcp:HOST:PORT` or `unix:PATH`
+ * @param params tunables, e.g. from `migrate-set-parameters`
+ * @param status the VM's status tracker (emits `MIGRATION` events)
+ * @returns a handle with `cancel()`, `done` and `queryMigrate()`
+ * @throws {TypeError} for a bad uri; {Error} when a migration is already active;
+ *   {MigrationBlockedError} naming the devices that cannot migrate. Nothing has changed then.
+ * @example
+ * ```ts
+ * const h = startMigration(vm, "tcp:10.0.0.2:4446", DEFAULT_MIGRATION_PARAMETERS, status);
+ * const final = await h.done; // "completed": keep the VM paused (postmigrate)
+ * ```
+ */
+export function startMigration(
+  vm: MigrationVm,
+  uri: string,
+  params: Readonly<MigrationParameters> = DEFAULT_MIGRATION_PARAMETERS,
+  status: MigrationStatusTracker = new MigrationStatusTracker(),
+  options: StartMigrationOptions = {},
+): MigrationHandle {
+  if (status.isActive) throw new Error("Cannot start migration: a migration is already in progress");
+  const target = parseMigrationUri(uri);
+  const blockers = vm.migrationBlockers();
+  if (blockers.length > 0) {
+    throw new MigrationBlockedError(
+      `Cannot migrate: device${blockers.length > 1 ? "s" : ""} ${
+        blockers.map((b) => `'${b}'`).join(", ")
+      } cannot be migrated`,
+    );
+  }
+  const m = new OutgoingMigration(vm, target.uri, params, status, options);
+  return m.handle();
+}
+
+class OutgoingMigration {
+  #vm: MigrationVm;
+  #uri: string;
+  #params: Readonly<MigrationParameters>;
+  #status: MigrationStatusTracker;
+  #options: StartMigrationOptions;
+  #abort = new AbortController();
+  #conn: Deno.Conn | undefined;
+  #writer: MessageWriter | undefined;
+  #replies: Promise<void> | undefined;
+  #peerError: string | undefined;
+  #connClosed = false;
+  // What the rollback must undo.
+  #dirtyLogging = false;
+  #paused = false;
+  #switchedOver = false;
+  #committed = false;
+  #finished = false;
+  // Statistics.
+  #counters = new RamCounters();
+  #startMs = performance.now();
+  #setupMs: number | undefined;
+  #endMs: number | undefined;
+  #pausedAtMs: number | undefined;
+  #downtimeMs: number | undefined;
+  #lastSyncMs = 0;
+  /** True once a pass of at least 1 MiB measured the bandwidth. */
+  #measured = false;
+  #done: Promise<MigrationStatus>;
+
+  constructor(
+    vm: MigrationVm,
+    uri: string,
+    params: Readonly<MigrationParameters>,
+    status: MigrationStatusTracker,
+    options: StartMigrationOptions,
+  ) {
+    this.#vm = vm;
+    this.#uri = uri;
+    this.#params = params;
+    this.#status = status;
+    this.#options = options;
+    this.#counters.totalBytes = vm.memory.sizeBytes;
+    status.transition("setup");
+    status.attachInfo(() => this.#info());
+    this.#done = this.#run();
+  }
+
+  handle(): MigrationHandle {
+    return {
+      done: this.#done,
+      cancel: () => this.#cancel(),
+      queryMigrate: () => this.#status.queryMigrate(),
+    };
+  }
+
+  #info(): Omit<MigrationInfo, "status" | "error-desc"> {
+    const now = this.#endMs ?? performance.now();
+    const info: Omit<MigrationInfo, "status" | "error-desc"> = {
+      "total-time": Math.round(now - this.#startMs),
+    };
+    if (this.#setupMs !== undefined) info["setup-time"] = Math.round(this.#setupMs);
+    if (this.#downtimeMs !== undefined) info.downtime = Math.round(this.#downtimeMs);
+    const bw = this.#counters.bandwidthBytesPerSec;
+    if (this.#endMs === undefined && bw > 0) {
+      info["expected-downtime"] = Math.round(this.#counters.remainingBytes / bw * 1000);
+    }
+    info.ram = this.#counters.toInfo();
+    return info;
+  }
+
+  #cancel(): void {
+    if (this.#finished) return;
+    if (this.#committed) {
+      log.warn("Ignoring migrate_cancel: all state was sent, the destination may already run the guest");
+      return;
+    }
+    if (this.#abort.signal.aborted) return;
+    log.info("Canceling migration to %s", this.#uri);
+    this.#abort.abort(new Canceled("Migration canceled"));
+    this.#closeConn("migrate_cancel");
+  }
+
+  /** Sends `cancel(reason)` when the writer is idle, then closes; closes at once when it is busy. */
+  #closeConn(reason: string): void {
+    const conn = this.#conn;
+    if (!conn || this.#connClosed) return;
+    this.#connClosed = true;
+    const close = () => {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+    };
+    const w = this.#writer;
+    if (!w || w.busy) return close();
+    settleWithin(w.send("cancel", encodeReason(reason)), PEER_REASON_WAIT_MS).then(close);
+  }
+
+  /**
+   * Runs `fn` as the step `name`; failures become `Cannot <name>: …`. For a step that talks to
+   * the destination (`io`), a failure first waits briefly for the destination's own reason.
+   */
+  async #step<T>(name: string, fn: () => Promise<T> | T, io = true): Promise<T> {
+    if (this.#abort.signal.aborted) throw this.#abort.signal.reason;
+    log.debug("Migration step: %s", name);
+    try {
+      return await fn();
+    } catch (e) {
+      if (this.#abort.signal.aborted && !this.#committed) throw this.#abort.signal.reason;
+      if (e instanceof MigrationError) throw e;
+      const peer = io ? await this.#peerReason() : undefined;
+      const detail = peer !== undefined ? `destination failed: ${peer}` : (e as Error).message;
+      throw new MigrationError(name, detail, { cause: e });
+    }
+  }
+
+  async #peerReason(): Promise<string | undefined> {
+    if (this.#peerError === undefined && this.#replies) {
+      await settleWithin(this.#replies, PEER_REASON_WAIT_MS);
+    }
+    return this.#peerError;
+  }
+
+  async #run(): Promise<MigrationStatus> {
+    try {
+      await this.#pipeline();
+      this.#finish("completed");
+    } catch (e) {
+      const canceled = e instanceof Canceled;
+      const message = canceled ? "Migration canceled" : (e as Error).message;
+      if (!canceled) log.error("Migration to %s failed: %s", this.#uri, message);
+      await this.#rollback(canceled ? "migrate_cancel" : `source failed: ${message}`);
+      this.#finish(canceled ? "canceled" : "failed", message);
+    }
+    return this.#status.status;
+  }
+
+  #finish(to: MigrationStatus, errorDesc?: string): void {
+    this.#endMs = performance.now();
+    this.#finished = true;
+    if (this.#conn && !this.#connClosed) {
+      this.#connClosed = true;
+      try {
+        this.#conn.close();
+      } catch { /* already closed */ }
+    }
+    this.#status.transition(to, errorDesc);
+  }
+
+  async #rollback(reason: string): Promise<void> {
+    this.#closeConn(reason);
+    const vm = this.#vm;
+    if (this.#dirtyLogging) {
+      this.#dirtyLogging = false;
+      try {
+        vm.stopDirtyLog();
+      } catch (e) {
+        log.error("Rollback: cannot stop dirty logging: %s", (e as Error).message);
+      }
+    }
+    if (this.#switchedOver) {
+      try {
+        await vm.onRollback?.();
+      } catch (e) {
+        log.error("Rollback: rollback hook failed: %s", (e as Error).message);
+      }
+    }
+    if (this.#paused) {
+      try {
+        await vm.resume();
+        this.#paused = false;
+      } catch (e) {
+        log.error("Rollback: cannot resume the source VM: %s", (e as Error).message);
+      }
+    }
+  }
+
+  async #pipeline(): Promise<void> {
+    const vm = this.#vm;
+    const p = this.#params;
+    const signal = this.#abort.signal;
+    const c = this.#counters;
+
+    const conn = await this.#step(
+      "connect to the destination",
+      () =>
+        connectMigration(parseMigrationUri(this.#uri), {
+          timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
+          signal,
+        }),
+    );
+    this.#conn = conn;
+    if (signal.aborted) {
+      this.#closeConn("migrate_cancel");
+      throw signal.reason;
+    }
+    const writer = new MessageWriter(conn);
+    this.#writer = writer;
+    const reader = new MessageReader(conn, "destination");
+
+    await this.#step("exchange configuration", async () => {
+      await writer.send(
+        "hello",
+        encodeHello({ pageSize: PAGE_SIZE, product: this.#options.product ?? "ferry" }),
+      );
+      await writer.send("config", encodeConfig({ config: vm.configAttributes(), host: vm.hostAttributes() }));
+      const h = await reader.readHeader();
+      if (!h) throw new ProtocolError("the destination closed the connection");
+      if (h.kind === "nack") {
+        const reason = decodeReason(await reader.readPayload(h, MAX_REASON_BYTES));
+        throw new Error(`destination refused: ${reason}`);
+      }
+      if (h.kind !== "ack" || h.length !== 0) throw new ProtocolError(`expected 'ack', got '${h.kind}'`);
+    });
+    this.#replies = this.#readReplies(reader);
+    this.#replies.catch(() => {});
+
+    await this.#step("start dirty logging", () => {
+      vm.startDirtyLog();
+      this.#dirtyLogging = true;
+    }, false);
+    this.#setupMs = performance.now() - this.#startMs;
+    this.#status.transition("active");
+
+    const limiter = new RateLimiter(p["max-bandwidth"]);
+    const sender = new RamSender(writer, vm.memory, c, { limiter, signal });
+    const iterStartMs = performance.now();
+    this.#lastSyncMs = iterStartMs;
+    c.remainingBytes = vm.memory.sizeBytes;
+    this.#measure(await this.#step("send full RAM", () => sender.sendAll()));
+
+    let pending: Uint32Array[];
+    for (let pass = 1;; pass++) {
+      const bitmaps = await this.#step("sync the dirty log", () => this.#sync(), false);
+      const thresholdBytes = this.#bandwidth() * p["downtime-limit"] / 1000;
+      if (c.remainingBytes <= thresholdBytes) {
+        log.info("Converged after %d dirty passes: %d bytes left", pass - 1, c.remainingBytes);
+        pending = bitmaps;
+        break;
+      }
+      const capped = pass > p["max-iterations"] ||
+        (p["max-precopy-time"] > 0 && performance.now() - iterStartMs >= p["max-precopy-time"]);
+      if (capped) {
+        const why = `${c.remainingBytes} bytes still dirty after ${pass - 1} dirty passes, more than ` +
+          `${Math.floor(thresholdBytes)} bytes (${Math.round(this.#bandwidth())} B/s × ${
+            p["downtime-limit"]
+          } ms)`;
+        if (p["convergence-policy"] === "cancel") {
+          throw new MigrationError("converge", `${why}; convergence-policy is cancel`);
+        }
+        log.warn("Forcing switchover: %s", why);
+        pending = bitmaps;
+        break;
+      }
+      this.#measure(await this.#step(`send dirty RAM (pass ${pass})`, () => sender.sendDirty(bitmaps)));
+    }
+
+    await this.#step("pause the source VM", async () => {
+      this.#pausedAtMs = performance.now();
+      this.#paused = true; // set first: a pause that fails half-way is still resumed by the rollback
+      await vm.pause();
+    }, false);
+    await this.#step("run the switchover hook", async () => {
+      this.#switchedOver = true;
+      await vm.onSwitchover?.();
+    }, false);
+    const last = await this.#step("sync the dirty log", () => mergeBitmaps(pending, this.#sync()), false);
+    await this.#step("send the last dirty RAM", () => sender.sendDirty(last, false));
+    c.remainingBytes = 0;
+    await this.#step("stop dirty logging", () => {
+      this.#dirtyLogging = false;
+      vm.stopDirtyLog();
+    }, false);
+    const sections = await this.#step("save device state", () => vm.saveState(), false);
+    await this.#step("send device state", async () => {
+      if (sections.length > MAX_SECTIONS) {
+        throw new RangeError(`${sections.length} sections exceed ${MAX_SECTIONS}`);
+      }
+      const seen = new Set<string>();
+      for (const s of sections) {
+        if (seen.has(s.id)) throw new RangeError(`section id '${s.id}' appears twice`);
+        seen.add(s.id);
+        const b = encodeSection(s);
+        await writer.send("state", b);
+        c.transferredBytes += 24 + b.length;
+      }
+    });
+    await this.#step("send complete", async () => {
+      await writer.send("complete", encodeComplete(sections.length));
+      this.#committed = true;
+    });
+    await this.#step("wait for the destination to resume", () => this.#replies);
+    this.#downtimeMs = performance.now() - this.#pausedAtMs!;
+  }
+
+  /** Reads the destination's replies until `resumed`; a nack/cancel/EOF closes the connection. */
+  async #readReplies(reader: MessageReader): Promise<void> {
+    try {
+      const h = await reader.readHeader();
+      if (!h) throw new ProtocolError("the destination closed the connection");
+      if (h.kind === "resumed") return;
+      if (h.kind === "nack" || h.kind === "cancel") {
+        this.#peerError = decodeReason(await reader.readPayload(h, MAX_REASON_BYTES));
+        throw new Error(`destination failed: ${this.#peerError}`);
+      }
+      throw new ProtocolError(`unexpected '${h.kind}' message from the destination`);
+    } catch (e) {
+      if (this.#peerError === undefined && !this.#abort.signal.aborted && !this.#finished) {
+        this.#peerError = (e as Error).message;
+      }
+      // Unblock a send into a destination that stopped reading.
+      if (!this.#committed && this.#conn && !this.#connClosed) {
+        this.#connClosed = true;
+        try {
+          this.#conn.close();
+        } catch { /* already closed */ }
+      }
+      throw e;
+    }
+  }
+
+  #sync(): Uint32Array[] {
+    const c = this.#counters;
+    const bitmaps = this.#vm.syncDirtyLog();
+    const now = performance.now();
+    const dirty = countDirtyPages(bitmaps);
+    c.dirtySyncCount++;
+    c.remainingBytes = dirty * PAGE_SIZE;
+    const dt = (now - this.#lastSyncMs) / 1000;
+    if (dt > 0) c.dirtyPagesRate = dirty / dt;
+    this.#lastSyncMs = now;
+    return bitmaps;
+  }
+
+  /**
+   * Bandwidth = bytes / time spent writing (and throttled) in the pass: the link's rate, not the
+   * page scanning's, since the last pass after the pause scans only dirty pages. A pass under
+   * 1 MiB mostly fills socket buffers and keeps the previous measurement.
+   */
+  #measure(pass: PassResult): void {
+    const c = this.#counters;
+    if (pass.bytes >= MIN_MEASURED_PASS_BYTES || !this.#measured) {
+      c.bandwidthBytesPerSec = pass.bytes / (Math.max(pass.sendMs, 0.1) / 1000);
+      if (pass.bytes >= MIN_MEASURED_PASS_BYTES) this.#measured = true;
+    }
+    c.pagesPerSecond = pass.pages / (Math.max(pass.elapsedMs, 0.1) / 1000);
+  }
+
+  /**
+   * Measured bandwidth in bytes per second, capped by `max-bandwidth`. Until a pass of at least
+   * 1 MiB was measured (a mostly-zero guest), at least {@linkcode ASSUMED_BANDWIDTH} is assumed.
+   */
+  #bandwidth(): number {
+    const max = this.#params["max-bandwidth"];
+    let bw = this.#counters.bandwidthBytesPerSec;
+    if (!this.#measured) bw = Math.max(bw, ASSUMED_BANDWIDTH);
+    return max > 0 ? Math.min(bw, max) : bw;
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * What migration needs from a VM, and nothing more: the machine implements {@linkcode MigrationVm};
+ * tests implement it over plain buffers (`_fake_vm.ts`). Migration never imports `machine/`
+ * (STYLE.md c.2).
+ * @module
+ */
+import type { GuestMemory } from "../memory/guest_memory.ts";
+
+/** One piece of saved state: a vCPU, the VM (PIC, IOAPIC, PIT, clock) or a device. */
+export interface Section {
+  /** Stable string id, e.g. `"vcpu:0"`, `"serial:ttyS0"`, `"virtio-blk/rootfs"` (≤ 256 UTF-8 bytes). */
+  id: string;
+  /** The state version of the component that wrote `payload`. */
+  version: number;
+  /** Opaque to migration (≤ 16 MiB); usually {@linkcode encodeState} output. */
+  payload: Uint8Array;
+}
+
+/** What migration needs from a VM; the machine implements it. */
+export interface MigrationVm {
+  /** RAM regions; the source reads them, the destination writes them. */
+  readonly memory: GuestMemory;
+  /**
+   * Canonical configuration attributes, compared before any RAM moves, e.g.
+   * `{"-m": "268435456", "-smp": "2", "device rootfs: addr": "0x2.0"}`.
+   */
+  configAttributes(): Record<string, string>;
+  /** Host attributes that must match, e.g. `{"cpu vendor": "GenuineIntel", "kvm api version": "12"}`. */
+  hostAttributes(): Record<string, string>;
+  /** Ids of devices that cannot migrate; non-empty makes `migrate` fail at once naming them. */
+  migrationBlockers(): string[];
+  /** Source: turns KVM dirty logging on and resets the VMM bitmap. */
+  startDirtyLog(): void;
+  /**
+   * Per memory region (same order as `memory.regions`), a page bitmap (bit `p & 31` of word
+   * `p >> 5` is page `p`): KVM's log ORed with the VMM's own bitmap. Clears both.
+   */
+  syncDirtyLog(): Uint32Array[];
+  /** Source: turns dirty logging off. */
+  stopDirtyLog(): void;
+  /** Every vCPU out of `KVM_RUN` and devices quiesced. */
+  pause(): Promise<void>;
+  /** Runs the vCPUs again. */
+  resume(): Promise<void>;
+  /** Called paused: every vCPU, VM and device section. */
+  saveState(): Promise<Section[]>;
+  /** Destination: validates and applies; throws an error naming the section and field. */
+  restoreState(sections: Section[]): Promise<void>;
+  /** Source, paused, before the last state is sent (e.g. release disk locks). */
+  onSwitchover?(): Promise<void>;
+  /** Source, after a failure or cancel that happened after `onSwitchover` (e.g. re-take locks). */
+  onRollback?(): Promise<void>;
+}
