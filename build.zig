@@ -17,12 +17,22 @@ pub fn build(b: *std.Build) void {
     const shim = b.addLibrary(.{ .linkage = .dynamic, .name = "ferry_shim", .root_module = shim_mod });
     const shim_tests = b.addTest(.{ .root_module = shim_mod });
 
-    // The probe guest: freestanding x86_64, baseline CPU (SSE2), loaded by -kernel.
+    // The probe guest: freestanding x86_64, baseline CPU minus SSE for the Zig code (most of it runs
+    // while the PVM still emulates the vCPU, and the emulator cannot execute SSE); entry.S holds the
+    // SSE worker loop. Loaded by -kernel (PVH note) or ferry's 64-bit entry.
+    var guest_features_sub = std.Target.Cpu.Feature.Set.empty;
+    guest_features_sub.addFeature(@intFromEnum(std.Target.x86.Feature.sse));
+    guest_features_sub.addFeature(@intFromEnum(std.Target.x86.Feature.sse2));
+    guest_features_sub.addFeature(@intFromEnum(std.Target.x86.Feature.mmx));
+    var guest_features_add = std.Target.Cpu.Feature.Set.empty;
+    guest_features_add.addFeature(@intFromEnum(std.Target.x86.Feature.soft_float));
     const guest_target = b.resolveTargetQuery(.{
         .cpu_arch = .x86_64,
         .os_tag = .freestanding,
         .abi = .none,
         .cpu_model = .{ .explicit = &std.Target.x86.cpu.x86_64 },
+        .cpu_features_sub = guest_features_sub,
+        .cpu_features_add = guest_features_add,
     });
     const guest_mod = b.createModule(.{
         .root_source_file = b.path("guest/probe.zig"),
@@ -32,7 +42,9 @@ pub fn build(b: *std.Build) void {
         .code_model = .kernel,
         .single_threaded = false,
         .strip = false,
+        .unwind_tables = .none,
     });
+    guest_mod.addAssemblyFile(b.path("guest/entry.S"));
     const guest = b.addExecutable(.{ .name = "probe.elf", .root_module = guest_mod });
     guest.setLinkerScript(b.path("guest/probe.ld"));
     guest.entry = .{ .symbol_name = "_start" };

@@ -154,7 +154,10 @@ export class VmFd {
   }
 
   createPit2(): void {
-    const b = buf(64); // kvm_pit_config { flags = 0 }
+    // kvm_pit_config { flags = KVM_PIT_SPEAKER_DUMMY }: the kernel also answers port 0x61, whose
+    // gate/output bits guests use to calibrate the TSC against PIT channel 2.
+    const b = buf(64);
+    new DataView(b.buffer).setUint32(0, 1, true);
     this.#ptr(KVM.CREATE_PIT2, b, "create in-kernel PIT");
   }
 
