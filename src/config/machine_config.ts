@@ -1,0 +1,128 @@
+/**
+ * {@linkcode MachineConfig}: the parsed command line as plain data, no I/O done (files are not
+ * opened or checked here; the VMM does that).
+ * @module
+ */
+
+/** The machine: always x86_64 q35 on KVM. */
+export interface MachineTypeConfig {
+  /** `-machine [type=]q35`; the only type (StratoVirt's default without `-machine` is microvm; ferry's is q35). */
+  type: "q35";
+  /** `-machine accel=kvm` or `-accel kvm`; the only accelerator. */
+  accel: "kvm";
+}
+
+/** `-kernel PATH [-append CMDLINE] [-initrd PATH]`. */
+export interface KernelConfig {
+  /** Path of the vmlinux (ELF) or bzImage, as given. */
+  path: string;
+  /** Kernel command line: every `-append` value joined by one space; `""` without `-append`. */
+  cmdline: string;
+  /** Path of the initial RAM disk, as given. */
+  initrd?: string;
+}
+
+/**
+ * Where the 16550 UART (COM1, ttyS0) sends its output. The UART always exists; `none` (the default,
+ * StratoVirt has no serial without `-serial`) discards output and never delivers input.
+ */
+export type SerialConfig =
+  | { kind: "stdio" }
+  | { kind: "file"; path: string }
+  | { kind: "none" };
+
+/** One QMP listener: a UNIX socket ferry listens on. */
+export interface QmpConfig {
+  /** Socket path, as given. */
+  path: string;
+  /**
+   * Wait for a client before the guest starts (`server` without `nowait`/`wait=off`, as QEMU and
+   * StratoVirt).
+   * @default true
+   */
+  wait: boolean;
+}
+
+/** `-incoming`: this process is a migration destination. */
+export type IncomingConfig =
+  /** `tcp:HOST:PORT` (HOST without brackets; port 0 asks for an ephemeral port). */
+  | { kind: "tcp"; host: string; port: number }
+  /** `unix:PATH`. */
+  | { kind: "unix"; path: string };
+
+/** `-drive id=ID,file=PATH,...`: a raw image a `-device virtio-blk-pci,drive=ID` uses. */
+export interface DriveConfig {
+  /** Unique among drives. */
+  id: string;
+  /** Host path of the image, as given. */
+  file: string;
+  /** @default false */
+  readonly: boolean;
+  /** Open with `O_DIRECT` (StratoVirt's default is on). @default true */
+  direct: boolean;
+  /** `serial=` on the `-drive` (QEMU's legacy place; StratoVirt puts it on `-device`). At most 20 bytes. */
+  serial?: string;
+}
+
+/** A PCI slot and function, from `addr=SLOT[.FN]`. */
+export interface PciAddr {
+  /** 0..31 */
+  slot: number;
+  /** 0..7 */
+  fn: number;
+}
+
+/** `-device DRIVER,id=ID,bus=pcie.0,addr=SLOT[.FN],...`. */
+export interface DeviceConfig {
+  /** `virtio-blk-pci` or `virtio-net-pci`. */
+  driver: "virtio-blk-pci" | "virtio-net-pci";
+  /** Unique among devices. */
+  id: string;
+  /** Always `pcie.0` for now (no root ports yet). */
+  bus?: string;
+  addr?: PciAddr;
+  /**
+   * Every other key, validated, as given except: `mac` lower-cased, booleans (`multifunction`, `mq`)
+   * written `on`/`off`. Blk: `drive`, `serial`, `multifunction`, `bootindex`, `num-queues`,
+   * `queue-size`. Net: `netdev`, `mac`, `multifunction`, `mq`, `queue-size`, `vectors`.
+   */
+  props: Record<string, string>;
+}
+
+/** `-netdev tap,id=ID,ifname=NAME` or `-netdev tap,id=ID,fd=N`. */
+export interface NetdevConfig {
+  kind: "tap";
+  /** Unique among netdevs. */
+  id: string;
+  /** Host tap interface; StratoVirt uses it when both `ifname` and `fd` are given. */
+  ifname?: string;
+  /** An open tap fd inherited from the parent. */
+  fd?: number;
+}
+
+/** The whole command line, parsed and cross-checked. */
+export interface MachineConfig {
+  machine: MachineTypeConfig;
+  /** Guest RAM in bytes, 128 MiB..512 GiB, a multiple of 4 KiB. @default 268435456 (256 MiB) */
+  memoryBytes: number;
+  /** vCPUs, 1..254. @default 1 */
+  cpus: number;
+  kernel?: KernelConfig;
+  /** @default {kind: "none"} */
+  serial: SerialConfig;
+  /** QMP listeners from `-qmp` and `-chardev socket` + `-mon`, in command-line order. */
+  qmp: QmpConfig[];
+  incoming?: IncomingConfig;
+  /** In command-line order. */
+  drives: DriveConfig[];
+  /** In command-line order. */
+  devices: DeviceConfig[];
+  /** In command-line order. */
+  netdevs: NetdevConfig[];
+  /** `-name`. */
+  name?: string;
+  /** `-D PATH`: log file; absent logs to stderr. */
+  logFile?: string;
+  /** `-daemonize` is refused ("not supported yet"), so always false. */
+  daemonize: boolean;
+}

@@ -1,0 +1,109 @@
+/**
+ * Black box: QMP against a running ferry with the probe guest, over the real socket.
+ */
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { Ferry, probeArgs, tempDir } from "./_fixture/ferry.ts";
+import { QmpClient } from "./_fixture/qmp_client.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+Deno.test("QMP stop and cont pause and resume the guest, with STOP/RESUME to every client", async () => {
+  const dir = tempDir();
+  const sock = `${dir}/qmp.sock`;
+  const f = new Ferry(probeArgs({ smp: 2, qmp: sock, append: "mode=idle interval_ms=50" }), { qmpPath: sock });
+  let a: QmpClient | undefined, b: QmpClient | undefined;
+  try {
+    a = await f.qmp();
+    b = await f.qmp();
+    assert.ok("QMP" in a.greeting);
+    await f.waitLine(/PROBE PROGRESS cpu=1/);
+    assert.deepEqual(await a.call("query-status"), { status: "running", running: true, singlestep: false });
+    const cpus = await a.call("query-cpus-fast") as { "cpu-index": number; "thread-id": number }[];
+    assert.equal(cpus.length, 2);
+    assert.ok(cpus.every((c) => c["thread-id"] > 0));
+
+    assert.deepEqual(await a.execute("stop"), { return: {} });
+    await a.waitEvent("STOP");
+    await b.waitEvent("STOP");
+    assert.equal((await a.call("query-status") as { status: string }).status, "paused");
+    await sleep(150);
+    const frozen = f.lines.length;
+    await sleep(400);
+    assert.equal(f.lines.length, frozen, "no guest output while paused");
+
+    assert.deepEqual(await b.execute("cont"), { return: {} });
+    await a.waitEvent("RESUME");
+    await b.waitEvent("RESUME");
+    await f.waitLine(/PROBE PROGRESS cpu=0/, 5000, frozen);
+    assert.ok(!f.lines.some((l) => l.includes("FAIL")));
+
+    assert.deepEqual(await a.execute("quit"), { return: {} });
+    const st = await f.wait();
+    assert.equal(st.code, 0, f.transcript());
+    assert.ok(!existsSync(sock), "the QMP socket is removed on exit");
+  } finally {
+    await a?.close();
+    await b?.close();
+    await f.kill();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("QMP system_reset reboots the guest and emits RESET", async () => {
+  const dir = tempDir();
+  const sock = `${dir}/qmp.sock`;
+  const f = new Ferry(probeArgs({ qmp: sock, append: "mode=idle interval_ms=50" }), { qmpPath: sock });
+  const q = await f.qmp();
+  try {
+    await f.waitLine(/PROBE READY/);
+    const from = f.lines.length;
+    assert.deepEqual(await q.execute("system_reset"), { return: {} });
+    await q.waitEvent("RESET");
+    await f.waitLine(/PROBE BOOT/, 10000, from);
+    await f.waitLine(/PROBE READY/, 10000, from);
+    assert.equal((await q.call("query-status") as { status: string }).status, "running");
+  } finally {
+    await q.close();
+    await f.kill();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("QMP keeps answering after malformed input and unknown commands on a live VM", async () => {
+  const dir = tempDir();
+  const sock = `${dir}/qmp.sock`;
+  const f = new Ferry(probeArgs({ qmp: sock }), { qmpPath: sock });
+  try {
+    const conn = await (async () => {
+      for (let i = 0; i < 200; i++) {
+        try {
+          return await Deno.connect({ transport: "unix", path: sock });
+        } catch {
+          await sleep(50);
+        }
+      }
+      throw new Error("no QMP socket");
+    })();
+    const enc = new TextEncoder();
+    await conn.write(enc.encode('{"execute": nope}\n{"execute":"no-such-command"}\n{"execute":"query-status","id":7}\n'));
+    const dec = new TextDecoder();
+    let text = "";
+    const buf = new Uint8Array(65536);
+    while ((text.match(/\n/g) ?? []).length < 4) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += dec.decode(buf.subarray(0, n));
+    }
+    conn.close();
+    const msgs = text.trim().split(/\r?\n/).map((l) => JSON.parse(l));
+    assert.ok("QMP" in msgs[0]);
+    assert.equal(msgs[1].error.class, "GenericError");
+    assert.equal(msgs[2].error.class, "CommandNotFound");
+    assert.equal(msgs[3].id, 7);
+    assert.equal(msgs[3].return.status, "running");
+  } finally {
+    await f.kill();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
