@@ -1,5 +1,5 @@
 /**
- * `ferry ARGS`: parse the command line, start the VMM, feed the serial console, end cleanly on a
+ * `ferry ARGS`: parse the command line (or run a client subcommand, src/client/commands.ts), start the VMM, feed the serial console, end cleanly on a
  * guest exit, `quit`, SIGINT or SIGTERM. Returns the process exit code:
  *
  * | code | meaning                                                         |
@@ -9,9 +9,10 @@
  * | 2    | bad command line, or the guest triple-faulted                   |
  * @module
  */
-import { helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
+import { formatIncoming, helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
 import type { MachineConfig } from "../config/mod.ts";
 import { configureLog, logger } from "../util/log.ts";
+import { CLIENT_COMMANDS, runClient } from "../client/commands.ts";
 import type { VmmOptions } from "./vmm.ts";
 import { Vmm } from "./vmm.ts";
 
@@ -45,11 +46,7 @@ export async function vmmOptions(config: MachineConfig): Promise<VmmOptions> {
       }
       : {}),
   };
-  const incoming = config.incoming
-    ? (config.incoming.kind === "tcp"
-      ? `tcp:${config.incoming.host}:${config.incoming.port}`
-      : `unix:${config.incoming.path}`)
-    : undefined;
+  const incoming = config.incoming ? formatIncoming(config.incoming) : undefined;
   return {
     spec,
     qmp: config.qmp.map((q) => ({ path: q.path, wait: q.wait })),
@@ -80,6 +77,10 @@ async function pumpStdin(vmm: Vmm): Promise<void> {
  * @param args the command line, e.g. `["-machine", "q35", "-kernel", "probe.elf"]`
  */
 export async function runFerry(args: string[]): Promise<number> {
+  const sub = args[0];
+  if (sub !== undefined && (CLIENT_COMMANDS as readonly string[]).includes(sub)) {
+    return await runClient(sub, args.slice(1));
+  }
   if (args.some((a) => a === "-help" || a === "--help" || a === "-h")) {
     Deno.stdout.writeSync(encoder.encode(helpText()));
     return 0;
@@ -92,6 +93,11 @@ export async function runFerry(args: string[]): Promise<number> {
     return 2;
   }
   if (config.logFile !== undefined) configureLog({ file: config.logFile });
+  if (config.devices.length > 0) {
+    // TODO(#5): virtio-blk-pci / virtio-net-pci are parsed but not yet wired into the machine.
+    say(`ferry: -device ${config.devices[0]!.driver} is not supported yet`);
+    return 2;
+  }
   if (!config.kernel && !config.incoming) {
     say("ferry: -kernel is required: see 'ferry -help'");
     return 2;
