@@ -4,7 +4,7 @@
  * interleaved in one run, printed side by side with ratios.
  * @module
  */
-import { ferryCommand, median, out, PROBE, qemuBinary, rssKiB, Spawned } from "./_util.ts";
+import { ferryCommand, qemuBaseArgs, median, out, PROBE, qemuBinary, rssKiB, Spawned } from "./_util.ts";
 
 interface Sample {
   ms: number;
@@ -29,7 +29,7 @@ export async function benchBoot(runs = 5): Promise<Record<string, string | numbe
   const guestArgs = ["-m", "256M", "-smp", "1", "-kernel", PROBE, "-append", "mode=idle interval_ms=1000"];
   const ferry = ferryCommand(["-machine", "q35", ...guestArgs, "-serial", "stdio"]);
   const qemu = qemuBinary();
-  const qemuArgs = ["-machine", "q35,accel=kvm", "-cpu", "host", "-nodefaults", "-nographic", "-serial", "stdio", ...guestArgs];
+  const qemuArgs = [...qemuBaseArgs(), "-serial", "stdio", ...guestArgs];
   const f: Sample[] = [], q: Sample[] = [];
   for (let i = 0; i < runs; i++) {
     f.push(await once(ferry.cmd, ferry.args));

@@ -4,7 +4,7 @@
  * boot the same guest, so both VMMs' numbers are shown side by side.
  * @module
  */
-import { ferryCommand, out, PROBE, qemuBinary, Spawned } from "./_util.ts";
+import { ferryCommand, qemuBaseArgs, out, PROBE, qemuBinary, Spawned } from "./_util.ts";
 
 async function rates(cmd: string, args: string[]): Promise<{ emulated: number; native: number }> {
   const p = new Spawned(cmd, args);
@@ -33,7 +33,7 @@ export async function benchNative(): Promise<Record<string, string | number>[]> 
   };
   const qemu = qemuBinary();
   if (qemu) {
-    const qr = await rates(qemu, ["-machine", "q35,accel=kvm", "-cpu", "host", "-nodefaults", "-nographic", "-serial", "stdio", ...guest]);
+    const qr = await rates(qemu, [...qemuBaseArgs(), "-serial", "stdio", ...guest]);
     out(`  qemu   emulated ${qr.emulated.toExponential(2)}  native ${qr.native.toExponential(2)}  speed-up ${(qr.native / qr.emulated).toFixed(0)}×`);
     out(`  ratio ferry/qemu native rate: ${(fr.native / qr.native).toFixed(2)}`);
     row.qemu_native_ips = qr.native;
