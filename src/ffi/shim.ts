@@ -58,21 +58,25 @@ function locate(): string {
   const beside = new URL(`../../zig-out/lib/${LIB_NAME}`, import.meta.url);
   if (beside.protocol !== "file:") throw new Error(`Cannot locate ${LIB_NAME}: module is not a local file`);
   const path = decodeURIComponent(beside.pathname);
-  if (exists(path)) {
-    // Inside a `deno compile` binary the path is served from the embedded file system, which
-    // dlopen(3) cannot read: copy it to a private temp file when it is not on the real disk.
-    if (!(import.meta as { dirname?: string }).dirname?.includes("deno-compile-")) return path;
-    const bytes = Deno.readFileSync(path);
-    const tmp = Deno.makeTempFileSync({ prefix: "ferry-shim-", suffix: ".so" });
-    Deno.writeFileSync(tmp, bytes, { mode: 0o700 });
-    globalThis.addEventListener("unload", () => {
-      try {
-        Deno.removeSync(tmp);
-      } catch { /* already gone */ }
-    });
-    return tmp;
-  }
+  if (exists(path)) return path;
   throw new Error(`Cannot locate ${LIB_NAME}: run 'deno task setup' (zig build) or set FERRY_SHIM`);
+}
+
+/**
+ * Inside a `deno compile` binary the library is served from the embedded file system, which
+ * dlopen(3) cannot read: copy it to a private temp file (0700, removed at exit) and open that.
+ */
+function openEmbedded(path: string): Deno.DynamicLibrary<typeof symbols> {
+  const bytes = Deno.readFileSync(path);
+  const dir = Deno.makeTempDirSync({ prefix: "ferry-shim-" });
+  const tmp = `${dir}/${LIB_NAME}`;
+  Deno.writeFileSync(tmp, bytes, { mode: 0o700 });
+  try {
+    return Deno.dlopen(tmp, symbols);
+  } finally {
+    // Once mapped, the file is no longer needed.
+    Deno.removeSync(dir, { recursive: true });
+  }
 }
 
 /** Opens (once per thread) and returns the shim's symbols. */
@@ -82,7 +86,11 @@ export function shim(): Shim {
     try {
       lib = Deno.dlopen(path, symbols);
     } catch (cause) {
-      throw new Error(`Cannot load ${LIB_NAME} from '${path}'`, { cause });
+      try {
+        lib = openEmbedded(path);
+      } catch {
+        throw new Error(`Cannot load ${LIB_NAME} from '${path}'`, { cause });
+      }
     }
   }
   return lib.symbols;

@@ -21,7 +21,7 @@ export class Ferry {
   #pumps: Promise<void>[] = [];
 
   constructor(args: string[], options: { qmpPath?: string; env?: Record<string, string> } = {}) {
-    const bin = Deno.env.get("FERRY_BIN");
+    const bin = options.env?.FERRY_BIN ?? Deno.env.get("FERRY_BIN");
     const cmd = bin ? new Deno.Command(bin, { args, stdin: "piped", stdout: "piped", stderr: "piped", env: options.env ?? {} })
       : new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", `${ROOT}main.ts`, ...args],
