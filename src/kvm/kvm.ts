@@ -101,6 +101,11 @@ export interface MemorySlot {
   hostAddr: bigint;
 }
 
+/** One entry of `KVM_SET_GSI_ROUTING` (`struct kvm_irq_routing_entry`, 48 bytes). */
+export type KvmIrqRoute =
+  | { gsi: number; kind: "irqchip"; chip: number; pin: number }
+  | { gsi: number; kind: "msi"; addressLo: number; addressHi: number; data: number };
+
 /** A VM fd. */
 export class VmFd {
   readonly fd: number;
@@ -231,6 +236,42 @@ export class VmFd {
 
   close(): void {
     shim().ferry_close(this.fd);
+  }
+
+  /**
+   * KVM_SET_GSI_ROUTING: replaces the VM's whole GSI routing table (irqchip pins and MSI routes).
+   * Include the irqchip defaults for GSI 0..23 or the IOAPIC/PIC lose their routes.
+   */
+  setGsiRouting(routes: KvmIrqRoute[]): void {
+    const entry = ABI.kvm_irq_routing_entry;
+    const b = buf(8 + routes.length * entry);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, routes.length, true);
+    routes.forEach((r, i) => {
+      const o = 8 + i * entry;
+      dv.setUint32(o, r.gsi, true);
+      if (r.kind === "irqchip") {
+        dv.setUint32(o + 4, 1, true); // KVM_IRQ_ROUTING_IRQCHIP
+        dv.setUint32(o + 16, r.chip, true);
+        dv.setUint32(o + 20, r.pin, true);
+      } else {
+        dv.setUint32(o + 4, 2, true); // KVM_IRQ_ROUTING_MSI
+        dv.setUint32(o + 16, r.addressLo, true);
+        dv.setUint32(o + 20, r.addressHi, true);
+        dv.setUint32(o + 24, r.data, true);
+      }
+    });
+    this.#ptr(KVM.SET_GSI_ROUTING, b, `set ${routes.length} GSI routes`);
+  }
+
+  /** KVM_SIGNAL_MSI: injects one MSI directly. @returns 0 when the guest blocked it, 1 when delivered */
+  signalMsi(msi: { addressLo: number; addressHi: number; data: number }): number {
+    const b = buf(ABI.kvm_msi);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, msi.addressLo, true);
+    dv.setUint32(4, msi.addressHi, true);
+    dv.setUint32(8, msi.data, true);
+    return this.#ptr(KVM.SIGNAL_MSI, b, `signal MSI 0x${msi.addressLo.toString(16)}/0x${msi.data.toString(16)}`);
   }
 }
 
