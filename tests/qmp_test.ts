@@ -107,3 +107,29 @@ Deno.test("QMP keeps answering after malformed input and unknown commands on a l
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("socat, as an operator would use it, gets the greeting and a query-migrate reply from a running ferry", async () => {
+  const dir = tempDir();
+  const sock = `${dir}/qmp.sock`;
+  const f = new Ferry(probeArgs({ qmp: sock }), { qmpPath: sock });
+  try {
+    await (await f.qmp()).close(); // the socket is up
+    const out = await new Deno.Command("socat", {
+      args: ["-t", "2", "-", `UNIX-CONNECT:${sock}`],
+      stdin: "piped",
+      stdout: "piped",
+    }).spawn();
+    const w = out.stdin.getWriter();
+    await w.write(new TextEncoder().encode('{"execute":"qmp_capabilities"}\n{"execute":"query-migrate"}\n'));
+    await sleep(500);
+    await w.close();
+    const text = new TextDecoder().decode((await out.output()).stdout);
+    const msgs = text.trim().split(/\r\n/).map((l) => JSON.parse(l));
+    assert.ok("QMP" in msgs[0]);
+    assert.deepEqual(msgs[1], { return: {} });
+    assert.deepEqual(msgs[2], { return: { status: "setup" } }, "a running VM is set up and ready to migrate (StratoVirt)");
+  } finally {
+    await f.kill();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

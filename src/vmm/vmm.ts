@@ -254,9 +254,16 @@ export class Vmm implements MachineControl, MigrationControl {
     this.#active?.cancel();
   }
 
+  /**
+   * `query-migrate`. Before any migration the status follows StratoVirt's meaning: `setup` when
+   * the VM is set up and ready to migrate (running or paused), `none` while it is not (prelaunch,
+   * shutting down).
+   */
   query(): Record<string, unknown> {
-    const q = this.#migration.queryMigrate() as unknown as Record<string, unknown>;
-    return this.#migration.status === "none" ? {} : q;
+    if (this.#migration.status === "none") {
+      return { status: this.#state === "running" || this.#state === "paused" ? "setup" : "none" };
+    }
+    return this.#migration.queryMigrate() as unknown as Record<string, unknown>;
   }
 
   setParameters(p: Record<string, unknown>): void {
