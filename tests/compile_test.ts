@@ -11,7 +11,7 @@ const out = tempDir();
 const bin = `${out}/ferry`;
 const compile = await new Deno.Command(Deno.execPath(), {
   args: [
-    "compile", "-A", "--include", `${ROOT}zig-out/lib/libferry_shim.so`, "--include", `${ROOT}src/machine/vcpu_worker.ts`,
+    "compile", "-A", "--include", `${ROOT}zig-out/lib/libferry_shim.so`, "--include", `${ROOT}src/machine/vcpu_worker.ts`, "--include", `${ROOT}src/devices/virtio/io_worker.ts`,
     "--output", bin, `${ROOT}main.ts`,
   ],
   stdout: "piped",

@@ -271,7 +271,11 @@ export class VmFd {
     dv.setUint32(0, msi.addressLo, true);
     dv.setUint32(4, msi.addressHi, true);
     dv.setUint32(8, msi.data, true);
-    return this.#ptr(KVM.SIGNAL_MSI, b, `signal MSI 0x${msi.addressLo.toString(16)}/0x${msi.data.toString(16)}`);
+    return this.#ptr(
+      KVM.SIGNAL_MSI,
+      b,
+      `signal MSI 0x${msi.addressLo.toString(16)}/0x${msi.data.toString(16)}`,
+    );
   }
 }
 

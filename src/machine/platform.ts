@@ -11,6 +11,9 @@
  * | 0x600–0x67f  | ACPI PM (SCI on IRQ 9)  | `acpi-pm`        |
  * | 0x80         | POST code               | `debug-port`     |
  * | 0x70–0x71    | RTC/CMOS                | `rtc-cmos`       |
+ * | 0xcf8, 0xcfc | PCI config mechanism #1 | `pci:cf8/cfc`    |
+ *
+ * On MMIO: PCIe ECAM at 0xB0000000 and the BAR window 0xC0000000–0xFEBFFFFF (virtio-pci).
  * @module
  */
 import { MmioBus, PioBus } from "../bus/bus.ts";
@@ -23,6 +26,7 @@ import { Uart16550 } from "../devices/serial/uart16550.ts";
 import { shim } from "../ffi/shim.ts";
 import { KVM } from "../kvm/ioctls.ts";
 import { lowRamEnd } from "./boot/layout.ts";
+import { buildPciRoot, type PciPlan, registerPciBuses, vmFdFromNumber } from "../devices/virtio/virtio_pci.ts";
 
 /** Where the serial console goes. */
 export type SerialSink = { kind: "stdio" } | { kind: "file"; path: string } | { kind: "none" };
@@ -39,6 +43,8 @@ export interface DevicePlan {
   acpiPm: SharedArrayBuffer;
   debugPort: SharedArrayBuffer;
   cmos: SharedArrayBuffer;
+  /** PCI root, functions and BARs (shared state), when the VM has PCI devices. */
+  pci?: PciPlan;
 }
 
 /** The buses one thread dispatches exits to. */
@@ -90,7 +96,12 @@ function makeDevices(plan: DevicePlan, onRequest: (r: MachineRequest) => void, o
   pio.register(0x600, 0x80, devices.acpiPm, "acpi-pm");
   pio.register(0x80, 1, devices.debugPort, "debug-port");
   pio.register(0x70, 2, devices.cmos, "rtc-cmos");
-  return { devices, buses: { pio, mmio: new MmioBus() } };
+  const mmio = new MmioBus();
+  if (plan.pci) {
+    const { root } = buildPciRoot(plan.pci, vmFdFromNumber(plan.pci.vmFd));
+    registerPciBuses(root, pio, mmio);
+  }
+  return { devices, buses: { pio, mmio } };
 }
 
 /** Builds this thread's buses over the shared device state. */
@@ -103,7 +114,7 @@ export class Platform {
   readonly #plan: DevicePlan;
   readonly #devices: Devices;
 
-  constructor(opts: { vmFd: number; serial: SerialSink; ramBytes: number }) {
+  constructor(opts: { vmFd: number; serial: SerialSink; ramBytes: number; pci?: PciPlan }) {
     const low = lowRamEnd(opts.ramBytes);
     this.#plan = {
       vmFd: opts.vmFd,
@@ -113,9 +124,11 @@ export class Platform {
       acpiPm: AcpiPm.createShared(),
       debugPort: DebugPort.createShared(),
       cmos: Cmos.createShared({ lowMemBytes: low, highMemBytes: Math.max(0, opts.ramBytes - low) }),
+      ...(opts.pci ? { pci: opts.pci } : {}),
     };
     // Requests raised on the main thread (none expected: the guest drives these ports) are ignored.
-    this.#devices = makeDevices(this.#plan, () => {}, sinkWriter(opts.serial)).devices;
+    const { pci: _pci, ...platformOnly } = this.#plan;
+    this.#devices = makeDevices(platformOnly, () => {}, sinkWriter(opts.serial)).devices;
   }
 
   plan(): DevicePlan {

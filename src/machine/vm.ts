@@ -17,9 +17,18 @@ import { ramRegions } from "./boot/layout.ts";
 import { KICK_SIGNAL, VcpuControl } from "./vcpu_control.ts";
 import type { VcpuEvent, VcpuInit, VcpuReady } from "./vcpu_worker.ts";
 import { Platform, type SerialSink } from "./platform.ts";
-import type { StateValue } from "../devices/device.ts";
+import type { Migratable, StateValue } from "../devices/device.ts";
+import { VirtioPciDevices } from "../devices/virtio/virtio_pci.ts";
+import { IoControl } from "../devices/virtio/io_control.ts";
+import type { DriveConfig } from "../devices/virtio/block/block.ts";
+import { parseMac } from "../devices/virtio/net/net.ts";
 
 const log = logger("vm");
+
+/** A PCI device on `pcie.0`. `addr` is QEMU's `SLOT[.FN]`; the first free slot when absent. */
+export type PciDeviceSpec =
+  | { kind: "virtio-blk"; addr?: string; drive: DriveConfig }
+  | { kind: "virtio-net"; addr?: string; id: string; ifname: string; mac: string };
 
 /** What a VM is made of (from the command line). */
 export interface VmSpec {
@@ -27,6 +36,7 @@ export interface VmSpec {
   cpus: number;
   kernel?: { path: string; cmdline: string; initrd?: string };
   serial: SerialSink;
+  pci?: PciDeviceSpec[];
 }
 
 /** Why the VM stopped on its own. */
@@ -101,6 +111,9 @@ export class Vm {
   readonly control: VcpuControl;
   readonly platform: Platform;
   readonly msrIndices: number[];
+  /** The PCI devices, when any were configured. */
+  readonly pci: VirtioPciDevices | undefined;
+  #io: IoControl | undefined;
   readonly #workers: Worker[] = [];
   readonly #exitListeners: ((e: VmExit) => void)[] = [];
   #dirtyLogging = false;
@@ -109,8 +122,17 @@ export class Vm {
   #paused = true;
   #exited: VmExit | undefined;
 
-  private constructor(spec: VmSpec, kvm: Kvm, vmFd: VmFd, layout: MemoryLayout, vcpus: VcpuFd[], platform: Platform) {
+  private constructor(
+    spec: VmSpec,
+    kvm: Kvm,
+    vmFd: VmFd,
+    layout: MemoryLayout,
+    vcpus: VcpuFd[],
+    platform: Platform,
+    pci: VirtioPciDevices | undefined,
+  ) {
     this.spec = spec;
+    this.pci = pci;
     this.kvm = kvm;
     this.vmFd = vmFd;
     this.layout = layout;
@@ -149,12 +171,42 @@ export class Vm {
       v.setCpuid(cpuidFor(cpuid, i, spec.cpus));
       vcpus.push(v);
     }
-    const platform = new Platform({ vmFd: vmFd.fd, serial: spec.serial, ramBytes: spec.memoryBytes });
-    const vm = new Vm(spec, kvm, vmFd, layout, vcpus, platform);
+    const pci = Vm.#createPci(spec, vmFd, options.boot);
+    const platform = new Platform({
+      vmFd: vmFd.fd,
+      serial: spec.serial,
+      ramBytes: spec.memoryBytes,
+      ...(pci ? { pci: pci.pciPlan() } : {}),
+    });
+    const vm = new Vm(spec, kvm, vmFd, layout, vcpus, platform, pci);
     vm.#bootState = vcpus.map((_, i) => vm.saveVcpu(i));
     if (options.boot) vm.#boot();
     await vm.#startWorkers();
+    if (pci) vm.#io = await IoControl.start({ plan: pci.ioPlan(layout) });
     return vm;
+  }
+
+  /**
+   * Builds the PCI devices. A migration destination (`boot: false`) opens disk images without
+   * their lock: the source still holds it until switchover.
+   */
+  static #createPci(spec: VmSpec, vmFd: VmFd, boot: boolean): VirtioPciDevices | undefined {
+    if (!spec.pci || spec.pci.length === 0) return undefined;
+    const pci = new VirtioPciDevices({ vm: vmFd });
+    try {
+      for (const d of spec.pci) {
+        if (d.kind === "virtio-blk") {
+          pci.addBlock(d.drive, { ...(d.addr ? { addr: d.addr } : {}), lock: boot ? "now" : "deferred" });
+        } else {
+          pci.addNet({ id: d.id, ifname: d.ifname, mac: parseMac(d.mac, d.id) }, d.addr ? { addr: d.addr } : {});
+        }
+      }
+      pci.wireKvm();
+    } catch (e) {
+      pci.close();
+      throw e;
+    }
+    return pci;
   }
 
   #boot(): void {
@@ -244,17 +296,27 @@ export class Vm {
     return this.#paused;
   }
 
-  /** Starts or resumes every vCPU. */
+  /** Starts or resumes the I/O Worker and every vCPU. */
   resume(): Promise<void> {
+    this.#io?.resume();
     this.control.resume();
     this.#paused = false;
     return Promise.resolve();
   }
 
-  /** Stops every vCPU outside KVM_RUN; returns once all are paused. */
+  /**
+   * Stops every vCPU outside KVM_RUN, then the I/O Worker once every request it took has
+   * completed; returns when all are quiet.
+   */
   async pause(): Promise<void> {
     await this.control.pause();
+    await this.#io?.pause();
     this.#paused = true;
+  }
+
+  /** Every device with migratable state: platform devices, then PCI transports, then PCI devices. */
+  migratables(): Migratable[] {
+    return [...this.platform.migratables(), ...(this.pci?.migratables() ?? [])];
   }
 
   /** Thread ids of the vCPUs (query-cpus-fast). */
@@ -358,6 +420,7 @@ export class Vm {
     await this.pause();
     this.#bootState.forEach((s, i) => this.restoreVcpu(i, s));
     this.platform.reset();
+    this.pci?.reset();
     if (this.spec.kernel) this.#boot();
     if (wasRunning) await this.resume();
   }
@@ -411,6 +474,8 @@ export class Vm {
     this.#destroyed = true;
     await this.control.stop();
     for (const w of this.#workers) w.terminate();
+    await this.#io?.stop();
+    this.pci?.close();
     this.platform.close();
     for (const v of this.vcpus) v.close();
     this.vmFd.close();

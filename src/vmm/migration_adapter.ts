@@ -6,7 +6,7 @@
  * |----------------|---------|------------------------------------------------------------|
  * | `vm:kernel`    | 1       | PIC master, PIC slave, IOAPIC (raw kvm_irqchip), PIT2, kvmclock |
  * | `vcpu:<i>`     | 1       | regs, sregs, fpu, xsave, xcrs, debugregs, lapic, events, mp state, MSRs |
- * | device ids     | device's | the device's own `save()`                                  |
+ * | device ids     | device's | the device's own `save()`: platform devices, PCI transports (`pci/pcie.0/SS.F`), virtio devices |
  * @module
  */
 import type { StateValue } from "../devices/device.ts";
@@ -119,6 +119,7 @@ export class VmMigrationAdapter implements MigrationVm {
   readonly #config: () => Record<string, string>;
   readonly #blockers: () => string[];
   #pausedByMigration = false;
+  #restored = false;
 
   constructor(vm: Vm, opts: { configAttributes: () => Record<string, string>; blockers?: () => string[] }) {
     this.#vm = vm;
@@ -153,6 +154,11 @@ export class VmMigrationAdapter implements MigrationVm {
   }
   async resume(): Promise<void> {
     await this.#vm.resume();
+    if (this.#restored) {
+      // Destination: the guest runs here now; tell the network where it went.
+      this.#restored = false;
+      this.#vm.pci?.announce().catch(() => {});
+    }
   }
   get pausedByMigration(): boolean {
     return this.#pausedByMigration;
@@ -164,7 +170,7 @@ export class VmMigrationAdapter implements MigrationVm {
       { id: "vm:kernel", version: KERNEL_VERSION, payload: encodeState({ ...all.kernel }) },
       ...all.vcpus.map((v, i) => ({ id: `vcpu:${i}`, version: VCPU_VERSION, payload: encodeState(encodeVcpu(v)) })),
     ];
-    for (const d of this.#vm.platform.migratables()) {
+    for (const d of this.#vm.migratables()) {
       sections.push({ id: d.id, version: d.stateVersion, payload: encodeState(d.save()) });
     }
     return Promise.resolve(sections);
@@ -184,7 +190,7 @@ export class VmMigrationAdapter implements MigrationVm {
     const kernel = decodeKernel(take("vm:kernel", KERNEL_VERSION));
     const vcpus = this.#vm.vcpus.map((_, i) => decodeVcpu(take(`vcpu:${i}`, VCPU_VERSION), `vcpu:${i}`));
     const devices: Record<string, { state: StateValue; version: number }> = {};
-    for (const d of this.#vm.platform.migratables()) {
+    for (const d of this.#vm.migratables()) {
       const s = byId.get(d.id);
       if (!s) throw new Error(`Cannot restore VM: section '${d.id}' is missing`);
       devices[d.id] = { state: take(d.id, d.stateVersion, d.minStateVersion), version: s.version };
@@ -195,7 +201,22 @@ export class VmMigrationAdapter implements MigrationVm {
     // Validate everything before touching KVM: device restores validate first too.
     this.#vm.restoreKernelState(kernel);
     vcpus.forEach((v, i) => this.#vm.restoreVcpu(i, v));
-    for (const d of this.#vm.platform.migratables()) d.restore(devices[d.id]!.state, devices[d.id]!.version);
+    for (const d of this.#vm.migratables()) d.restore(devices[d.id]!.state, devices[d.id]!.version);
+    // The source released the disk locks at switchover: take them before the guest runs here.
+    this.#vm.pci?.acquireLocks();
+    this.#restored = true;
+    return Promise.resolve();
+  }
+
+  /** Source, paused, before the last state goes out: flush and release the disk image locks. */
+  onSwitchover(): Promise<void> {
+    this.#vm.pci?.onSwitchover();
+    return Promise.resolve();
+  }
+
+  /** Source, after a failed or canceled migration that got past switchover: take the locks back. */
+  onRollback(): Promise<void> {
+    this.#vm.pci?.acquireLocks();
     return Promise.resolve();
   }
 }

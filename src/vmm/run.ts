@@ -9,7 +9,8 @@
  * | 2    | bad command line, or the guest triple-faulted                   |
  * @module
  */
-import { formatIncoming, helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
+import { formatIncoming, formatPciAddr, helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
+import type { PciDeviceSpec, VmSpec } from "../machine/vm.ts";
 import type { MachineConfig } from "../config/mod.ts";
 import { configureLog, logger } from "../util/log.ts";
 import { CLIENT_COMMANDS, runClient } from "../client/commands.ts";
@@ -29,11 +30,43 @@ async function kernelDigest(path: string): Promise<string> {
   return "sha256:" + Array.from(hash.subarray(0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** The `-device` list as the machine's PCI device specs (drives and netdevs resolved). */
+export function pciDevices(config: MachineConfig): PciDeviceSpec[] {
+  return config.devices.map((d, index): PciDeviceSpec => {
+    const addr = d.addr ? formatPciAddr(d.addr) : undefined;
+    if (d.driver === "virtio-blk-pci") {
+      const drive = config.drives.find((x) => x.id === d.props.drive);
+      if (!drive) throw new TypeError(`Cannot create '${d.id}': drive '${d.props.drive}' is not defined`);
+      const serial = d.props.serial ?? drive.serial;
+      return {
+        kind: "virtio-blk",
+        ...(addr ? { addr } : {}),
+        drive: {
+          id: drive.id,
+          file: drive.file,
+          readonly: drive.readonly,
+          direct: drive.direct,
+          ...(serial !== undefined ? { serial } : {}),
+        },
+      };
+    }
+    const netdev = config.netdevs.find((x) => x.id === d.props.netdev);
+    if (!netdev) throw new TypeError(`Cannot create '${d.id}': netdev '${d.props.netdev}' is not defined`);
+    if (netdev.fd !== undefined && netdev.ifname === undefined) {
+      throw new TypeError(`Cannot create '${d.id}': netdev '${netdev.id}' with fd= is not supported yet; use ifname=`);
+    }
+    // QEMU's default MAC, one per NIC.
+    const mac = d.props.mac ?? `52:54:00:12:34:${(0x56 + index).toString(16).padStart(2, "0").slice(-2)}`;
+    return { kind: "virtio-net", ...(addr ? { addr } : {}), id: d.id, ifname: netdev.ifname ?? "", mac };
+  });
+}
+
 /** Turns the parsed command line into what the VMM needs. */
 export async function vmmOptions(config: MachineConfig): Promise<VmmOptions> {
   const digest = config.kernel ? await kernelDigest(config.kernel.path) : undefined;
-  const spec = {
+  const spec: VmSpec = {
     memoryBytes: config.memoryBytes,
+    pci: pciDevices(config),
     cpus: config.cpus,
     serial: config.serial,
     ...(config.kernel
@@ -93,11 +126,6 @@ export async function runFerry(args: string[]): Promise<number> {
     return 2;
   }
   if (config.logFile !== undefined) configureLog({ file: config.logFile });
-  if (config.devices.length > 0) {
-    // TODO(#5): virtio-blk-pci / virtio-net-pci are parsed but not yet wired into the machine.
-    say(`ferry: -device ${config.devices[0]!.driver} is not supported yet`);
-    return 2;
-  }
   if (!config.kernel && !config.incoming) {
     say("ferry: -kernel is required: see 'ferry -help'");
     return 2;

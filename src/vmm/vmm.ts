@@ -54,6 +54,15 @@ export interface VmmEnd {
   message: string;
 }
 
+/**
+ * What the PCI devices add to the configuration check: image size, bus placement and identity.
+ * Image paths are left out: a shared image may be mounted at another path on the destination.
+ */
+function pciAttributes(vm: Vm): Record<string, string> {
+  const all = vm.pci?.configAttributes() ?? {};
+  return Object.fromEntries(Object.entries(all).filter(([k]) => !k.endsWith(": file")));
+}
+
 class EventFanout implements QmpEventSink {
   readonly sinks: QmpEventSink[] = [];
   emit(name: string, data?: Record<string, unknown>): void {
@@ -83,7 +92,7 @@ export class Vmm implements MachineControl, MigrationControl {
     this.#opts = opts;
     this.#events = new MachineEvents(this.#fanout);
     this.#adapter = new VmMigrationAdapter(vm, {
-      configAttributes: () => opts.configAttributes,
+      configAttributes: () => ({ ...opts.configAttributes, ...pciAttributes(vm) }),
       blockers: () => opts.migrationBlockers ?? [],
     });
     this.ended = new Promise((r) => (this.#endResolve = r));

@@ -1,0 +1,184 @@
+/**
+ * The I/O Worker's loop (DESIGN.md §2): builds each device's queue handlers from the
+ * {@linkcode IoPlan}, blocks in a synchronous `epoll_wait` on the queue eventfds (signalled by
+ * KVM_IOEVENTFD when the guest notifies), the taps and the control eventfd, processes the queues
+ * that became ready, and raises interrupts through the transports (irqfds). A queue that used up
+ * its per-pass budget is processed again before the next blocking wait, so one busy queue cannot
+ * starve the others. Pause/resume/stop follow io_control.ts.
+ * @module
+ */
+import { check } from "../../ffi/errno.ts";
+import { shim, viewAt } from "../../ffi/shim.ts";
+import { GuestMemory } from "../../memory/guest_memory.ts";
+import { drainEventfd } from "../pci/eventfd.ts";
+import { logger } from "../../util/log.ts";
+import { type TransportVm, VirtioPciTransport } from "./pci_transport.ts";
+import { BlockRequestHandler } from "./block/block.ts";
+import { NET_CTRL, NET_RX, NET_TX, NetHandler } from "./net/net.ts";
+import {
+  IO_REQ_PAUSE,
+  IO_REQ_RUN,
+  IO_REQ_STOP,
+  IO_ST_EXITED,
+  IO_ST_PAUSED,
+  IO_ST_RUNNING,
+  IO_W_REQ,
+  IO_W_STATE,
+} from "./io_control.ts";
+import { type IoPlan, vmFdFromNumber } from "./virtio_pci.ts";
+
+const EPOLL_CTL_ADD = 1, EPOLLIN = 0x1, EPOLLET = 0x80000000;
+const EINTR = 4;
+const log = logger("io-worker");
+
+type Work = () => "idle" | "more";
+
+interface Source {
+  fd: number;
+  /** Drain the fd (eventfds) before working. */
+  drain: boolean;
+  work: Work;
+}
+
+/** Options for {@linkcode IoLoop}. */
+export interface IoLoopOptions {
+  plan: IoPlan;
+  control: SharedArrayBuffer;
+  controlFd: number;
+  /** Guest RAM; built from `plan.memory` with host views when absent. */
+  memory?: GuestMemory;
+  /** The VM; from `plan.vmFd` when absent (none when it is -1). */
+  vm?: TransportVm;
+}
+
+/** The loop; see the module doc. */
+export class IoLoop {
+  readonly memory: GuestMemory;
+  readonly transports: VirtioPciTransport[] = [];
+  readonly #w: Int32Array;
+  readonly #controlFd: number;
+  readonly #sources: Source[] = [];
+  readonly #all: Work[] = [];
+  readonly #closers: Array<() => void> = [];
+  readonly #ep: number;
+
+  constructor(options: IoLoopOptions) {
+    const plan = options.plan;
+    this.#w = new Int32Array(options.control);
+    this.#controlFd = options.controlFd;
+    this.memory = options.memory ?? new GuestMemory(plan.memory, (addr, size) => viewAt(addr, size));
+    const vm = options.vm ?? (plan.vmFd >= 0 ? vmFdFromNumber(plan.vmFd) : undefined);
+    for (const d of plan.devices) {
+      const transport = new VirtioPciTransport({
+        plan: d.transport,
+        memory: this.memory,
+        ...(vm ? { vm } : {}),
+      });
+      this.transports.push(transport);
+      const qfd = (q: number) => d.transport.queueEventfds[q] ?? -1;
+      if (d.kind === "virtio-blk") {
+        const h = new BlockRequestHandler({ plan: d.block, memory: this.memory, transport });
+        const work = () => transport.process(0, (c) => h.handle(c));
+        this.#add(qfd(0), true, work);
+        this.#closers.push(() => h.close());
+      } else {
+        const h = new NetHandler({ plan: d.net, memory: this.memory, transport });
+        const rx = () => h.processRx();
+        this.#add(qfd(NET_RX), true, rx);
+        this.#add(qfd(NET_TX), true, () => h.processTx());
+        this.#add(qfd(NET_CTRL), true, () => h.processCtrl());
+        this.#add(d.net.tapFd, false, rx);
+      }
+    }
+    this.#ep = check(shim().ferry_epoll_create(), "create the I/O Worker's epoll set");
+    this.#watch(this.#controlFd, 0, EPOLLIN);
+    this.#sources.forEach((s, i) => this.#watch(s.fd, i + 1, s.drain ? EPOLLIN : EPOLLIN | EPOLLET));
+  }
+
+  #add(fd: number, drain: boolean, work: Work): void {
+    this.#all.push(work);
+    if (fd >= 0) this.#sources.push({ fd, drain, work });
+  }
+
+  #watch(fd: number, token: number, events: number): void {
+    check(
+      shim().ferry_epoll_ctl(this.#ep, EPOLL_CTL_ADD, fd, events >>> 0, BigInt(token)),
+      `watch fd ${fd} in the I/O Worker`,
+    );
+  }
+
+  /** Processes every queue once (after start/resume: notifications may predate us). */
+  processAll(): Set<Work> {
+    const more = new Set<Work>();
+    for (const w of this.#all) if (this.#run(w) === "more") more.add(w);
+    return more;
+  }
+
+  #run(w: Work): "idle" | "more" {
+    try {
+      return w();
+    } catch (e) {
+      // A host-side failure in one device must not take the others down.
+      log.error("Queue processing failed: %s", e instanceof Error ? e.stack ?? e.message : String(e));
+      return "idle";
+    }
+  }
+
+  #setState(s: number): void {
+    Atomics.store(this.#w, IO_W_STATE, s);
+    Atomics.notify(this.#w, IO_W_STATE);
+  }
+
+  /** Runs until a stop request. */
+  run(): void {
+    const s = shim();
+    const out = new BigUint64Array(64);
+    const outBytes = new Uint8Array(out.buffer);
+    let more = new Set<Work>();
+    for (;;) {
+      const req = Atomics.load(this.#w, IO_W_REQ);
+      if (req === IO_REQ_STOP) break;
+      if (req === IO_REQ_PAUSE) {
+        this.#setState(IO_ST_PAUSED);
+        while (Atomics.load(this.#w, IO_W_REQ) === IO_REQ_PAUSE) {
+          Atomics.wait(this.#w, IO_W_REQ, IO_REQ_PAUSE, 1000);
+        }
+        drainEventfd(this.#controlFd);
+        if (Atomics.load(this.#w, IO_W_REQ) === IO_REQ_RUN) {
+          this.#setState(IO_ST_RUNNING);
+          more = this.processAll();
+        }
+        continue;
+      }
+      const n = Number(s.ferry_epoll_wait(this.#ep, outBytes, 64, more.size > 0 ? 0 : -1));
+      if (n < 0 && n !== -EINTR) throw new Error(`Cannot wait in the I/O Worker: epoll_wait errno ${-n}`);
+      const ready = new Set<Work>(more);
+      more = new Set();
+      for (let i = 0; i < n; i++) {
+        const token = Number(out[i]!);
+        if (token === 0) {
+          drainEventfd(this.#controlFd);
+          continue;
+        }
+        const src = this.#sources[token - 1];
+        if (!src) continue;
+        if (src.drain) drainEventfd(src.fd);
+        ready.add(src.work);
+      }
+      if (Atomics.load(this.#w, IO_W_REQ) !== IO_REQ_RUN) {
+        // Pausing: what became ready is served after resume (processAll), not now.
+        continue;
+      }
+      for (const w of ready) if (this.#run(w) === "more") more.add(w);
+    }
+    this.close();
+    this.#setState(IO_ST_EXITED);
+  }
+
+  /** Frees the epoll set and bounce buffers. */
+  close(): void {
+    for (const c of this.#closers) c();
+    this.#closers.length = 0;
+    shim().ferry_close(this.#ep);
+  }
+}
