@@ -17,6 +17,13 @@ function say(s: string): void {
   Deno.stdout.writeSync(enc.encode(s + "\n"));
 }
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+function exists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isSocket;
+  } catch {
+    return false;
+  }
+}
 
 const kernel = Deno.env.get("FERRY_DEMO_KERNEL") ?? `${ROOT}zig-out/guest/probe.elf`;
 const append = Deno.env.get("FERRY_DEMO_APPEND") ?? "mode=pattern mib=8 interval_ms=250";
@@ -80,7 +87,7 @@ try {
   await sleep(1500);
   say("\n--- starting the destination (same command line plus -incoming) ---");
   dst = start("destination", ["-incoming", uri]);
-  await sleep(800);
+  for (let i = 0; i < 300 && !exists(`${dir}/migrate.sock`); i++) await sleep(20);
   say(`\n--- migrating: ferry migrate --socket ${dir}/source.sock --uri ${uri} --watch ---`);
   const code = await runClient("migrate", [
     "--socket", `${dir}/source.sock`, "--uri", uri, "--watch", "--interval", "100",

@@ -3,7 +3,7 @@
  * `ferry migrate-status`) against running ferry processes, and `-D` logging.
  */
 import assert from "node:assert/strict";
-import { Ferry, probeArgs, tempDir } from "./_fixture/ferry.ts";
+import { Ferry, probeArgs, tempDir, waitIncoming } from "./_fixture/ferry.ts";
 
 async function client(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const f = new Ferry(args);
@@ -57,6 +57,7 @@ Deno.test("ferry migrate --watch shows progress during a real migration and exit
   const dst = new Ferry(probeArgs({ append: "mode=pattern mib=16 interval_ms=50", extra: ["-incoming", uri] }));
   try {
     await src.waitLine(/PROBE VERIFY ok/);
+    await waitIncoming(`${dir}/m.sock`);
     const r = await client([
       "migrate", "--socket", `${dir}/s.sock`, "--uri", uri, "--watch", "--interval", "50",
       "--max-bandwidth", String(64 << 20),

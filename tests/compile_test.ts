@@ -4,7 +4,7 @@
  * binary boots the probe guest, answers QMP and migrates to a second copy of itself.
  */
 import assert from "node:assert/strict";
-import { Ferry, probeArgs, ROOT, tempDir } from "./_fixture/ferry.ts";
+import { Ferry, probeArgs, ROOT, tempDir, waitIncoming } from "./_fixture/ferry.ts";
 import type { QmpMessage } from "./_fixture/qmp_client.ts";
 
 const out = tempDir();
@@ -41,6 +41,7 @@ Deno.test({
     const q = await src.qmp();
     try {
       await src.waitLine(/PROBE VERIFY ok/);
+      await waitIncoming(`${dir}/m.sock`);
       await q.call("migrate", { uri });
       let r: QmpMessage;
       do {

@@ -2,7 +2,7 @@
  * Black box: live migration between two ferry processes on real KVM, with the probe guest.
  */
 import assert from "node:assert/strict";
-import { Ferry, probeArgs, tempDir } from "./_fixture/ferry.ts";
+import { Ferry, probeArgs, tempDir, waitIncoming } from "./_fixture/ferry.ts";
 import type { QmpClient, QmpMessage } from "./_fixture/qmp_client.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -29,6 +29,7 @@ async function pair(opts: { transport: "tcp" | "unix"; smp?: number; append: str
   );
   const sq = await src.qmp();
   const dq = await dst.qmp();
+  await waitIncoming(dq);
   return { dir, src, dst, sq, dq, uri };
 }
 
@@ -98,6 +99,7 @@ Deno.test("migration to a destination started with another -smp fails before RAM
   const sq = await src.qmp();
   try {
     await src.waitLine(/PROBE READY/);
+    await waitIncoming(`${dir}/mig.sock`);
     await sq.call("migrate", { uri });
     const r = await waitMigration(sq, ["completed", "failed", "canceled"], 10000);
     assert.equal(r.status, "failed");
@@ -151,7 +153,7 @@ Deno.test("migrate_cancel while active leaves the source running, and a new migr
     await sq.call("migrate-set-parameters", { "max-bandwidth": 64 << 20 });
     const uri1 = `unix:${dir}/m1.sock`;
     dsts.push(new Ferry(probeArgs({ mem: "1G", append: "mode=dirty mib=256 interval_ms=50", extra: ["-incoming", uri1] })));
-    await sleep(1500);
+    await waitIncoming(`${dir}/m1.sock`);
     await sq.call("migrate", { uri: uri1 });
     await waitMigration(sq, ["active"], 10000);
     await sq.call("migrate_cancel");
@@ -167,7 +169,7 @@ Deno.test("migrate_cancel while active leaves the source running, and a new migr
     const uri2 = `unix:${dir}/m2.sock`;
     const d2 = new Ferry(probeArgs({ mem: "1G", append: "mode=dirty mib=256 interval_ms=50", extra: ["-incoming", uri2] }));
     dsts.push(d2);
-    await sleep(1500);
+    await waitIncoming(`${dir}/m2.sock`);
     await sq.call("migrate", { uri: uri2 });
     const r2 = await waitMigration(sq, ["completed", "failed", "canceled"], 60000);
     assert.equal(r2.status, "completed", JSON.stringify(r2));

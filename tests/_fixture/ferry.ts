@@ -162,3 +162,23 @@ export function probeArgs(opts: { append?: string; smp?: number; mem?: string; q
   if (opts.extra) a.push(...opts.extra);
   return a;
 }
+
+/**
+ * Waits until a destination started with `-incoming` listens: its `query-migrate` reports
+ * `setup` (the listener is created in the same step), or for `unix:` without QMP, the socket file.
+ */
+export async function waitIncoming(target: QmpClient | string, timeoutMs = 15000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (typeof target === "string") {
+      try {
+        if (Deno.statSync(target).isSocket) return;
+      } catch { /* not yet */ }
+    } else {
+      const r = await target.call("query-migrate") as { status?: string };
+      if (r.status === "setup") return;
+    }
+    if (Date.now() > deadline) throw new Error(`The destination is not listening after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
