@@ -1,19 +1,34 @@
 /**
  * `deno task bench [NAME...]`: ferry beside QEMU, ratios only (absolute times on these shared
- * machines are noise). Names: boot, native (the probe guest's own native-vs-emulated loop).
- * With no name, runs all. Writes bench/report.md.
+ * machines are noise). Names: boot, native (the probe guest's own native-vs-emulated loop),
+ * migrate (live migration; options `--runs N --rate PAGES_PER_S --bandwidth 1G,128M --only WORDS`,
+ * see migrate.ts). With no name, runs all. Writes bench/report.md: the rows of the benchmarks run
+ * replace theirs, the other benchmarks' rows from the previous report are kept.
  * @module
  */
 import { benchBoot } from "./boot.ts";
 import { benchNative } from "./native.ts";
+import { benchMigrate, migrateOptions } from "./migrate.ts";
+import { mergeRows, readReportRows, renderReport } from "./_report.ts";
 import { out, ROOT } from "./_util.ts";
+
+// `--key value` or `--key=value` options (used by migrate); everything else names a benchmark.
+const flags: Record<string, string> = {};
+const named: string[] = [];
+for (let i = 0; i < Deno.args.length; i++) {
+  const a = Deno.args[i]!;
+  const m = a.match(/^--([^=]+)(?:=(.*))?$/);
+  if (!m) named.push(a);
+  else flags[m[1]!] = m[2] ?? Deno.args[++i] ?? "";
+}
 
 const all: Record<string, () => Promise<Record<string, string | number>[]>> = {
   boot: () => benchBoot(),
   native: () => benchNative(),
+  migrate: () => benchMigrate(migrateOptions(flags)),
 };
 
-const names = Deno.args.length > 0 ? Deno.args : Object.keys(all);
+const names = named.length > 0 ? named : Object.keys(all);
 const rows: Record<string, string | number>[] = [];
 for (const n of names) {
   const f = all[n];
@@ -24,10 +39,13 @@ for (const n of names) {
   rows.push(...await f());
   out();
 }
-const lines = ["# ferry benchmark report", "", `Run: ${new Date().toISOString()}`, ""];
-for (const r of rows) {
-  lines.push("| " + Object.keys(r).join(" | ") + " |", "|" + Object.keys(r).map(() => "---").join("|") + "|");
-  lines.push("| " + Object.values(r).join(" | ") + " |", "");
-}
-Deno.writeTextFileSync(`${ROOT}bench/report.md`, lines.join("\n"));
+const path = `${ROOT}bench/report.md`;
+let previous = "";
+try {
+  previous = Deno.readTextFileSync(path);
+} catch { /* first report */ }
+Deno.writeTextFileSync(
+  path,
+  renderReport(mergeRows(readReportRows(previous), rows, names, Object.keys(all))),
+);
 out(`report: bench/report.md`);
