@@ -40,18 +40,18 @@ export async function benchBoot(runs = 5): Promise<Record<string, string | numbe
   out(`  ferry  ${fm.toFixed(0).padStart(6)} ms to READY   RSS ${(fr / 1024).toFixed(1)} MiB`);
   if (!qemu) {
     out("  qemu   not installed (apt-get install qemu-system-x86): no ratio");
-    return [{ bench: "boot", ferry_ms: Math.round(fm), ferry_rss_mib: +(fr / 1024).toFixed(1) }];
+    return [{ bench: "boot", "ferry_ms": Math.round(fm), "ferry_rss_mib": +(fr / 1024).toFixed(1) }];
   }
   const qm = median(q.map((s) => s.ms)), qr = median(q.map((s) => s.rssKiB));
   out(`  qemu   ${qm.toFixed(0).padStart(6)} ms to READY   RSS ${(qr / 1024).toFixed(1)} MiB`);
   out(`  ratio ferry/qemu: time ${(fm / qm).toFixed(2)}  RSS ${(fr / qr).toFixed(2)}  (goal ≤ 1 on both)`);
   return [{
     bench: "boot",
-    ferry_ms: Math.round(fm),
-    qemu_ms: Math.round(qm),
-    time_ratio: +(fm / qm).toFixed(2),
-    ferry_rss_mib: +(fr / 1024).toFixed(1),
-    qemu_rss_mib: +(qr / 1024).toFixed(1),
-    rss_ratio: +(fr / qr).toFixed(2),
+    "ferry_ms": Math.round(fm),
+    "qemu_ms": Math.round(qm),
+    "time_ratio": +(fm / qm).toFixed(2),
+    "ferry_rss_mib": +(fr / 1024).toFixed(1),
+    "qemu_rss_mib": +(qr / 1024).toFixed(1),
+    "rss_ratio": +(fr / qr).toFixed(2),
   }];
 }

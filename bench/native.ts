@@ -27,9 +27,9 @@ export async function benchNative(): Promise<Record<string, string | number>[]> 
   out(`  ferry  emulated ${fr.emulated.toExponential(2)}  native ${fr.native.toExponential(2)}  speed-up ${(fr.native / fr.emulated).toFixed(0)}×`);
   const row: Record<string, string | number> = {
     bench: "native",
-    ferry_emulated_ips: fr.emulated,
-    ferry_native_ips: fr.native,
-    ferry_speedup: Math.round(fr.native / fr.emulated),
+    "ferry_emulated_ips": fr.emulated,
+    "ferry_native_ips": fr.native,
+    "ferry_speedup": Math.round(fr.native / fr.emulated),
   };
   const qemu = qemuBinary();
   if (qemu) {
