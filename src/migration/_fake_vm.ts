@@ -97,7 +97,9 @@ export class FakeVm implements MigrationVm {
   stopDirtyLog(): void {
     this.dirtyLogging = false;
   }
+  pausedByMigration = true;
   async pause(): Promise<void> {
+    this.pausedByMigration = !this.paused;
     await Promise.resolve();
     this.pauseCount++;
     this.paused = true;

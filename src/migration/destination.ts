@@ -19,7 +19,7 @@ import type { MigrationVm, Section } from "./vm_port.ts";
 import type { MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import { checkCompatibility } from "./compat.ts";
-import { MigrationListener, parseMigrationUri } from "./transport.ts";
+import { MigrationListener, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
 import {
   decodeComplete,
   decodeConfig,
@@ -49,6 +49,11 @@ export interface ReceiveMigrationOptions {
   signal?: AbortSignal;
   /** Called once listening, with the bound address (the real port for `tcp:HOST:0`). */
   onListening?: (addr: Deno.Addr) => void;
+  /**
+   * Once connected, fail when the source sends nothing (or takes nothing) for this long, e.g. a
+   * cut link. Waiting for the connection itself has no limit. @default {STALL_TIMEOUT_MS}
+   */
+  stallTimeoutMs?: number;
 }
 
 /** Largest total of all section payloads. */
@@ -75,7 +80,7 @@ export async function receiveMigration(
   options: ReceiveMigrationOptions = {},
 ): Promise<void> {
   const target = parseMigrationUri(uri, { listen: true });
-  const incoming = new IncomingMigration(vm, status);
+  const incoming = new IncomingMigration(vm, status, options.stallTimeoutMs ?? STALL_TIMEOUT_MS);
   status.transition("setup");
   status.attachInfo(() => incoming.info());
   let listener: MigrationListener | undefined;
@@ -127,9 +132,11 @@ class IncomingMigration {
   #setupMs: number | undefined;
   #endMs: number | undefined;
   #writer: MessageWriter | undefined;
+  #stallMs: number;
 
-  constructor(vm: MigrationVm, _status: MigrationStatusTracker) {
+  constructor(vm: MigrationVm, _status: MigrationStatusTracker, stallMs: number) {
     this.#vm = vm;
+    this.#stallMs = stallMs;
     this.#counters.totalBytes = vm.memory.sizeBytes;
   }
 
@@ -155,8 +162,13 @@ class IncomingMigration {
 
   async run(conn: Deno.Conn, status: MigrationStatusTracker): Promise<void> {
     const vm = this.#vm;
-    const reader = new MessageReader(conn, "source");
-    const writer = new MessageWriter(conn);
+    const guard = new StallGuard(conn, {
+      peer: "source",
+      readTimeoutMs: this.#stallMs,
+      writeTimeoutMs: this.#stallMs,
+    });
+    const reader = new MessageReader(guard, "source");
+    const writer = new MessageWriter(guard);
     this.#writer = writer;
     const c = this.#counters;
     this.#startMs = performance.now();
@@ -170,6 +182,36 @@ class IncomingMigration {
         throw new Error(`Migration canceled by the source: ${reason}`);
       }
       return h;
+    };
+    /**
+     * Sends to the source. When that fails because the source went away, the source may have said
+     * why first (a `cancel` already waiting in the receive buffer): report that, else say that the
+     * source closed the connection rather than a bare "Broken pipe".
+     */
+    const send = async (kind: MessageHeader["kind"]) => {
+      try {
+        await writer.send(kind);
+      } catch (e) {
+        let pending: MessageHeader | null | undefined;
+        await settleWithin(reader.readHeader().then((x) => (pending = x), () => {}), 200);
+        if (pending?.kind === "cancel" && pending.length <= MAX_REASON_BYTES) {
+          let reason: string | undefined;
+          await settleWithin(
+            reader.readPayload(pending, MAX_REASON_BYTES).then((b) => (reason = decodeReason(b)), () => {}),
+            200,
+          );
+          if (reason !== undefined) {
+            throw new Error(`Migration canceled by the source: ${reason}`, { cause: e });
+          }
+        }
+        const gone = e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.ConnectionReset;
+        throw new ProtocolError(
+          gone
+            ? `Cannot receive migration: the source closed the connection before '${kind}' could be sent`
+            : `Cannot receive migration: cannot send '${kind}' to the source: ${(e as Error).message}`,
+          { cause: e },
+        );
+      }
     };
     const expect = (h: MessageHeader, kind: MessageHeader["kind"], phase: string) => {
       if (h.kind !== kind) {
@@ -195,7 +237,7 @@ class IncomingMigration {
     const config = decodeConfig(await reader.readPayload(h, MAX_CONFIG_BYTES));
     c.transferredBytes += h.length;
     checkCompatibility(config, { config: vm.configAttributes(), host: vm.hostAttributes() });
-    await writer.send("ack");
+    await send("ack");
     this.#setupMs = performance.now() - this.#startMs;
     status.transition("active");
 

@@ -235,6 +235,20 @@ Deno.test("startMigration rolls back when the destination cannot restore state",
   assert.equal(dest.resumeCount, 0);
 });
 
+Deno.test("startMigration leaves a source that was paused before migrate paused when it rolls back", async () => {
+  const source = new FakeVm({ sections: sections() });
+  source.fillPattern();
+  await source.pause();
+  const dest = new FakeVm({ paused: true, restoreError: "Cannot restore section 'vcpu:0': scripted" });
+  const d = await listenDestination(dest, "unix");
+  const h = startMigration(source, d.uri);
+  assert.equal(await h.done, "failed");
+  assert.equal(source.rollbackCount, 1);
+  assert.equal(source.resumeCount, 0, "not resumed: the operator had paused it");
+  assert.equal(source.paused, true);
+  await d.result.catch(() => {});
+});
+
 Deno.test("startMigration rolls back when saving state fails after the pause", async () => {
   const source = new FakeVm({ saveError: "serial: cannot save" });
   const dest = new FakeVm({ paused: true });

@@ -17,7 +17,7 @@ import type { MigrationVm } from "./vm_port.ts";
 import { type MigrationStatus, MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import { DEFAULT_MIGRATION_PARAMETERS, type MigrationParameters } from "./parameters.ts";
-import { connectMigration, parseMigrationUri } from "./transport.ts";
+import { connectMigration, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
 import {
   decodeReason,
   encodeComplete,
@@ -56,6 +56,11 @@ export interface StartMigrationOptions {
   product?: string;
   /** Connect timeout. @default {10000} */
   connectTimeoutMs?: number;
+  /**
+   * Fail when the destination takes no bytes (or does not answer the configuration) for this
+   * long, e.g. a cut link. @default {STALL_TIMEOUT_MS}
+   */
+  stallTimeoutMs?: number;
 }
 
 /** A failure of one named step; the message is `Cannot <step>: <cause>`. */
@@ -71,6 +76,14 @@ export class MigrationError extends Error {
 
 class Canceled extends Error {
   override name = "Canceled";
+}
+
+/** The destination went away (reset, EOF, broken pipe) reads better than the OS error alone. */
+function describeConnectionError(e: Error): string {
+  if (e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe) {
+    return `the destination closed the connection (${e.message})`;
+  }
+  return e.message;
 }
 
 /** Below this a pass is too small to measure bandwidth; the previous measurement stays. */
@@ -126,6 +139,7 @@ class OutgoingMigration {
   #abort = new AbortController();
   #conn: Deno.Conn | undefined;
   #writer: MessageWriter | undefined;
+  #guard: StallGuard | undefined;
   #replies: Promise<void> | undefined;
   #peerError: string | undefined;
   #connClosed = false;
@@ -227,8 +241,11 @@ class OutgoingMigration {
     } catch (e) {
       if (this.#abort.signal.aborted && !this.#committed) throw this.#abort.signal.reason;
       if (e instanceof MigrationError) throw e;
+      // A stalled connection was closed here: whatever the reply reader saw is not the cause.
+      const stalled = this.#guard?.stalled;
+      if (stalled) throw new MigrationError(name, stalled.message, { cause: e });
       const peer = io ? await this.#peerReason() : undefined;
-      const detail = peer !== undefined ? `destination failed: ${peer}` : (e as Error).message;
+      const detail = peer ?? describeConnectionError(e as Error);
       throw new MigrationError(name, detail, { cause: e });
     }
   }
@@ -284,7 +301,8 @@ class OutgoingMigration {
         log.error("Rollback: rollback hook failed: %s", (e as Error).message);
       }
     }
-    if (this.#paused) {
+    // Resume only what this migration paused: a VM the operator had stopped stays stopped.
+    if (this.#paused && vm.pausedByMigration !== false) {
       try {
         await vm.resume();
         this.#paused = false;
@@ -313,9 +331,18 @@ class OutgoingMigration {
       this.#closeConn("migrate_cancel");
       throw signal.reason;
     }
-    const writer = new MessageWriter(conn);
+    const stallMs = this.#options.stallTimeoutMs ?? STALL_TIMEOUT_MS;
+    // Writes fail when the destination takes nothing for stallMs; reads only until the ack:
+    // after `complete` the source must wait for the destination however long it takes.
+    const guard = new StallGuard(conn, {
+      peer: "destination",
+      readTimeoutMs: stallMs,
+      writeTimeoutMs: stallMs,
+    });
+    this.#guard = guard;
+    const writer = new MessageWriter(guard);
     this.#writer = writer;
-    const reader = new MessageReader(conn, "destination");
+    const reader = new MessageReader(guard, "destination");
 
     await this.#step("exchange configuration", async () => {
       await writer.send(
@@ -331,6 +358,7 @@ class OutgoingMigration {
       }
       if (h.kind !== "ack" || h.length !== 0) throw new ProtocolError(`expected 'ack', got '${h.kind}'`);
     });
+    guard.setReadTimeout(0);
     this.#replies = this.#readReplies(reader);
     this.#replies.catch(() => {});
 
@@ -419,13 +447,18 @@ class OutgoingMigration {
       if (!h) throw new ProtocolError("the destination closed the connection");
       if (h.kind === "resumed") return;
       if (h.kind === "nack" || h.kind === "cancel") {
-        this.#peerError = decodeReason(await reader.readPayload(h, MAX_REASON_BYTES));
-        throw new Error(`destination failed: ${this.#peerError}`);
+        this.#peerError = `destination failed: ${
+          decodeReason(await reader.readPayload(h, MAX_REASON_BYTES))
+        }`;
+        throw new Error(this.#peerError);
       }
       throw new ProtocolError(`unexpected '${h.kind}' message from the destination`);
     } catch (e) {
-      if (this.#peerError === undefined && !this.#abort.signal.aborted && !this.#finished) {
-        this.#peerError = (e as Error).message;
+      if (
+        this.#peerError === undefined && !this.#abort.signal.aborted && !this.#finished &&
+        !this.#guard?.stalled
+      ) {
+        this.#peerError = describeConnectionError(e as Error);
       }
       // Unblock a send into a destination that stopped reading.
       if (!this.#committed && this.#conn && !this.#connClosed) {

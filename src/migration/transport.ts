@@ -151,3 +151,80 @@ export class MigrationListener {
     }
   }
 }
+
+/**
+ * How long an established migration connection may make no progress (a write the peer does not
+ * take, a read that gets nothing) before the migration fails. A cut link never resets the
+ * connection: without this the side still sending would wait until TCP gives up (~15 minutes).
+ */
+export const STALL_TIMEOUT_MS = 10_000;
+
+/** The connection made no progress for the stall timeout. */
+export class StallError extends Error {
+  override name = "StallError";
+}
+
+/** Options of {@linkcode StallGuard}. */
+export interface StallGuardOptions {
+  /** Who is on the other end, for messages ("source", "destination"). */
+  peer: string;
+  /** Fail a read that gets nothing for this long; 0 = wait forever. @default {0} */
+  readTimeoutMs?: number;
+  /** Fail a write the peer takes nothing of for this long; 0 = wait forever. @default {0} */
+  writeTimeoutMs?: number;
+}
+
+/**
+ * A connection whose single reads and writes fail with {@linkcode StallError} when they make no
+ * progress in time; the connection is closed then, so the stuck operation ends too. Each write
+ * or read returns as soon as some bytes moved, so a slow but moving link never trips it.
+ */
+export class StallGuard {
+  #conn: Deno.Conn;
+  #opts: Required<StallGuardOptions>;
+  #stalled: StallError | undefined;
+
+  constructor(conn: Deno.Conn, options: StallGuardOptions) {
+    this.#conn = conn;
+    this.#opts = { readTimeoutMs: 0, writeTimeoutMs: 0, ...options };
+  }
+
+  /** Changes the read timeout for reads started from now on (0 = wait forever). */
+  setReadTimeout(ms: number): void {
+    this.#opts.readTimeoutMs = ms;
+  }
+
+  /** The stall that closed the connection, if any. */
+  get stalled(): StallError | undefined {
+    return this.#stalled;
+  }
+
+  read(p: Uint8Array): Promise<number | null> {
+    return this.#guard(this.#conn.read(p), this.#opts.readTimeoutMs, "received nothing from");
+  }
+
+  write(p: Uint8Array): Promise<number> {
+    return this.#guard(this.#conn.write(p), this.#opts.writeTimeoutMs, "could not send anything to");
+  }
+
+  #guard<T>(op: Promise<T>, ms: number, what: string): Promise<T> {
+    if (this.#stalled) {
+      op.catch(() => {});
+      return Promise.reject(this.#stalled);
+    }
+    if (ms <= 0) return op;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stall = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        this.#stalled = new StallError(
+          `the connection stalled: ${what} the ${this.#opts.peer} for ${ms / 1000} s`,
+        );
+        try {
+          this.#conn.close();
+        } catch { /* already closed */ }
+        reject(this.#stalled);
+      }, ms);
+    });
+    return Promise.race([op, stall]).finally(() => clearTimeout(timer));
+  }
+}

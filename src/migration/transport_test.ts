@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { connectMigration, MigrationListener, parseMigrationUri } from "./transport.ts";
+import {
+  connectMigration,
+  MigrationListener,
+  parseMigrationUri,
+  StallError,
+  StallGuard,
+} from "./transport.ts";
 
 Deno.test("parseMigrationUri reads tcp and unix uris", () => {
   assert.deepEqual(parseMigrationUri("tcp:127.0.0.1:4446"), {
@@ -47,4 +53,42 @@ Deno.test("MigrationListener accepts one connection and removes its unix socket"
   client.close();
   assert.throws(() => Deno.statSync(`${dir}/s.sock`), Deno.errors.NotFound);
   await assert.rejects(() => connectMigration(target), /Cannot connect to 'unix:.*': No such file/);
+});
+
+Deno.test("StallGuard fails a write the peer takes nothing of, and a read that gets nothing, then closes", async () => {
+  const dir = Deno.makeTempDirSync();
+  const path = `${dir}/s.sock`;
+  const listener = Deno.listen({ transport: "unix", path });
+  try {
+    const accepting = listener.accept();
+    const conn = await Deno.connect({ transport: "unix", path });
+    const peer = await accepting;
+    const guard = new StallGuard(conn, { peer: "destination", readTimeoutMs: 100, writeTimeoutMs: 100 });
+    // The peer never reads: the socket buffer fills, then a write stalls.
+    const chunk = new Uint8Array(1 << 20);
+    await assert.rejects(
+      async () => {
+        for (let i = 0; i < 1000; i++) await guard.write(chunk);
+      },
+      (e: Error) =>
+        e instanceof StallError && /could not send anything to the destination for 0.1 s/.test(e.message),
+    );
+    assert.ok(guard.stalled instanceof StallError);
+    // Closed: later operations fail at once with the same error.
+    await assert.rejects(() => guard.read(new Uint8Array(10)), StallError);
+    peer.close();
+
+    const accepting2 = listener.accept();
+    const conn2 = await Deno.connect({ transport: "unix", path });
+    const peer2 = await accepting2;
+    const g2 = new StallGuard(conn2, { peer: "source", readTimeoutMs: 100 });
+    await peer2.write(new Uint8Array([1, 2, 3]));
+    assert.equal(await g2.read(new Uint8Array(10)), 3, "a read that gets bytes is fine");
+    await assert.rejects(() => g2.read(new Uint8Array(10)), /received nothing from the source for 0.1 s/);
+    g2.setReadTimeout(0);
+    peer2.close();
+  } finally {
+    listener.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

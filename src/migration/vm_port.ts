@@ -40,6 +40,12 @@ export interface MigrationVm {
   stopDirtyLog(): void;
   /** Every vCPU out of `KVM_RUN` and devices quiesced. */
   pause(): Promise<void>;
+  /**
+   * False when the last `pause()` found the VM already paused (e.g. QMP `stop` before
+   * `migrate`): a rollback then leaves it paused instead of resuming it. Set as soon as `pause()`
+   * is called. Absent: the VM is taken to have been running.
+   */
+  readonly pausedByMigration?: boolean;
   /** Runs the vCPUs again. */
   resume(): Promise<void>;
   /** Called paused: every vCPU, VM and device section. */

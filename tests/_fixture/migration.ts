@@ -1,0 +1,192 @@
+/**
+ * Shared helpers of the black-box migration tests (`tests/migration_*_test.ts`): a source and a
+ * destination ferry, polling `query-migrate`, fd and RSS counts, and the network-namespace pair.
+ * @module
+ */
+import assert from "node:assert/strict";
+import { Ferry, PROBE, probeArgs, ROOT, tempDir } from "./ferry.ts";
+import type { QmpClient, QmpMessage } from "./qmp_client.ts";
+
+export { Ferry, PROBE, probeArgs, ROOT, tempDir };
+export type { QmpClient, QmpMessage };
+
+/** Resolves after `ms`. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Final migration states. */
+export const FINAL = ["completed", "failed", "canceled"];
+
+let nextPort = 47000 + Math.floor(Math.random() * 8000);
+/** A fresh TCP port number (random base per process, then sequential). */
+export function freePort(): number {
+  return nextPort++;
+}
+
+/** Polls `query-migrate` until its status is one of `want`. */
+export async function waitMigration(
+  q: QmpClient,
+  want: string[],
+  timeoutMs = 30000,
+  pollMs = 25,
+): Promise<QmpMessage> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await q.call("query-migrate") as QmpMessage;
+    if (want.includes(r.status as string)) return r;
+    if (Date.now() > deadline) {
+      throw new Error(`migration still ${JSON.stringify(r)}, want ${want.join("|")}`);
+    }
+    await sleep(pollMs);
+  }
+}
+
+/** `query-status` → its `status`. */
+export async function runState(q: QmpClient): Promise<string> {
+  return (await q.call("query-status") as QmpMessage).status as string;
+}
+
+/** `ram` member of a query-migrate reply. */
+export function ram(r: QmpMessage): QmpMessage {
+  return (r.ram ?? {}) as QmpMessage;
+}
+
+/** Asserts the guest of `f` makes progress (a new PROGRESS line for `cpu`) and printed no FAIL. */
+export async function assertGuestRuns(f: Ferry, what: string, cpu = 0, timeoutMs = 5000): Promise<void> {
+  const from = f.lines.length;
+  await f.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu} `), timeoutMs, from);
+  assertNoFail(f, what);
+}
+
+/** Asserts no FAIL, EXCEPTION or second BOOT line on the serial console of `f`. */
+export function assertNoFail(f: Ferry, what: string): void {
+  const bad = f.lines.filter((l) => /FAIL|EXCEPTION/.test(l));
+  assert.deepEqual(bad, [], `${what}: guest reported failures\n${f.transcript()}`);
+}
+
+/** Asserts ferry printed no JavaScript stack trace or uncaught error on stderr. */
+export function assertNoStackTrace(f: Ferry): void {
+  const bad = f.stderrLines.filter((l) => /^\s+at |Uncaught|panicked|RUST_BACKTRACE/.test(l));
+  assert.deepEqual(bad, [], `ferry printed a stack trace\n${f.transcript()}`);
+}
+
+/** The number of open file descriptors of `pid`. */
+export function fdCount(pid: number): number {
+  let n = 0;
+  for (const _ of Deno.readDirSync(`/proc/${pid}/fd`)) n++;
+  return n;
+}
+
+/** Resident set size of `pid` in KiB. */
+export function rssKib(pid: number): number {
+  const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(/VmRSS:\s+(\d+) kB/);
+  return m ? Number(m[1]) : 0;
+}
+
+/** A source ferry with QMP, its console and its QMP client. */
+export interface Vm {
+  ferry: Ferry;
+  qmp: QmpClient;
+  qmpPath: string;
+}
+
+/** Options of {@linkcode startVm}. */
+export interface VmOptions {
+  dir: string;
+  name: string;
+  append: string;
+  mem?: string;
+  smp?: number;
+  incoming?: string;
+  kernel?: string;
+  /** More ferry arguments. */
+  extra?: string[];
+  /** Runs ferry through `ip netns exec NS`. */
+  netns?: string;
+}
+
+/** Starts a ferry (a source, or a destination with `incoming`) and connects to its QMP socket. */
+export async function startVm(o: VmOptions): Promise<Vm> {
+  const qmpPath = `${o.dir}/${o.name}.qmp`;
+  let args = probeArgs({
+    append: o.append,
+    mem: o.mem ?? "256M",
+    smp: o.smp ?? 1,
+    qmp: qmpPath,
+    extra: [...(o.extra ?? []), ...(o.incoming !== undefined ? ["-incoming", o.incoming] : [])],
+  });
+  if (o.kernel !== undefined) args = args.map((a, i) => (args[i - 1] === "-kernel" ? o.kernel! : a));
+  const ferry = o.netns !== undefined
+    ? new Ferry(["netns", "exec", o.netns, Deno.execPath(), "run", "-A", `${ROOT}main.ts`, ...args], {
+      qmpPath,
+      env: { FERRY_BIN: "ip" },
+    })
+    : new Ferry(args, { qmpPath });
+  const qmp = await ferry.qmp();
+  return { ferry, qmp, qmpPath };
+}
+
+/** Closes QMP and kills the process (bounded). */
+export async function stopVm(vm: Vm | undefined): Promise<void> {
+  if (!vm) return;
+  await vm.qmp.close();
+  await vm.ferry.kill();
+}
+
+/** Runs a command; returns its exit code and output. */
+export async function sh(cmd: string, ...args: string[]): Promise<{ code: number; out: string }> {
+  const r = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const dec = new TextDecoder();
+  return { code: r.code, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
+}
+
+/** Two network namespaces joined by a veth pair, with TEST-NET-1 (192.0.2.0/24) addresses. */
+export interface NetnsPair {
+  a: string;
+  b: string;
+  addrA: string;
+  addrB: string;
+  /** The veth end inside `a`. */
+  linkA: string;
+  remove(): Promise<void>;
+}
+
+/**
+ * Creates the namespaces, or returns a reason why it cannot (no `ip`, no privilege). The
+ * addresses live only inside the two namespaces created here and are never routed anywhere.
+ */
+export async function createNetnsPair(): Promise<NetnsPair | string> {
+  const tag = `${Deno.pid % 10000}${Math.floor(Math.random() * 100)}`;
+  const a = `ferrymig-a${tag}`;
+  const b = `ferrymig-b${tag}`;
+  const linkA = `fma${tag}`;
+  const linkB = `fmb${tag}`;
+  const remove = async () => {
+    await sh("ip", "netns", "del", a);
+    await sh("ip", "netns", "del", b);
+  };
+  try {
+    const steps: string[][] = [
+      ["netns", "add", a],
+      ["netns", "add", b],
+      ["link", "add", linkA, "netns", a, "type", "veth", "peer", "name", linkB, "netns", b],
+      ["-n", a, "addr", "add", "192.0.2.1/24", "dev", linkA],
+      ["-n", b, "addr", "add", "192.0.2.2/24", "dev", linkB],
+      ["-n", a, "link", "set", "lo", "up"],
+      ["-n", b, "link", "set", "lo", "up"],
+      ["-n", a, "link", "set", linkA, "up"],
+      ["-n", b, "link", "set", linkB, "up"],
+    ];
+    for (const s of steps) {
+      const r = await sh("ip", ...s);
+      if (r.code !== 0) {
+        await remove();
+        return `'ip ${s.join(" ")}' failed: ${r.out.trim()}`;
+      }
+    }
+  } catch (e) {
+    return `ip is unavailable: ${(e as Error).message}`;
+  }
+  return { a, b, addrA: "192.0.2.1", addrB: "192.0.2.2", linkA, remove };
+}

@@ -1,0 +1,163 @@
+/**
+ * Black box: what the source does after the switch-over (paused, all state sent) when the
+ * destination does not confirm. The destination here is a scripted socket speaking the wire
+ * format of docs/migration.md, so the failure lands exactly after `complete`; and a paused source
+ * migrated to a real ferry.
+ */
+import assert from "node:assert/strict";
+import {
+  FINAL,
+  runState,
+  sleep,
+  startVm,
+  stopVm,
+  tempDir,
+  type Vm,
+  waitMigration,
+} from "./_fixture/migration.ts";
+
+const APPEND = "mode=pattern mib=8 interval_ms=50";
+const KIND = { ack: 3, nack: 4, complete: 7, resumed: 9 };
+
+function header(kind: number, length: number): Uint8Array {
+  const b = new Uint8Array(24);
+  b.set(new TextEncoder().encode("FERRYMIG"));
+  const v = new DataView(b.buffer);
+  v.setUint16(8, 1, true);
+  v.setUint16(10, kind, true);
+  v.setBigUint64(16, BigInt(length), true);
+  return b;
+}
+
+async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null> {
+  const b = new Uint8Array(n);
+  let got = 0;
+  while (got < n) {
+    const r = await conn.read(b.subarray(got));
+    if (r === null) return null;
+    got += r;
+  }
+  return b;
+}
+
+/**
+ * A destination that acks the configuration, swallows everything up to `complete`, then does
+ * `then`: answer `resumed`, a `nack`, or close. `done` resolves with the message kinds it saw.
+ */
+function scriptedDestination(
+  path: string,
+  then: "resumed" | "nack" | "close",
+): { kinds: number[]; listener: Deno.Listener; done: Promise<number[]> } {
+  const listener = Deno.listen({ transport: "unix", path });
+  const kinds: number[] = [];
+  const done = (async () => {
+    const conn = await listener.accept();
+    try {
+      for (;;) {
+        const h = await readExact(conn, 24);
+        if (!h) return kinds;
+        const v = new DataView(h.buffer);
+        const kind = v.getUint16(10, true);
+        const len = Number(v.getBigUint64(16, true));
+        kinds.push(kind);
+        let left = len;
+        while (left > 0) {
+          const chunk = await readExact(conn, Math.min(left, 1 << 20));
+          if (!chunk) return kinds;
+          left -= chunk.length;
+        }
+        if (kind === 2) await conn.write(header(KIND.ack, 0));
+        if (kind === KIND.complete) {
+          if (then === "resumed") await conn.write(header(KIND.resumed, 0));
+          if (then === "nack") {
+            const why = new TextEncoder().encode("Cannot restore device state: scripted refusal");
+            await conn.write(new Uint8Array([...header(KIND.nack, why.length), ...why]));
+          }
+          await sleep(100);
+          return kinds;
+        }
+      }
+    } finally {
+      conn.close();
+    }
+  })();
+  return { kinds, listener, done };
+}
+
+for (const then of ["nack", "close"] as const) {
+  for (const paused of [false, true]) {
+    const before = paused ? "a paused source" : "a running source";
+    const how = then === "nack"
+      ? "refuses the state after complete"
+      : "closes without confirming after complete";
+    Deno.test(`${before} whose destination ${how} fails, rolls back and is ${paused ? "still paused" : "running again"}`, async () => {
+      const dir = tempDir();
+      let src: Vm | undefined;
+      const dst = scriptedDestination(`${dir}/fake.sock`, then);
+      try {
+        src = await startVm({ dir, name: "src", append: APPEND });
+        await src.ferry.waitLine(/PROBE VERIFY ok/);
+        if (paused) {
+          await src.qmp.call("stop");
+          assert.equal(await runState(src.qmp), "paused");
+          await sleep(200);
+        }
+        await src.qmp.call("migrate", { uri: `unix:${dir}/fake.sock` });
+        const r = await waitMigration(src.qmp, FINAL, 20000);
+        const kinds = await dst.done;
+        assert.equal(kinds.at(-1), KIND.complete, `the source sent everything: ${kinds}`);
+        assert.equal(r.status, "failed", JSON.stringify(r));
+        assert.match(
+          String(r["error-desc"]),
+          then === "nack"
+            ? /^Cannot wait for the destination to resume: destination failed: Cannot restore device state: scripted refusal$/
+            : /^Cannot wait for the destination to resume: .*destination closed the connection/,
+        );
+        const from = src.ferry.lines.length;
+        await sleep(400);
+        if (paused) {
+          assert.equal(await runState(src.qmp), "paused");
+          assert.equal(
+            src.ferry.lines.length,
+            from,
+            `the guest stays paused\n${src.ferry.lines.slice(from).join("\n")}`,
+          );
+          await src.qmp.call("cont");
+        }
+        assert.equal(await runState(src.qmp), "running");
+        await src.ferry.waitLine(/PROBE VERIFY ok/, 5000, src.ferry.lines.length);
+        assert.ok(!src.ferry.lines.some((l) => /FAIL/.test(l)), src.ferry.transcript());
+      } finally {
+        dst.listener.close();
+        await stopVm(src);
+        Deno.removeSync(dir, { recursive: true });
+      }
+    });
+  }
+}
+
+Deno.test("a paused source migrated to a real destination completes, and the destination's query-status matches whether its guest runs", async () => {
+  const dir = tempDir();
+  const uri = `unix:${dir}/mig.sock`;
+  let src: Vm | undefined, dst: Vm | undefined;
+  try {
+    src = await startVm({ dir, name: "src", append: APPEND });
+    dst = await startVm({ dir, name: "dst", append: APPEND, incoming: uri });
+    await src.ferry.waitLine(/PROBE VERIFY ok/);
+    await src.qmp.call("stop");
+    await src.qmp.call("migrate", { uri });
+    const r = await waitMigration(src.qmp, FINAL);
+    assert.equal(r.status, "completed", JSON.stringify(r));
+    assert.equal(await runState(src.qmp), "postmigrate");
+    await sleep(500);
+    const st = await runState(dst.qmp);
+    const ran = dst.ferry.lines.some((l) => /PROBE/.test(l));
+    // QEMU keeps a guest paused on the destination when it was paused on the source; whichever
+    // ferry does, query-status must tell the truth.
+    assert.equal(ran, st === "running", `query-status ${st} but the guest ${ran ? "runs" : "does not run"}`);
+  } finally {
+    await stopVm(src);
+    await stopVm(dst);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
