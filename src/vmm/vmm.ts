@@ -82,6 +82,8 @@ export class Vmm implements MachineControl, MigrationControl {
   #params: MigrationParameters = { ...DEFAULT_MIGRATION_PARAMETERS };
   #state: RunState = "prelaunch";
   #active: MigrationHandle | undefined;
+  #incoming: Promise<void> | undefined;
+  #incomingAbort: AbortController | undefined;
   #endResolve!: (e: VmmEnd) => void;
   /** Settles when the process should exit. */
   readonly ended: Promise<VmmEnd>;
@@ -128,12 +130,16 @@ export class Vmm implements MachineControl, MigrationControl {
   }
 
   #receive(uri: string): void {
-    receiveMigration(this.#adapter, uri, this.#migration).then(
+    const abort = new AbortController();
+    this.#incomingAbort = abort;
+    this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, { signal: abort.signal }).then(
       () => {
         this.#setState("running");
         log.info("Incoming migration completed; the guest runs here");
       },
-      (e: Error) => this.end({ code: 1, message: `ferry: incoming migration failed: ${e.message}` }),
+      (e: Error) => {
+        if (!this.#ending) void this.end({ code: 1, message: `ferry: incoming migration failed: ${e.message}` });
+      },
     );
   }
 
@@ -159,7 +165,16 @@ export class Vmm implements MachineControl, MigrationControl {
   async end(e: VmmEnd): Promise<void> {
     if (this.#ending) return;
     this.#ending = true;
+    // Stop any migration and wait for it to let go of guest RAM before the VM is unmapped.
     this.#active?.cancel();
+    this.#incomingAbort?.abort(new Error(e.message || "ferry is quitting"));
+    let timer: number | undefined;
+    await Promise.race([
+      Promise.allSettled([this.#active?.done, this.#incoming]),
+      // A destination that never confirms after `complete` must not keep `quit` waiting forever.
+      new Promise((r) => (timer = setTimeout(r, 5000))),
+    ]);
+    clearTimeout(timer);
     this.#state = "shutdown";
     await this.#teardown();
     this.#endResolve(e);

@@ -40,6 +40,8 @@ export interface MigrationParameters {
   "max-iterations"?: number;
   /** ferry extension: after `max-iterations`, `cancel` the migration or `force` the switch-over. */
   "convergence-policy"?: "cancel" | "force";
+  /** ferry extension: wall-time cap of the dirty passes in ms (0 = none) before the policy applies. */
+  "max-precopy-time"?: number;
 }
 
 /** QEMU's ceiling for `downtime-limit`: 2000 s. */
@@ -50,6 +52,7 @@ const PARAMETER_ARGS = {
   "max-bandwidth": { type: "uint", required: false },
   "max-iterations": { type: "uint", required: false, min: 1 },
   "convergence-policy": { type: "str", required: false, enum: ["cancel", "force"] },
+  "max-precopy-time": { type: "uint", required: false, max: 86_400_000 },
 } as const;
 
 /**
