@@ -5,6 +5,9 @@
 //! vCPU is still emulated by the PVM, whose emulator cannot execute SSE. xmm8..xmm15 are touched
 //! only by entry.S, so the compiler never disturbs the state the worker loop keeps there.
 const std = @import("std");
+const blk = @import("blk.zig");
+const net = @import("net.zig");
+const virtio = @import("virtio.zig");
 
 pub const panic = std.debug.no_panic;
 
@@ -59,7 +62,7 @@ inline fn inb(port: u16) u8 {
         : [p] "{dx}" (port),
     );
 }
-inline fn rdtsc() u64 {
+pub inline fn rdtsc() u64 {
     var lo: u32 = undefined;
     var hi: u32 = undefined;
     asm volatile ("rdtsc"
@@ -87,6 +90,9 @@ fn cpuid(leaf: u32) Cpuid {
 inline fn pause() void {
     asm volatile ("pause");
 }
+pub fn cpuPause() void {
+    pause();
+}
 fn rd(comptime T: type, addr: u64) T {
     return @as(*align(1) const volatile T, @ptrFromInt(addr)).*;
 }
@@ -95,10 +101,10 @@ fn wr(comptime T: type, addr: u64, v: T) void {
 }
 
 // ---------------------------------------------------------------- configuration (cmdline)
-const Mode = enum { idle, dirty, pattern, bench };
+const Mode = enum { idle, dirty, pattern, bench, blk, net };
 const Exit = enum { none, poweroff, reset, triplefault, halt };
 
-const Config = struct {
+pub const Config = struct {
     mode: Mode = .idle,
     mib: u64 = 64,
     rate: u64 = 0,
@@ -111,9 +117,16 @@ const Config = struct {
     ap_wait_ms: u64 = 100,
     bench_ms: u64 = 500,
     serial_rep: bool = false,
+    // mode=blk / mode=net (see blk.zig, net.zig)
+    blk_mib: u64 = 8,
+    blk_req_kib: u64 = 64,
+    blk_depth: u64 = 32,
+    io_timeout_ms: u64 = 2000,
+    net_burst: u64 = 1,
+    ip: [4]u8 = .{ 10, 0, 2, 15 },
 };
 
-var cfg: Config = .{};
+pub var cfg: Config = .{};
 var cmdline_buf: [1024]u8 = undefined;
 var cmdline_len: usize = 0;
 
@@ -129,23 +142,24 @@ var stop: u32 = 0;
 var native_wanted: bool = false;
 var sse_ok: bool = false; // false only on a PVM vCPU that is still emulated
 var native_on: bool = false;
-var tsc_khz: u64 = 0;
-var interval_ticks: u64 = 0;
+pub var tsc_khz: u64 = 0;
+pub var interval_ticks: u64 = 0;
 var ram_mib: u64 = 0;
+var work_room: u64 = 0; // bytes of usable RAM from WORK_BASE on (0 = no memory map)
 
 // ---------------------------------------------------------------- serial output
-const Line = struct {
+pub const Line = struct {
     buf: [200]u8 = undefined,
     len: usize = 0,
 
-    fn s(self: *Line, str: []const u8) void {
+    pub fn s(self: *Line, str: []const u8) void {
         for (str) |c| {
             if (self.len == self.buf.len) return;
             self.buf[self.len] = c;
             self.len += 1;
         }
     }
-    fn d(self: *Line, v: u64) void {
+    pub fn d(self: *Line, v: u64) void {
         var tmp: [20]u8 = undefined;
         var i: usize = tmp.len;
         var y = v;
@@ -157,7 +171,7 @@ const Line = struct {
         }
         self.s(tmp[i..]);
     }
-    fn x(self: *Line, v: u64) void {
+    pub fn x(self: *Line, v: u64) void {
         const digits = "0123456789abcdef";
         var tmp: [16]u8 = undefined;
         var i: usize = tmp.len;
@@ -198,7 +212,7 @@ fn writeRaw(bytes: []const u8) void {
 }
 /// Prints one whole line under the serial lock. Returns false (and prints nothing) once the
 /// guest is stopping, so `PROBE EXIT` stays the last line.
-fn emit(l: *Line) bool {
+pub fn emit(l: *Line) bool {
     l.s("\n");
     lock();
     defer unlock();
@@ -310,6 +324,10 @@ fn parseCmdline() void {
             if (eql(v, "dirty")) cfg.mode = .dirty;
             if (eql(v, "pattern")) cfg.mode = .pattern;
             if (eql(v, "bench")) cfg.mode = .bench;
+            if (eql(v, "blk")) cfg.mode = .blk;
+            if (eql(v, "net")) cfg.mode = .net;
+        } else if (eql(k, "ip")) {
+            if (parseIp(v)) |a| cfg.ip = a;
         } else if (eql(k, "serial")) {
             cfg.serial_rep = eql(v, "rep");
         } else if (eql(k, "exit")) {
@@ -327,9 +345,27 @@ fn parseCmdline() void {
             if (eql(k, "cpus")) cfg.cpus = num;
             if (eql(k, "ap_wait_ms")) cfg.ap_wait_ms = num;
             if (eql(k, "bench_ms")) cfg.bench_ms = @max(num, 1);
+            if (eql(k, "blk_mib")) cfg.blk_mib = num;
+            if (eql(k, "blk_req_kib")) cfg.blk_req_kib = std.math.clamp(num, 1, 1024);
+            if (eql(k, "blk_depth")) cfg.blk_depth = std.math.clamp(num, 1, 64);
+            if (eql(k, "io_timeout_ms")) cfg.io_timeout_ms = @max(num, 1);
+            if (eql(k, "net_burst")) cfg.net_burst = std.math.clamp(num, 1, 1_000_000);
         }
     }
     if (cfg.rounds != 0 and cfg.exit == .none) cfg.exit = .poweroff;
+}
+
+fn parseIp(v: []const u8) ?[4]u8 {
+    var out: [4]u8 = undefined;
+    var it = std.mem.splitScalar(u8, v, '.');
+    var i: usize = 0;
+    while (it.next()) |part| : (i += 1) {
+        if (i == 4) return null;
+        const n = parseNum(part) orelse return null;
+        if (n > 255) return null;
+        out[i] = @intCast(n);
+    }
+    return if (i == 4) out else null;
 }
 
 /// ram_mib = usable (type 1) RAM rounded up to MiB; mib is clamped so that the work area
@@ -344,6 +380,7 @@ fn sizeMemory() void {
         const end = @min(r.addr +| r.size, FOUR_GIB);
         if (r.addr <= WORK_BASE and end > WORK_BASE) room = end - WORK_BASE;
     }
+    work_room = room;
     ram_mib = (total + (1 << 20) - 1) >> 20;
     cfg.mib = @min(cfg.mib, room >> 20);
 }
@@ -482,7 +519,7 @@ var ctxs: [MAX_CPUS]WorkerCtx align(64) = undefined;
 const gpr_names = [_][]const u8{ "rbx", "rbp", "r12", "r13", "r14", "r15" };
 const xmm_names = [_][]const u8{ "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15" };
 
-fn mix(v: u64) u64 {
+pub fn mix(v: u64) u64 {
     var z = v +% 0x9e3779b97f4a7c15;
     z = (z ^ (z >> 30)) *% 0xbf58476d1ce4e5b9;
     z = (z ^ (z >> 27)) *% 0x94d049bb133111eb;
@@ -563,7 +600,7 @@ fn nextDeadline(deadline: u64, now: u64) u64 {
     return next;
 }
 
-fn progress(cpu: u64, count: u64) bool {
+pub fn progress(cpu: u64, count: u64) bool {
     var l = Line{};
     l.s("PROBE PROGRESS cpu=");
     l.d(cpu);
@@ -586,7 +623,7 @@ export fn worker_tick(c: *WorkerCtx) callconv(.C) u32 {
 }
 
 // ---------------------------------------------------------------- exit
-fn doExit() noreturn {
+pub fn doExit() noreturn {
     var l = Line{};
     l.s("PROBE EXIT ");
     l.s(@tagName(cfg.exit));
@@ -611,7 +648,7 @@ fn doExit() noreturn {
 }
 
 // ---------------------------------------------------------------- BSP memory workloads
-const Bsp = struct {
+pub const Bsp = struct {
     deadline: u64 = 0,
     last_count: u64 = 0,
     xmm_init: [16]u64 = undefined,
@@ -619,7 +656,7 @@ const Bsp = struct {
     xmm_failed: u8 = 0,
     ticks: u64 = 0,
 
-    fn init(self: *Bsp) void {
+    pub fn init(self: *Bsp) void {
         self.deadline = rdtsc() + interval_ticks;
         if (sse_ok) {
             for (0..16) |i| self.xmm_init[i] = mix(0x2000 + i);
@@ -628,7 +665,7 @@ const Bsp = struct {
     }
 
     /// Returns true when a progress line was printed (the interval elapsed and count moved).
-    fn tick(self: *Bsp, count: u64) bool {
+    pub fn tick(self: *Bsp, count: u64) bool {
         const now = rdtsc();
         if (now < self.deadline and self.deadline - now <= interval_ticks) return false;
         self.deadline = nextDeadline(self.deadline, now);
@@ -752,6 +789,12 @@ fn runDirty() noreturn {
     }
 }
 
+/// The BSP's fallback when a driver gives up: the idle worker loop (progress, register checks, and
+/// `rounds` progress lines then exit, as in mode=idle).
+pub fn idle() noreturn {
+    worker_loop(initCtx(0));
+}
+
 fn ips(iters: u64, ticks: u64) u64 {
     if (ticks == 0) return 0;
     return @intCast(@as(u128, iters) * tsc_khz * 1000 / ticks);
@@ -828,6 +871,12 @@ export fn probe_main(kind: u64, ptr: u64) callconv(.C) noreturn {
         .idle, .bench => worker_loop(initCtx(0)),
         .pattern => runPattern(),
         .dirty => runDirty(),
+        .blk, .net => {
+            // Rings and buffers: the work area (16 MiB on), up to the end of its RAM region.
+            virtio.dma_next = WORK_BASE;
+            virtio.dma_end = if (work_room != 0) WORK_BASE + work_room else WORK_BASE + (64 << 20);
+            if (cfg.mode == .blk) blk.run() else net.run();
+        },
     }
 }
 
