@@ -110,6 +110,8 @@ async function pumpStdin(vmm: Vmm): Promise<void> {
  * @param args the command line, e.g. `["-machine", "q35", "-kernel", "probe.elf"]`
  */
 export async function runFerry(args: string[]): Promise<number> {
+  // `deno task ferry -- ARGS` passes the separator through.
+  if (args[0] === "--") args = args.slice(1);
   const sub = args[0];
   if (sub !== undefined && (CLIENT_COMMANDS as readonly string[]).includes(sub)) {
     return await runClient(sub, args.slice(1));
