@@ -2,13 +2,15 @@
  * `deno task bench [NAME...]`: ferry beside QEMU, ratios only (absolute times on these shared
  * machines are noise). Names: boot, native (the probe guest's own native-vs-emulated loop),
  * migrate (live migration; options `--runs N --rate PAGES_PER_S --bandwidth 1G,128M --only WORDS`,
- * see migrate.ts). With no name, runs all. Writes bench/report.md: the rows of the benchmarks run
+ * see migrate.ts), io (virtio-blk and virtio-net throughput; options `--runs N --cache writeback,direct
+ * --only WORDS`, see io.ts). With no name, runs all. Writes bench/report.md: the rows of the benchmarks run
  * replace theirs, the other benchmarks' rows from the previous report are kept.
  * @module
  */
 import { benchBoot } from "./boot.ts";
 import { benchNative } from "./native.ts";
 import { benchMigrate, migrateOptions } from "./migrate.ts";
+import { benchIo, ioOptions } from "./io.ts";
 import { mergeRows, readReportRows, renderReport } from "./_report.ts";
 import { out, ROOT } from "./_util.ts";
 
@@ -26,6 +28,7 @@ const all: Record<string, () => Promise<Record<string, string | number>[]>> = {
   boot: () => benchBoot(),
   native: () => benchNative(),
   migrate: () => benchMigrate(migrateOptions(flags)),
+  io: () => benchIo(ioOptions(flags)),
 };
 
 const names = named.length > 0 ? named : Object.keys(all);
