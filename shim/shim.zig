@@ -84,6 +84,11 @@ export fn ferry_madvise(addr: u64, len: u64, advice: c_int) isize {
     return ret(linux.syscall3(.madvise, addr, len, @as(u32, @bitCast(advice))));
 }
 
+/// mincore(2): one byte per page of `[addr, addr+len)` into `vec`, bit 0 = resident.
+export fn ferry_mincore(addr: u64, len: u64, vec: [*]u8) isize {
+    return ret(linux.syscall3(.mincore, addr, len, @intFromPtr(vec)));
+}
+
 export fn ferry_memfd_create(name: [*:0]const u8, flags: c_uint) isize {
     return ret(linux.syscall2(.memfd_create, @intFromPtr(name), flags));
 }

@@ -22,6 +22,7 @@ export const symbols = {
   ferry_mmap: { parameters: ["u64", "u64", "i32", "i32", "i32", "u64"], result: "isize" }, // addr, len, prot, flags, fd, off
   ferry_munmap: { parameters: ["u64", "u64"], result: "isize" }, // addr, len
   ferry_madvise: { parameters: ["u64", "u64", "i32"], result: "isize" }, // addr, len, advice
+  ferry_mincore: { parameters: ["u64", "u64", "buffer"], result: "isize" }, // addr, len, unsigned char *vec
   ferry_memfd_create: { parameters: ["buffer", "u32"], result: "isize" }, // const char *name, uint flags
   ferry_ftruncate: { parameters: ["i32", "u64"], result: "isize" }, // int fd, off_t len
   ferry_memcpy: { parameters: ["u64", "u64", "u64"], result: "void" }, // dst addr, src addr, len

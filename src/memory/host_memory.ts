@@ -43,3 +43,32 @@ export function freeRam(layout: MemoryLayout): void {
     if (r.hostAddr !== 0n) shim().ferry_munmap(r.hostAddr, BigInt(r.sizeBytes));
   }
 }
+
+let swapActive: boolean | undefined;
+
+/** True when the host has swap: a swapped-out page is not resident yet not zero. */
+function hostHasSwap(): boolean {
+  if (swapActive === undefined) {
+    try {
+      swapActive = Deno.readTextFileSync("/proc/swaps").trim().split("\n").length > 1;
+    } catch {
+      swapActive = true; // unknown: assume the worst
+    }
+  }
+  return swapActive;
+}
+
+/**
+ * Which pages of `[gpa, gpa + pageCount pages)` the host has ever backed with memory (mincore),
+ * one byte per page, bit 0 set when resident. A page that was never resident in an anonymous
+ * mapping reads as zero, so migration can skip reading it. Returns undefined when the answer
+ * could mislead (the host has swap) or the range is not one region's RAM.
+ */
+export function residency(layout: MemoryLayout, gpa: number, pageCount: number): Uint8Array | undefined {
+  if (hostHasSwap()) return undefined;
+  const r = layout.regions.find((x) => gpa >= x.gpa && gpa + pageCount * PAGE_SIZE <= x.gpa + x.sizeBytes);
+  if (!r || r.hostAddr === 0n) return undefined;
+  const vec = new Uint8Array(pageCount);
+  const rc = shim().ferry_mincore(r.hostAddr + BigInt(gpa - r.gpa), BigInt(pageCount * PAGE_SIZE), vec);
+  return Number(rc) < 0 ? undefined : vec;
+}

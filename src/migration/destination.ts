@@ -249,7 +249,12 @@ class IncomingMigration {
       h = await next("before complete");
       if (h.kind === "ram") {
         if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
-        const r = await receiveRamBatch(reader, h, vm.memory);
+        const r = await receiveRamBatch(
+          reader,
+          h,
+          vm.memory,
+          vm.residency ? (gpa, n) => vm.residency!(gpa, n) : undefined,
+        );
         c.transferredBytes += h.length;
         c.zeroPages += r.zeroPages;
         c.normalPages += r.rawPages;

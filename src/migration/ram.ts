@@ -115,6 +115,8 @@ export interface RamSenderOptions {
   batchBytes?: number;
   /** Aborts sleeps and stops between batches. */
   signal?: AbortSignal;
+  /** `MigrationVm.residency`: lets the full pass skip reading pages the host never backed. */
+  residency?: (gpa: number, pageCount: number) => Uint8Array | undefined;
 }
 
 /** What one pass sent. */
@@ -147,6 +149,9 @@ export class RamSender {
   #lastRi = -1;
   #throttle = true;
   #pass: PassResult = { bytes: 0, pages: 0, elapsedMs: 0, sendMs: 0 };
+  #residency: RamSenderOptions["residency"];
+  /** During a full pass: the region's residency vector (a never-resident page is zero). */
+  #resident: Uint8Array | undefined;
 
   constructor(
     writer: MessageWriter,
@@ -165,6 +170,7 @@ export class RamSender {
     if (bps > 0) batch = Math.min(batch, Math.max(PAGE_SIZE, Math.floor(bps / 20 / PAGE_SIZE) * PAGE_SIZE));
     this.#batchBytes = batch;
     this.#signal = options.signal;
+    this.#residency = options.residency;
   }
 
   /**
@@ -172,9 +178,15 @@ export class RamSender {
    * @returns bytes and pages sent and the time taken
    */
   sendAll(): Promise<PassResult> {
-    return this.#pass_(true, (ri, visit) => {
-      const pages = this.#memory.regions[ri]!.sizeBytes / PAGE_SIZE;
-      return visitRange(0, pages, visit);
+    return this.#pass_(true, async (ri, visit) => {
+      const region = this.#memory.regions[ri]!;
+      const pages = region.sizeBytes / PAGE_SIZE;
+      this.#resident = this.#residency?.(region.gpa, pages);
+      try {
+        await visitRange(0, pages, visit);
+      } finally {
+        this.#resident = undefined;
+      }
     });
   }
 
@@ -212,7 +224,9 @@ export class RamSender {
     const region = this.#memory.regions[ri]!;
     const words = this.#words[ri];
     const off = page * PAGE_SIZE;
-    const zero = words ? isZeroPage(words, off >>> 2) : isZeroPageBytes(region.bytes, off);
+    const res = this.#resident;
+    const zero = (res !== undefined && (res[page]! & 1) === 0) ||
+      (words ? isZeroPage(words, off >>> 2) : isZeroPageBytes(region.bytes, off));
     const gpa = region.gpa + off;
     // A message covers at most MAX_COVER_PAGES of guest RAM (zero or not), so the destination
     // works on one batch while the source scans the next instead of lagging behind at switchover.
@@ -326,9 +340,11 @@ async function visitBitmap(
  * Zeroes the pages of `[off, off+len)` that are not zero already. Reading an untouched page does
  * not allocate host memory; writing would, so a fresh destination stays as sparse as its source.
  */
-function zeroFill(region: Region, off: number, len: number): void {
+function zeroFill(region: Region, off: number, len: number, resident?: Uint8Array): void {
   const words = wordsOf(region);
   for (let o = off; o < off + len; o += PAGE_SIZE) {
+    // A page the host never backed reads as zero: no need to read it.
+    if (resident !== undefined && (resident[(o - off) / PAGE_SIZE]! & 1) === 0) continue;
     const zero = words ? isZeroPage(words, o >>> 2) : isZeroPageBytes(region.bytes, o);
     if (!zero) region.bytes.fill(0, o, o + PAGE_SIZE);
   }
@@ -350,6 +366,7 @@ export async function receiveRamBatch(
   reader: MessageReader,
   header: MessageHeader,
   memory: GuestMemory,
+  residency?: (gpa: number, pageCount: number) => Uint8Array | undefined,
 ): Promise<BatchResult> {
   if (header.length < RAM_PREFIX_BYTES + RUN_BYTES) {
     throw new ProtocolError(`Cannot decode RAM message: ${header.length} bytes is too short`);
@@ -389,7 +406,7 @@ export async function receiveRamBatch(
     );
   }
   for (const t of targets) {
-    if (t.zero) zeroFill(t.region, t.off, t.len);
+    if (t.zero) zeroFill(t.region, t.off, t.len, residency?.(t.region.gpa + t.off, t.len / PAGE_SIZE));
     else await reader.readExact(t.region.bytes.subarray(t.off, t.off + t.len), "RAM pages");
   }
   return { zeroPages, rawPages };

@@ -102,3 +102,19 @@ Deno.test("RateLimiter holds the average rate to its limit", async () => {
   const free = new RateLimiter(0);
   await free.consume(1 << 30);
 });
+
+Deno.test("RamSender full pass takes a never-resident page as zero without reading it", async () => {
+  const mem = memory([{ gpa: 0, sizeBytes: 16 * 4096 }]);
+  for (const p of [3, 4]) mem.write(p * 4096 + 100, Uint8Array.of(1));
+  const resident = (except?: number) => () => {
+    const v = new Uint8Array(16).fill(1);
+    if (except !== undefined) v[except] = 0;
+    return v;
+  };
+  const all = new RamCounters();
+  await new RamSender(capture().writer, mem, all, { residency: resident() }).sendAll();
+  assert.equal(all.normalPages, 2, "both data pages are sent when resident");
+  const skipped = new RamCounters();
+  await new RamSender(capture().writer, mem, skipped, { residency: resident(4) }).sendAll();
+  assert.equal(skipped.normalPages, 1, "the page the host never backed goes as a zero run");
+});

@@ -370,7 +370,11 @@ class OutgoingMigration {
     this.#status.transition("active");
 
     const limiter = new RateLimiter(p["max-bandwidth"]);
-    const sender = new RamSender(writer, vm.memory, c, { limiter, signal });
+    const sender = new RamSender(writer, vm.memory, c, {
+      limiter,
+      signal,
+      ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
+    });
     const iterStartMs = performance.now();
     this.#lastSyncMs = iterStartMs;
     c.remainingBytes = vm.memory.sizeBytes;

@@ -53,6 +53,12 @@ export interface MigrationVm {
   /** Destination: validates and applies; throws an error naming the section and field. */
   restoreState(sections: Section[]): Promise<void>;
   /** Source, paused, before the last state is sent (e.g. release disk locks). */
+  /**
+   * Optional: which pages of `[gpa, gpa + pageCount pages)` the host ever backed with memory, one
+   * byte per page (bit 0 = resident). A page never resident reads as zero, so the source need not
+   * scan it and the destination need not check it. Undefined when unknown.
+   */
+  residency?(gpa: number, pageCount: number): Uint8Array | undefined;
   onSwitchover?(): Promise<void>;
   /** Source, after a failure or cancel that happened after `onSwitchover` (e.g. re-take locks). */
   onRollback?(): Promise<void>;

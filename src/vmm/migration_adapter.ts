@@ -12,6 +12,7 @@
 import type { StateValue } from "../devices/device.ts";
 import type { Vm, VcpuState, VmKernelState } from "../machine/vm.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
+import { residency } from "../memory/host_memory.ts";
 import { decodeState, encodeState, type MigrationVm, type Section } from "../migration/mod.ts";
 
 const VCPU_VERSION = 1;
@@ -141,6 +142,9 @@ export class VmMigrationAdapter implements MigrationVm {
   }
   startDirtyLog(): void {
     this.#vm.startDirtyLog();
+  }
+  residency(gpa: number, pageCount: number): Uint8Array | undefined {
+    return residency(this.#vm.layout, gpa, pageCount);
   }
   syncDirtyLog(): Uint32Array[] {
     return this.#vm.syncDirtyLog();

@@ -168,7 +168,7 @@ export class Vmm implements MachineControl, MigrationControl {
     // Stop any migration and wait for it to let go of guest RAM before the VM is unmapped.
     this.#active?.cancel();
     this.#incomingAbort?.abort(new Error(e.message || "ferry is quitting"));
-    let timer: number | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
       Promise.allSettled([this.#active?.done, this.#incoming]),
       // A destination that never confirms after `complete` must not keep `quit` waiting forever.
