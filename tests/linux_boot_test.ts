@@ -31,3 +31,28 @@ for (const smp of [1, 2]) {
     },
   });
 }
+
+Deno.test({
+  name: kernel
+    ? `Linux ${kernel} sees the virtio disk as /dev/vda and the virtio NIC`
+    : "Linux sees the virtio disk as /dev/vda and the NIC (skipped: set FERRY_LINUX_KERNEL to a kernel that runs on this host's KVM)",
+  ignore: !kernel,
+  fn: async () => {
+    const dir = Deno.makeTempDirSync({ prefix: "ferry-linux-" });
+    const img = `${dir}/disk.img`;
+    Deno.writeFileSync(img, new Uint8Array(0));
+    Deno.truncateSync(img, 64 << 20);
+    const args = ["-machine", "q35", "-m", "512M", "-smp", "1", "-kernel", kernel!, "-serial", "stdio"];
+    args.push("-append", "console=ttyS0 root=/dev/vda panic=-1 reboot=t");
+    args.push("-drive", `file=${img},id=rootfs,readonly=off,direct=off`);
+    args.push("-device", "virtio-blk-pci,drive=rootfs,id=rootfs,bus=pcie.0,addr=0x2");
+    if (initrd) args.push("-initrd", initrd);
+    const f = new Ferry(args);
+    try {
+      await f.waitLine(/virtio_blk virtio\d+: \[vda\] 131072 512-byte logical blocks/, 120000);
+    } finally {
+      await f.kill();
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
