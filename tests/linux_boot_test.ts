@@ -34,8 +34,8 @@ for (const smp of [1, 2]) {
 
 Deno.test({
   name: kernel
-    ? `Linux ${kernel} sees the virtio disk as /dev/vda and the virtio NIC`
-    : "Linux sees the virtio disk as /dev/vda and the NIC (skipped: set FERRY_LINUX_KERNEL to a kernel that runs on this host's KVM)",
+    ? `Linux ${kernel} sees the virtio disk as /dev/vda`
+    : "Linux sees the virtio disk as /dev/vda (skipped: set FERRY_LINUX_KERNEL to a kernel that runs on this host's KVM)",
   ignore: !kernel,
   fn: async () => {
     const dir = Deno.makeTempDirSync({ prefix: "ferry-linux-" });
