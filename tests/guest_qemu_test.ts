@@ -4,30 +4,12 @@
  * and powers off. The same guest is what ferry boots, so this pins the guest apart from ferry.
  */
 import assert from "node:assert/strict";
+import { exists, onPath } from "./_fixture/ferry.ts";
 
 const PROBE = new URL("../zig-out/guest/probe.elf", import.meta.url).pathname;
 const QBOOT = "/usr/share/qemu/qboot.rom";
 
-function onPath(name: string): string | undefined {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    try {
-      const p = `${dir}/${name}`;
-      if (Deno.statSync(p).isFile) return p;
-    } catch {
-      // not in this directory
-    }
-  }
-  return undefined;
-}
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const QEMU = onPath("qemu-system-x86_64");
 const skipReason = QEMU === undefined

@@ -6,6 +6,7 @@
  * guest's broadcasts and gets its UDP datagrams echoed back.
  */
 import assert from "node:assert/strict";
+import { exists, onPath } from "./_fixture/ferry.ts";
 
 const PROBE = new URL("../zig-out/guest/probe.elf", import.meta.url).pathname;
 const QBOOT = "/usr/share/qemu/qboot.rom";
@@ -13,26 +14,7 @@ const SECTOR = 512;
 const MAGIC = 0x4b4c_4245_424f_5250n; // "PROBEBLK"
 const M64 = (1n << 64n) - 1n;
 
-function onPath(name: string): string | undefined {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    try {
-      const p = `${dir}/${name}`;
-      if (Deno.statSync(p).isFile) return p;
-    } catch {
-      // not in this directory
-    }
-  }
-  return undefined;
-}
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function skipped(reason: string | undefined): string {
   return reason === undefined ? "" : ` (skipped: ${reason})`;

@@ -7,11 +7,11 @@
  * from the destination and its self-announce (RARP) frames with the guest's MAC reach the tap.
  */
 import assert from "node:assert/strict";
+import { kvmSkipReason } from "./_fixture/ferry.ts";
 import {
   assertNoStackTrace,
   Ferry,
   FINAL,
-  PROBE,
   probeArgs,
   ram,
   runState,
@@ -40,20 +40,8 @@ import {
   waitPoweroff,
 } from "./_fixture/virtio.ts";
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-const skip = !exists(PROBE)
-  ? "zig-out/guest/probe.elf is not built"
-  : !exists("/dev/kvm")
-  ? "/dev/kvm is missing"
-  : undefined;
+const skip = kvmSkipReason();
 const suffix = skip === undefined ? "" : ` (skipped: ${skip})`;
 const netSkip = skip ?? await netSkipReason();
 const netSuffix = netSkip === undefined ? "" : ` (skipped: ${netSkip})`;

@@ -6,7 +6,8 @@
  * users share it.
  */
 import assert from "node:assert/strict";
-import { Ferry, PROBE, probeArgs, tempDir } from "./_fixture/ferry.ts";
+import { kvmSkipReason } from "./_fixture/ferry.ts";
+import { Ferry, probeArgs, tempDir } from "./_fixture/ferry.ts";
 import { assertNoStackTrace } from "./_fixture/migration.ts";
 import {
   assertClean,
@@ -18,20 +19,8 @@ import {
   waitPoweroff,
 } from "./_fixture/virtio.ts";
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-const skip = !exists(PROBE)
-  ? "zig-out/guest/probe.elf is not built"
-  : !exists("/dev/kvm")
-  ? "/dev/kvm is missing"
-  : undefined;
+const skip = kvmSkipReason();
 const suffix = skip === undefined ? "" : ` (skipped: ${skip})`;
 
 function blkFerry(img: string, append: string, o: Parameters<typeof blkArgs>[1] = {}): Ferry {

@@ -5,7 +5,7 @@
  * Skipped (with the reason) without /dev/net/tun, `ip netns` or python3.
  */
 import assert from "node:assert/strict";
-import { PROBE } from "./_fixture/ferry.ts";
+import { kvmSkipReason } from "./_fixture/ferry.ts";
 import { assertNoStackTrace, sh, startVm, stopVm, tempDir, type Vm } from "./_fixture/migration.ts";
 import {
   assertClean,
@@ -18,20 +18,8 @@ import {
   waitPoweroff,
 } from "./_fixture/virtio.ts";
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-const skip = !exists(PROBE)
-  ? "zig-out/guest/probe.elf is not built"
-  : !exists("/dev/kvm")
-  ? "/dev/kvm is missing"
-  : await netSkipReason();
+const skip = kvmSkipReason() ?? await netSkipReason();
 const suffix = skip === undefined ? "" : ` (skipped: ${skip})`;
 
 Deno.test({

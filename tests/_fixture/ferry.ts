@@ -182,3 +182,33 @@ export async function waitIncoming(target: QmpClient | string, timeoutMs = 15000
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** True when `path` exists (any kind of file). */
+export function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The full path of program `name` on PATH, or undefined. */
+export function onPath(name: string): string | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    const p = `${dir}/${name}`;
+    try {
+      if (Deno.statSync(p).isFile) return p;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}
+
+/** Why tests that boot the probe guest on KVM cannot run here, or undefined when they can. */
+export function kvmSkipReason(): string | undefined {
+  if (!exists(PROBE)) return "zig-out/guest/probe.elf is not built";
+  if (!exists("/dev/kvm")) return "/dev/kvm is missing";
+  return undefined;
+}

@@ -6,6 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { exists } from "./ferry.ts";
 import { sh, sleep } from "./migration.ts";
 import type { Ferry } from "./ferry.ts";
 
@@ -155,14 +156,6 @@ export async function waitPoweroff(f: Ferry, timeoutMs: number): Promise<Deno.Co
 }
 
 // ------------------------------------------------------------------ network namespace and host side
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Why the network tests cannot run here (no /dev/net/tun, ip netns, python3), or undefined. */
 export async function netSkipReason(): Promise<string | undefined> {
