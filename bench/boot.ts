@@ -4,7 +4,7 @@
  * interleaved in one run, printed side by side with ratios.
  * @module
  */
-import { ferryCommand, qemuBaseArgs, median, out, PROBE, qemuBinary, rssKiB, Spawned } from "./_util.ts";
+import { ferryCommand, median, out, PROBE, qemuBaseArgs, qemuBinary, rssKiB, Spawned } from "./_util.ts";
 
 interface Sample {
   ms: number;

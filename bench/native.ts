@@ -4,7 +4,7 @@
  * boot the same guest, so both VMMs' numbers are shown side by side.
  * @module
  */
-import { ferryCommand, qemuBaseArgs, out, PROBE, qemuBinary, Spawned } from "./_util.ts";
+import { ferryCommand, out, PROBE, qemuBaseArgs, qemuBinary, Spawned } from "./_util.ts";
 
 async function rates(cmd: string, args: string[]): Promise<{ emulated: number; native: number }> {
   const p = new Spawned(cmd, args);
@@ -24,7 +24,11 @@ export async function benchNative(): Promise<Record<string, string | number>[]> 
   const f = ferryCommand(["-machine", "q35", ...guest, "-serial", "stdio"]);
   const fr = await rates(f.cmd, f.args);
   out("native: probe guest loop, iterations per second, emulated ring 0 vs native (PVM MSR 0x4b564d10)");
-  out(`  ferry  emulated ${fr.emulated.toExponential(2)}  native ${fr.native.toExponential(2)}  speed-up ${(fr.native / fr.emulated).toFixed(0)}×`);
+  out(
+    `  ferry  emulated ${fr.emulated.toExponential(2)}  native ${fr.native.toExponential(2)}  speed-up ${
+      (fr.native / fr.emulated).toFixed(0)
+    }×`,
+  );
   const row: Record<string, string | number> = {
     bench: "native",
     "ferry_emulated_ips": fr.emulated,
@@ -34,7 +38,11 @@ export async function benchNative(): Promise<Record<string, string | number>[]> 
   const qemu = qemuBinary();
   if (qemu) {
     const qr = await rates(qemu, [...qemuBaseArgs(), "-serial", "stdio", ...guest]);
-    out(`  qemu   emulated ${qr.emulated.toExponential(2)}  native ${qr.native.toExponential(2)}  speed-up ${(qr.native / qr.emulated).toFixed(0)}×`);
+    out(
+      `  qemu   emulated ${qr.emulated.toExponential(2)}  native ${qr.native.toExponential(2)}  speed-up ${
+        (qr.native / qr.emulated).toFixed(0)
+      }×`,
+    );
     out(`  ratio ferry/qemu native rate: ${(fr.native / qr.native).toFixed(2)}`);
     row.qemu_native_ips = qr.native;
     row.native_ratio = +(fr.native / qr.native).toFixed(2);

@@ -33,9 +33,26 @@ const uri = `unix:${dir}/migrate.sock`;
 
 function vmArgs(name: string, extra: string[] = []): string[] {
   return [
-    "run", "-A", `${ROOT}main.ts`,
-    "-machine", "q35", "-m", "512M", "-smp", "2", "-kernel", kernel, "-append", append,
-    "-serial", "stdio", "-qmp", `unix:${dir}/${name}.sock,server,nowait`, "-name", name, ...extra,
+    "run",
+    "-A",
+    `${ROOT}main.ts`,
+    "-machine",
+    "q35",
+    "-m",
+    "512M",
+    "-smp",
+    "2",
+    "-kernel",
+    kernel,
+    "-append",
+    append,
+    "-serial",
+    "stdio",
+    "-qmp",
+    `unix:${dir}/${name}.sock,server,nowait`,
+    "-name",
+    name,
+    ...extra,
   ];
 }
 
@@ -46,7 +63,12 @@ interface Vm {
 }
 
 function start(name: string, extra: string[] = []): Vm {
-  const child = new Deno.Command(Deno.execPath(), { args: vmArgs(name, extra), stdout: "piped", stderr: "piped", stdin: "null" })
+  const child = new Deno.Command(Deno.execPath(), {
+    args: vmArgs(name, extra),
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  })
     .spawn();
   const lines: string[] = [];
   const tag = `[${name}]`.padEnd(14);
@@ -64,7 +86,11 @@ function start(name: string, extra: string[] = []): Vm {
       }
     }
   };
-  return { child, lines, done: Promise.all([pump(child.stdout, false), pump(child.stderr, true)]).then(() => {}) };
+  return {
+    child,
+    lines,
+    done: Promise.all([pump(child.stdout, false), pump(child.stderr, true)]).then(() => {}),
+  };
 }
 
 async function waitFor(vm: Vm, re: RegExp, timeoutMs: number, from = 0): Promise<boolean> {
@@ -83,15 +109,26 @@ const src = start("source");
 let dst: Vm | undefined;
 let ok = false;
 try {
-  if (!await waitFor(src, /PROBE READY|login|Linux version/, 30000)) throw new Error("the source guest did not boot");
+  if (!await waitFor(src, /PROBE READY|login|Linux version/, 30000)) {
+    throw new Error("the source guest did not boot");
+  }
   await sleep(1500);
   say("\n--- starting the destination (same command line plus -incoming) ---");
   dst = start("destination", ["-incoming", uri]);
   for (let i = 0; i < 300 && !exists(`${dir}/migrate.sock`); i++) await sleep(20);
   say(`\n--- migrating: ferry migrate --socket ${dir}/source.sock --uri ${uri} --watch ---`);
   const code = await runClient("migrate", [
-    "--socket", `${dir}/source.sock`, "--uri", uri, "--watch", "--interval", "100",
-    "--max-bandwidth", String(32 << 20), "--downtime-limit", "500",
+    "--socket",
+    `${dir}/source.sock`,
+    "--uri",
+    uri,
+    "--watch",
+    "--interval",
+    "100",
+    "--max-bandwidth",
+    String(32 << 20),
+    "--downtime-limit",
+    "500",
   ]);
   if (code !== 0) throw new Error("the migration did not complete");
   say(`\n--- the guest now runs on the destination; watching its console for ${watchSeconds} s ---`);
@@ -104,8 +141,11 @@ try {
   say(`\nsource: ${srcStatus}   destination: ${dstStatus}`);
   const after = dst.lines.slice(from);
   const verified = after.some((l) => /VERIFY ok|PROGRESS/.test(l)) && !after.some((l) => /FAIL/.test(l));
-  ok = dstStatus === "running" && srcStatus === "postmigrate" && (kernel.endsWith("probe.elf") ? verified : true);
-  say(ok ? "demo: completed — the guest kept running, its memory verified on the destination" : "demo: FAILED");
+  ok = dstStatus === "running" && srcStatus === "postmigrate" &&
+    (kernel.endsWith("probe.elf") ? verified : true);
+  say(
+    ok ? "demo: completed — the guest kept running, its memory verified on the destination" : "demo: FAILED",
+  );
   await sq.execute("quit");
   await dq.execute("quit");
   await sq.close();

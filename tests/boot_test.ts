@@ -15,7 +15,9 @@ for (const smp of [1, 2]) {
       for (let cpu = 0; cpu < smp; cpu++) {
         const a = Number((await f.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu} count=(\\d+)`)))[1]);
         const idx = f.lines.length;
-        const b = Number((await f.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu} count=(\\d+)`), 20000, idx))[1]);
+        const b = Number(
+          (await f.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu} count=(\\d+)`), 20000, idx))[1],
+        );
         assert.ok(b > a, `cpu ${cpu} progress increases (${a} → ${b})`);
       }
     } finally {
@@ -65,7 +67,22 @@ Deno.test("ferry -help lists the options", async () => {
   const st = await f.wait();
   assert.equal(st.code, 0);
   const text = f.lines.join("\n");
-  for (const opt of ["-machine", "-m", "-smp", "-kernel", "-append", "-initrd", "-serial", "-qmp", "-incoming", "-drive", "-device", "-netdev"]) {
+  for (
+    const opt of [
+      "-machine",
+      "-m",
+      "-smp",
+      "-kernel",
+      "-append",
+      "-initrd",
+      "-serial",
+      "-qmp",
+      "-incoming",
+      "-drive",
+      "-device",
+      "-netdev",
+    ]
+  ) {
     assert.ok(text.includes(opt), `help mentions ${opt}`);
   }
 });

@@ -21,7 +21,13 @@ Deno.test("ferry qmp runs one command and prints its return, with exit codes for
     assert.equal(ok.code, 0, ok.stderr);
     assert.deepEqual(JSON.parse(ok.stdout), { status: "running", running: true, singlestep: false });
 
-    const withArgs = await client(["qmp", "--socket", sock, "migrate-set-parameters", '{"downtime-limit": 100}']);
+    const withArgs = await client([
+      "qmp",
+      "--socket",
+      sock,
+      "migrate-set-parameters",
+      '{"downtime-limit": 100}',
+    ]);
     assert.equal(withArgs.code, 0, withArgs.stderr);
     const params = await client(["qmp", "--socket", sock, "query-migrate-parameters"]);
     assert.equal(JSON.parse(params.stdout)["downtime-limit"], 100);
@@ -51,16 +57,29 @@ Deno.test("ferry migrate --watch shows progress during a real migration and exit
   const dir = tempDir();
   const uri = `unix:${dir}/m.sock`;
   const log = `${dir}/src.log`;
-  const src = new Ferry(probeArgs({ qmp: `${dir}/s.sock`, append: "mode=pattern mib=16 interval_ms=50", extra: ["-D", log] }), {
-    env: { FERRY_LOG: "info" },
-  });
-  const dst = new Ferry(probeArgs({ append: "mode=pattern mib=16 interval_ms=50", extra: ["-incoming", uri] }));
+  const src = new Ferry(
+    probeArgs({ qmp: `${dir}/s.sock`, append: "mode=pattern mib=16 interval_ms=50", extra: ["-D", log] }),
+    {
+      env: { FERRY_LOG: "info" },
+    },
+  );
+  const dst = new Ferry(
+    probeArgs({ append: "mode=pattern mib=16 interval_ms=50", extra: ["-incoming", uri] }),
+  );
   try {
     await src.waitLine(/PROBE VERIFY ok/);
     await waitIncoming(`${dir}/m.sock`);
     const r = await client([
-      "migrate", "--socket", `${dir}/s.sock`, "--uri", uri, "--watch", "--interval", "50",
-      "--max-bandwidth", String(64 << 20),
+      "migrate",
+      "--socket",
+      `${dir}/s.sock`,
+      "--uri",
+      uri,
+      "--watch",
+      "--interval",
+      "50",
+      "--max-bandwidth",
+      String(64 << 20),
     ]);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /active\s+\[[#.]+\]\s+\d+%\s+sent [\d.]+ \w+\s+remaining/);
@@ -87,7 +106,14 @@ Deno.test("ferry migrate exits 1 with the reason when the migration fails", asyn
   const src = new Ferry(probeArgs({ qmp: `${dir}/s.sock` }));
   try {
     await src.waitLine(/PROBE READY/);
-    const r = await client(["migrate", "--socket", `${dir}/s.sock`, "--uri", `unix:${dir}/nobody.sock`, "--watch"]);
+    const r = await client([
+      "migrate",
+      "--socket",
+      `${dir}/s.sock`,
+      "--uri",
+      `unix:${dir}/nobody.sock`,
+      "--watch",
+    ]);
     assert.equal(r.code, 1);
     assert.match(r.stdout, /migration failed/);
     assert.match(r.stdout, /error: /);

@@ -11,8 +11,17 @@ const out = tempDir();
 const bin = `${out}/ferry`;
 const compile = await new Deno.Command(Deno.execPath(), {
   args: [
-    "compile", "-A", "--include", `${ROOT}zig-out/lib/libferry_shim.so`, "--include", `${ROOT}src/machine/vcpu_worker.ts`, "--include", `${ROOT}src/devices/virtio/io_worker.ts`,
-    "--output", bin, `${ROOT}main.ts`,
+    "compile",
+    "-A",
+    "--include",
+    `${ROOT}zig-out/lib/libferry_shim.so`,
+    "--include",
+    `${ROOT}src/machine/vcpu_worker.ts`,
+    "--include",
+    `${ROOT}src/devices/virtio/io_worker.ts`,
+    "--output",
+    bin,
+    `${ROOT}main.ts`,
   ],
   stdout: "piped",
   stderr: "piped",
@@ -21,7 +30,9 @@ const compile = await new Deno.Command(Deno.execPath(), {
 const stderr = new TextDecoder().decode(compile.stderr);
 const why = /dns error|denort/i.test(stderr)
   ? "deno compile cannot download its denort runtime here and DENORT_BIN is unset"
-  : `deno compile failed: ${stderr.split("\n").find((l) => /error/i.test(l))?.slice(0, 100) ?? "unknown error"}`;
+  : `deno compile failed: ${
+    stderr.split("\n").find((l) => /error/i.test(l))?.slice(0, 100) ?? "unknown error"
+  }`;
 const built = compile.success;
 
 Deno.test({
@@ -37,7 +48,10 @@ Deno.test({
       env,
     });
     const uri = `unix:${dir}/m.sock`;
-    const dst = new Ferry(probeArgs({ append: "mode=pattern mib=8 interval_ms=50", extra: ["-incoming", uri] }), { env });
+    const dst = new Ferry(
+      probeArgs({ append: "mode=pattern mib=8 interval_ms=50", extra: ["-incoming", uri] }),
+      { env },
+    );
     const q = await src.qmp();
     try {
       await src.waitLine(/PROBE VERIFY ok/);

@@ -9,8 +9,6 @@ import { exists, onPath } from "./_fixture/ferry.ts";
 const PROBE = new URL("../zig-out/guest/probe.elf", import.meta.url).pathname;
 const QBOOT = "/usr/share/qemu/qboot.rom";
 
-
-
 const QEMU = onPath("qemu-system-x86_64");
 const skipReason = QEMU === undefined
   ? "qemu-system-x86_64 is not installed"

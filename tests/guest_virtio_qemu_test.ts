@@ -14,8 +14,6 @@ const SECTOR = 512;
 const MAGIC = 0x4b4c_4245_424f_5250n; // "PROBEBLK"
 const M64 = (1n << 64n) - 1n;
 
-
-
 function skipped(reason: string | undefined): string {
   return reason === undefined ? "" : ` (skipped: ${reason})`;
 }

@@ -17,13 +17,27 @@ for (const smp of [1, 2]) {
       : `Linux boots with -smp ${smp} (skipped: set FERRY_LINUX_KERNEL to a kernel that runs on this host's KVM)`,
     ignore: !kernel,
     fn: async () => {
-      const args = ["-machine", "q35", "-m", "512M", "-smp", String(smp), "-kernel", kernel!, "-serial", "stdio"];
+      const args = [
+        "-machine",
+        "q35",
+        "-m",
+        "512M",
+        "-smp",
+        String(smp),
+        "-kernel",
+        kernel!,
+        "-serial",
+        "stdio",
+      ];
       args.push("-append", "console=ttyS0 earlyprintk=serial panic=-1 reboot=t");
       if (initrd) args.push("-initrd", initrd);
       const f = new Ferry(args);
       try {
         await f.waitLine(/Linux version/, 60000);
-        const m = await f.waitLine(/(smpboot: Total of (\d+) processors activated|Brought up \d+ node, (\d+) CPU)/, 120000);
+        const m = await f.waitLine(
+          /(smpboot: Total of (\d+) processors activated|Brought up \d+ node, (\d+) CPU)/,
+          120000,
+        );
         assert.equal(Number(m[2] ?? m[3]), smp);
       } finally {
         await f.kill();

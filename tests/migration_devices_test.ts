@@ -40,7 +40,6 @@ import {
   waitPoweroff,
 } from "./_fixture/virtio.ts";
 
-
 const skip = kvmSkipReason();
 const suffix = skip === undefined ? "" : ` (skipped: ${skip})`;
 const netSkip = skip ?? await netSkipReason();

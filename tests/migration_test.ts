@@ -18,7 +18,9 @@ interface Pair {
 
 let nextPort = 46000 + Math.floor(Math.random() * 1000);
 
-async function pair(opts: { transport: "tcp" | "unix"; smp?: number; append: string; mem?: string; dstExtra?: string[] }): Promise<Pair> {
+async function pair(
+  opts: { transport: "tcp" | "unix"; smp?: number; append: string; mem?: string; dstExtra?: string[] },
+): Promise<Pair> {
   const dir = tempDir();
   const uri = opts.transport === "tcp" ? `tcp:127.0.0.1:${nextPort++}` : `unix:${dir}/mig.sock`;
   const base = { smp: opts.smp ?? 1, append: opts.append, mem: opts.mem ?? "256M" };
@@ -60,7 +62,11 @@ for (const transport of ["tcp", "unix"] as const) {
         assert.equal((await p.dq.call("query-status") as QmpMessage).status, "inmigrate");
         assert.deepEqual(await p.sq.execute("migrate", { uri: p.uri }), { return: {} });
         const r = await waitMigration(p.sq, ["completed", "failed", "canceled"]);
-        assert.equal(r.status, "completed", JSON.stringify(r) + "\n" + p.src.transcript() + p.dst.transcript());
+        assert.equal(
+          r.status,
+          "completed",
+          JSON.stringify(r) + "\n" + p.src.transcript() + p.dst.transcript(),
+        );
         assert.equal(typeof r["downtime"], "number");
         assert.ok((r.ram as QmpMessage).transferred as number > 0);
         assert.equal((await p.sq.call("query-status") as QmpMessage).status, "postmigrate");
@@ -69,9 +75,13 @@ for (const transport of ["tcp", "unix"] as const) {
         // The destination runs the guest: progress continues from where it was, the pattern verifies.
         const before = p.dst.lines.length;
         const m = await p.dst.waitLine(/PROBE VERIFY ok round=(\d+)/, 20000);
-        const srcRound = Number([...p.src.lines].reverse().find((l) => /round=/.test(l))?.match(/round=(\d+)/)?.[1] ?? 0);
+        const srcRound = Number(
+          [...p.src.lines].reverse().find((l) => /round=/.test(l))?.match(/round=(\d+)/)?.[1] ?? 0,
+        );
         assert.ok(Number(m[1]) >= srcRound, `destination round ${m[1]} continues source round ${srcRound}`);
-        for (let cpu = 0; cpu < smp; cpu++) await p.dst.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu}`), 20000, before);
+        for (let cpu = 0; cpu < smp; cpu++) {
+          await p.dst.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu}`), 20000, before);
+        }
         await sleep(300);
         assert.ok(!p.dst.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), p.dst.transcript());
         assert.equal((await p.dq.call("query-status") as QmpMessage).status, "running");
@@ -92,10 +102,20 @@ for (const transport of ["tcp", "unix"] as const) {
 Deno.test("migration to a destination started with another -smp fails before RAM, naming -smp, and the source keeps running", async () => {
   const dir = tempDir();
   const uri = `unix:${dir}/mig.sock`;
-  const src = new Ferry(probeArgs({ smp: 1, qmp: `${dir}/src.sock`, append: "mode=idle interval_ms=50" }), { qmpPath: `${dir}/src.sock` });
-  const dst = new Ferry(probeArgs({ smp: 2, qmp: `${dir}/dst.sock`, append: "mode=idle interval_ms=50", extra: ["-incoming", uri] }), {
-    qmpPath: `${dir}/dst.sock`,
+  const src = new Ferry(probeArgs({ smp: 1, qmp: `${dir}/src.sock`, append: "mode=idle interval_ms=50" }), {
+    qmpPath: `${dir}/src.sock`,
   });
+  const dst = new Ferry(
+    probeArgs({
+      smp: 2,
+      qmp: `${dir}/dst.sock`,
+      append: "mode=idle interval_ms=50",
+      extra: ["-incoming", uri],
+    }),
+    {
+      qmpPath: `${dir}/dst.sock`,
+    },
+  );
   const sq = await src.qmp();
   try {
     await src.waitLine(/PROBE READY/);
@@ -121,7 +141,9 @@ Deno.test("migration to a destination started with another -smp fails before RAM
 
 Deno.test("migration to a missing destination fails quickly and the source keeps running", async () => {
   const dir = tempDir();
-  const src = new Ferry(probeArgs({ qmp: `${dir}/src.sock`, append: "mode=idle interval_ms=50" }), { qmpPath: `${dir}/src.sock` });
+  const src = new Ferry(probeArgs({ qmp: `${dir}/src.sock`, append: "mode=idle interval_ms=50" }), {
+    qmpPath: `${dir}/src.sock`,
+  });
   const sq = await src.qmp();
   try {
     await src.waitLine(/PROBE READY/);
@@ -144,7 +166,9 @@ Deno.test("migration to a missing destination fails quickly and the source keeps
 Deno.test("migrate_cancel while active leaves the source running, and a new migration to a fresh destination succeeds", async () => {
   const dir = tempDir();
   const srcSock = `${dir}/src.sock`;
-  const src = new Ferry(probeArgs({ mem: "1G", qmp: srcSock, append: "mode=dirty mib=256 interval_ms=50" }), { qmpPath: srcSock });
+  const src = new Ferry(probeArgs({ mem: "1G", qmp: srcSock, append: "mode=dirty mib=256 interval_ms=50" }), {
+    qmpPath: srcSock,
+  });
   const sq = await src.qmp();
   const dsts: Ferry[] = [];
   try {
@@ -152,7 +176,11 @@ Deno.test("migrate_cancel while active leaves the source running, and a new migr
     // Slow it down so there is an active phase to cancel.
     await sq.call("migrate-set-parameters", { "max-bandwidth": 64 << 20 });
     const uri1 = `unix:${dir}/m1.sock`;
-    dsts.push(new Ferry(probeArgs({ mem: "1G", append: "mode=dirty mib=256 interval_ms=50", extra: ["-incoming", uri1] })));
+    dsts.push(
+      new Ferry(
+        probeArgs({ mem: "1G", append: "mode=dirty mib=256 interval_ms=50", extra: ["-incoming", uri1] }),
+      ),
+    );
     await waitIncoming(`${dir}/m1.sock`);
     await sq.call("migrate", { uri: uri1 });
     await waitMigration(sq, ["active"], 10000);
@@ -167,7 +195,9 @@ Deno.test("migrate_cancel while active leaves the source running, and a new migr
 
     await sq.call("migrate-set-parameters", { "max-bandwidth": 0, "convergence-policy": "force" });
     const uri2 = `unix:${dir}/m2.sock`;
-    const d2 = new Ferry(probeArgs({ mem: "1G", append: "mode=dirty mib=256 interval_ms=50", extra: ["-incoming", uri2] }));
+    const d2 = new Ferry(
+      probeArgs({ mem: "1G", append: "mode=dirty mib=256 interval_ms=50", extra: ["-incoming", uri2] }),
+    );
     dsts.push(d2);
     await waitIncoming(`${dir}/m2.sock`);
     await sq.call("migrate", { uri: uri2 });

@@ -11,7 +11,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 Deno.test("QMP stop and cont pause and resume the guest, with STOP/RESUME to every client", async () => {
   const dir = tempDir();
   const sock = `${dir}/qmp.sock`;
-  const f = new Ferry(probeArgs({ smp: 2, qmp: sock, append: "mode=idle interval_ms=50" }), { qmpPath: sock });
+  const f = new Ferry(probeArgs({ smp: 2, qmp: sock, append: "mode=idle interval_ms=50" }), {
+    qmpPath: sock,
+  });
   let a: QmpClient | undefined, b: QmpClient | undefined;
   try {
     a = await f.qmp();
@@ -86,7 +88,9 @@ Deno.test("QMP keeps answering after malformed input and unknown commands on a l
       throw new Error("no QMP socket");
     })();
     const enc = new TextEncoder();
-    await conn.write(enc.encode('{"execute": nope}\n{"execute":"no-such-command"}\n{"execute":"query-status","id":7}\n'));
+    await conn.write(
+      enc.encode('{"execute": nope}\n{"execute":"no-such-command"}\n{"execute":"query-status","id":7}\n'),
+    );
     const dec = new TextDecoder();
     let text = "";
     const buf = new Uint8Array(65536);
@@ -127,7 +131,11 @@ Deno.test("socat, as an operator would use it, gets the greeting and a query-mig
     const msgs = text.trim().split(/\r\n/).map((l) => JSON.parse(l));
     assert.ok("QMP" in msgs[0]);
     assert.deepEqual(msgs[1], { return: {} });
-    assert.deepEqual(msgs[2], { return: { status: "setup" } }, "a running VM is set up and ready to migrate (StratoVirt)");
+    assert.deepEqual(
+      msgs[2],
+      { return: { status: "setup" } },
+      "a running VM is set up and ready to migrate (StratoVirt)",
+    );
   } finally {
     await f.kill();
     Deno.removeSync(dir, { recursive: true });

@@ -19,7 +19,6 @@ import {
   waitPoweroff,
 } from "./_fixture/virtio.ts";
 
-
 const skip = kvmSkipReason();
 const suffix = skip === undefined ? "" : ` (skipped: ${skip})`;
 

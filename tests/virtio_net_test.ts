@@ -18,7 +18,6 @@ import {
   waitPoweroff,
 } from "./_fixture/virtio.ts";
 
-
 const skip = kvmSkipReason() ?? await netSkipReason();
 const suffix = skip === undefined ? "" : ` (skipped: ${skip})`;
 

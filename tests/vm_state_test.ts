@@ -64,7 +64,10 @@ Deno.test("Vm pauses every vCPU, progress stops while paused and continues after
     for (let i = 0; i < 2; i++) vm.restoreVcpu(i, vm.saveVcpu(i));
     await vm.resume();
     await sleep(400);
-    assert.ok(lastProgress(serial, 0) > p0, `progress continues after resume (${p0} → ${lastProgress(serial, 0)})`);
+    assert.ok(
+      lastProgress(serial, 0) > p0,
+      `progress continues after resume (${p0} → ${lastProgress(serial, 0)})`,
+    );
     assert.ok(lastProgress(serial, 1) > 0);
     assert.ok(!lines(serial).some((l) => l.includes("FAIL")), "no self-check failure");
   } finally {

@@ -80,7 +80,11 @@ export async function runClient(name: string, args: string[]): Promise<number> {
   try {
     q = await QmpClient.connect(v.socket, 3000);
   } catch (e) {
-    errLine(`ferry ${name}: Cannot connect to QMP socket '${v.socket}': ${(e as Error).cause ?? (e as Error).message}`);
+    errLine(
+      `ferry ${name}: Cannot connect to QMP socket '${v.socket}': ${
+        (e as Error).cause ?? (e as Error).message
+      }`,
+    );
     return 1;
   }
   const tty = Deno.stdout.isTerminal();

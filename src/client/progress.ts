@@ -30,8 +30,10 @@ export function progressLine(info: Record<string, unknown>, width = 24): string 
   const status = String(info.status ?? "none");
   const ram = (info.ram ?? {}) as Record<string, unknown>;
   const total = num(ram.total), remaining = num(ram.remaining), sent = num(ram.transferred);
-  const done = status === "completed" ? 1
-    : status === "setup" || total <= 0 ? 0
+  const done = status === "completed"
+    ? 1
+    : status === "setup" || total <= 0
+    ? 0
     : Math.min(1, Math.max(0, (total - remaining) / total));
   const filled = Math.round(done * width);
   const bar = "[" + "#".repeat(filled) + ".".repeat(width - filled) + "]";
@@ -42,7 +44,9 @@ export function progressLine(info: Record<string, unknown>, width = 24): string 
     `dirty ${num(ram["dirty-pages-rate"])} pages/s`,
     `pass ${num(ram["dirty-sync-count"])}`,
   ];
-  if (info["expected-downtime"] !== undefined) parts.push(`expected downtime ${num(info["expected-downtime"])} ms`);
+  if (info["expected-downtime"] !== undefined) {
+    parts.push(`expected downtime ${num(info["expected-downtime"])} ms`);
+  }
   if (ram.mbps !== undefined) parts.push(`${num(ram.mbps).toFixed(0)} Mbit/s`);
   return parts.join("  ");
 }

@@ -93,7 +93,11 @@ export class QmpClient {
   }
 
   /** Waits for an event (already received ones count). */
-  waitEvent(name: string, pred: (e: QmpMessage) => boolean = () => true, timeoutMs = 30000): Promise<QmpMessage> {
+  waitEvent(
+    name: string,
+    pred: (e: QmpMessage) => boolean = () => true,
+    timeoutMs = 30000,
+  ): Promise<QmpMessage> {
     const seen = this.events.find((e) => e.event === name && pred(e));
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {

@@ -6,7 +6,11 @@ Deno.test("ABI table in abi.ts matches the kernel header the shim was built agai
   const native = abiTable();
   assert.ok(native.size >= Object.keys(ABI).length, `shim exports ${native.size} entries`);
   for (const [name, value] of Object.entries(ABI)) {
-    assert.equal(value, native.get(name), `${name}: abi.ts says ${value}, linux/kvm.h says ${native.get(name)}`);
+    assert.equal(
+      value,
+      native.get(name),
+      `${name}: abi.ts says ${value}, linux/kvm.h says ${native.get(name)}`,
+    );
   }
   for (const name of native.keys()) assert.ok(name in ABI, `abi.ts lacks ${name}`);
 });

@@ -313,7 +313,9 @@ export class VcpuFd {
     if (runAddr !== undefined) this.runAddr = runAddr;
     else {
       // PROT_READ|PROT_WRITE, MAP_SHARED
-      this.runAddr = BigInt(check(shim().ferry_mmap(0n, BigInt(runSize), 3, 1, fd, 0n), `map kvm_run of vCPU ${id}`));
+      this.runAddr = BigInt(
+        check(shim().ferry_mmap(0n, BigInt(runSize), 3, 1, fd, 0n), `map kvm_run of vCPU ${id}`),
+      );
     }
   }
 
@@ -461,7 +463,13 @@ export function platformMsrs(vcpu: VcpuFd): number[] {
 /** True when the host supports what ferry's machine needs. */
 export function requiredCaps(kvm: Kvm): string[] {
   const missing: string[] = [];
-  for (const [name, cap] of Object.entries({ IRQCHIP: CAP.IRQCHIP, PIT2: CAP.PIT2, IMMEDIATE_EXIT: CAP.IMMEDIATE_EXIT })) {
+  for (
+    const [name, cap] of Object.entries({
+      IRQCHIP: CAP.IRQCHIP,
+      PIT2: CAP.PIT2,
+      IMMEDIATE_EXIT: CAP.IMMEDIATE_EXIT,
+    })
+  ) {
     if (kvm.checkExtension(cap) === 0) missing.push(name);
   }
   return missing;

@@ -52,7 +52,18 @@ export interface BootSregs {
 }
 
 // kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags, u64 each.
-const REG_INDEX = { rax: 0, rbx: 1, rcx: 2, rdx: 3, rsi: 4, rdi: 5, rsp: 6, rbp: 7, rip: 16, rflags: 17 } as const;
+const REG_INDEX = {
+  rax: 0,
+  rbx: 1,
+  rcx: 2,
+  rdx: 3,
+  rsi: 4,
+  rdi: 5,
+  rsp: 6,
+  rbp: 7,
+  rip: 16,
+  rflags: 17,
+} as const;
 
 /** Encodes boot registers into a raw `kvm_regs`. */
 export function encodeRegs(r: BootRegs): Uint8Array<ArrayBuffer> {

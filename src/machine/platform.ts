@@ -26,7 +26,12 @@ import { Uart16550 } from "../devices/serial/uart16550.ts";
 import { shim } from "../ffi/shim.ts";
 import { KVM } from "../kvm/ioctls.ts";
 import { lowRamEnd } from "./boot/layout.ts";
-import { buildPciRoot, type PciPlan, registerPciBuses, vmFdFromNumber } from "../devices/virtio/virtio_pci.ts";
+import {
+  buildPciRoot,
+  type PciPlan,
+  registerPciBuses,
+  vmFdFromNumber,
+} from "../devices/virtio/virtio_pci.ts";
 
 /** Where the serial console goes. */
 export type SerialSink = { kind: "stdio" } | { kind: "file"; path: string } | { kind: "none" };
@@ -80,7 +85,11 @@ interface Devices {
   cmos: Cmos;
 }
 
-function makeDevices(plan: DevicePlan, onRequest: (r: MachineRequest) => void, output: (b: Uint8Array) => void) {
+function makeDevices(
+  plan: DevicePlan,
+  onRequest: (r: MachineRequest) => void,
+  output: (b: Uint8Array) => void,
+) {
   const irq = irqLine(plan.vmFd);
   const devices: Devices = {
     uart: new Uart16550({ shared: plan.uart, output, irq: (l) => irq(4, l) }),

@@ -84,7 +84,9 @@ export class VcpuControl {
         if (r.async) await r.value;
         // A kick can land before the thread enters KVM_RUN; immediate_exit covers that, but
         // kick again now and then to be safe.
-        if (++kicks % 5 === 0 && this.#tids[i]! > 0) shim().ferry_tgkill(this.#pid, this.#tids[i]!, KICK_SIGNAL);
+        if (++kicks % 5 === 0 && this.#tids[i]! > 0) {
+          shim().ferry_tgkill(this.#pid, this.#tids[i]!, KICK_SIGNAL);
+        }
       }
     }
   }

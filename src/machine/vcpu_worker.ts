@@ -133,7 +133,13 @@ function run(init: VcpuInit): void {
       }
     }
     if (pending !== undefined) {
-      post({ type: "event", id: init.id, kind: "request", request: pending, detail: `guest requested ${pending}` });
+      post({
+        type: "event",
+        id: init.id,
+        kind: "request",
+        request: pending,
+        detail: `guest requested ${pending}`,
+      });
       pending = undefined;
       // The machine will pause or stop us; do not run the guest further meanwhile.
       while (Atomics.load(words, 0) === REQ_RUN) Atomics.wait(words, 0, REQ_RUN, 50);

@@ -7,7 +7,15 @@
 import { check } from "../ffi/errno.ts";
 import { shim } from "../ffi/shim.ts";
 import { CAP, CLOCK_REALTIME, MEM_LOG_DIRTY_PAGES } from "../kvm/ioctls.ts";
-import { type CpuidEntry, Kvm, type MsrValue, platformMsrs, requiredCaps, type VcpuFd, type VmFd } from "../kvm/kvm.ts";
+import {
+  type CpuidEntry,
+  Kvm,
+  type MsrValue,
+  platformMsrs,
+  requiredCaps,
+  type VcpuFd,
+  type VmFd,
+} from "../kvm/kvm.ts";
 import { applySregs, encodeRegs } from "../kvm/regs.ts";
 import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
 import { allocateRam, freeRam, hostGuestMemory } from "../memory/host_memory.ts";
@@ -162,7 +170,13 @@ export class Vm {
     vmFd.createPit2();
     const layout = allocateRam(ramRegions(spec.memoryBytes));
     for (const r of layout.regions) {
-      vmFd.setMemorySlot({ slot: r.slot, flags: 0, gpa: r.gpa, sizeBytes: r.sizeBytes, hostAddr: r.hostAddr });
+      vmFd.setMemorySlot({
+        slot: r.slot,
+        flags: 0,
+        gpa: r.gpa,
+        sizeBytes: r.sizeBytes,
+        hostAddr: r.hostAddr,
+      });
     }
     const cpuid = kvm.supportedCpuid();
     const vcpus: VcpuFd[] = [];
@@ -198,7 +212,10 @@ export class Vm {
         if (d.kind === "virtio-blk") {
           pci.addBlock(d.drive, { ...(d.addr ? { addr: d.addr } : {}), lock: boot ? "now" : "deferred" });
         } else {
-          pci.addNet({ id: d.id, ifname: d.ifname, mac: parseMac(d.mac, d.id) }, d.addr ? { addr: d.addr } : {});
+          pci.addNet(
+            { id: d.id, ifname: d.ifname, mac: parseMac(d.mac, d.id) },
+            d.addr ? { addr: d.addr } : {},
+          );
         }
       }
       pci.wireKvm();
@@ -362,7 +379,9 @@ export class Vm {
     const missingPlatform = refused.filter((x) => !this.kvm.msrIndexList().includes(x));
     if (missingPlatform.length > 0) {
       throw new Error(
-        `Cannot restore vCPU ${i}: platform MSR ${missingPlatform.map((x) => "0x" + x.toString(16)).join(", ")} refused`,
+        `Cannot restore vCPU ${i}: platform MSR ${
+          missingPlatform.map((x) => "0x" + x.toString(16)).join(", ")
+        } refused`,
       );
     }
     v.setVcpuEvents(s.events);

@@ -20,14 +20,27 @@ export function allocateRam(ranges: { gpa: number; sizeBytes: number }[]): Memor
       throw new RangeError(`Cannot map RAM region of ${r.sizeBytes} bytes: not a multiple of ${PAGE_SIZE}`);
     }
     const addr = check(
-      shim().ferry_mmap(0n, BigInt(r.sizeBytes), PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0n),
+      shim().ferry_mmap(
+        0n,
+        BigInt(r.sizeBytes),
+        PROT_RW,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+        -1,
+        0n,
+      ),
       `map ${r.sizeBytes} bytes of guest RAM`,
     );
     shim().ferry_madvise(BigInt(addr), BigInt(r.sizeBytes), MADV_DONTFORK);
     // Transparent huge pages where the host allows them (THP "madvise" mode): fewer faults when
     // migration scans untouched RAM, and reads of never-written memory hit the huge zero page.
     shim().ferry_madvise(BigInt(addr), BigInt(r.sizeBytes), MADV_HUGEPAGE);
-    return { gpa: r.gpa, sizeBytes: r.sizeBytes, slot, hostAddr: BigInt(addr), vmmDirty: newDirtyBitmap(r.sizeBytes) };
+    return {
+      gpa: r.gpa,
+      sizeBytes: r.sizeBytes,
+      slot,
+      hostAddr: BigInt(addr),
+      vmmDirty: newDirtyBitmap(r.sizeBytes),
+    };
   });
   return { regions };
 }

@@ -10,7 +10,7 @@
  * @module
  */
 import type { StateValue } from "../devices/device.ts";
-import type { Vm, VcpuState, VmKernelState } from "../machine/vm.ts";
+import type { VcpuState, Vm, VmKernelState } from "../machine/vm.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import { residency } from "../memory/host_memory.ts";
 import { decodeState, encodeState, type MigrationVm, type Section } from "../migration/mod.ts";
@@ -20,7 +20,9 @@ const KERNEL_VERSION = 1;
 
 function bytesField(o: Record<string, StateValue>, name: string, where: string, len?: number): Uint8Array {
   const v = o[name];
-  if (!(v instanceof Uint8Array)) throw new TypeError(`Cannot restore ${where}: field '${name}' must be bytes`);
+  if (!(v instanceof Uint8Array)) {
+    throw new TypeError(`Cannot restore ${where}: field '${name}' must be bytes`);
+  }
   if (len !== undefined && v.length !== len) {
     throw new RangeError(`Cannot restore ${where}: field '${name}' has ${v.length} bytes, expected ${len}`);
   }
@@ -172,7 +174,11 @@ export class VmMigrationAdapter implements MigrationVm {
     const all = this.#vm.saveAll();
     const sections: Section[] = [
       { id: "vm:kernel", version: KERNEL_VERSION, payload: encodeState({ ...all.kernel }) },
-      ...all.vcpus.map((v, i) => ({ id: `vcpu:${i}`, version: VCPU_VERSION, payload: encodeState(encodeVcpu(v)) })),
+      ...all.vcpus.map((v, i) => ({
+        id: `vcpu:${i}`,
+        version: VCPU_VERSION,
+        payload: encodeState(encodeVcpu(v)),
+      })),
     ];
     for (const d of this.#vm.migratables()) {
       sections.push({ id: d.id, version: d.stateVersion, payload: encodeState(d.save()) });
@@ -186,7 +192,9 @@ export class VmMigrationAdapter implements MigrationVm {
       const s = byId.get(id);
       if (!s) throw new Error(`Cannot restore VM: section '${id}' is missing`);
       if (s.version < min || s.version > version) {
-        throw new RangeError(`Cannot restore ${id}: state version ${s.version}, this ferry reads ${min}..${version}`);
+        throw new RangeError(
+          `Cannot restore ${id}: state version ${s.version}, this ferry reads ${min}..${version}`,
+        );
       }
       byId.delete(id);
       return decodeState(s.payload);

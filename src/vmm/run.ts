@@ -53,7 +53,9 @@ export function pciDevices(config: MachineConfig): PciDeviceSpec[] {
     const netdev = config.netdevs.find((x) => x.id === d.props.netdev);
     if (!netdev) throw new TypeError(`Cannot create '${d.id}': netdev '${d.props.netdev}' is not defined`);
     if (netdev.fd !== undefined && netdev.ifname === undefined) {
-      throw new TypeError(`Cannot create '${d.id}': netdev '${netdev.id}' with fd= is not supported yet; use ifname=`);
+      throw new TypeError(
+        `Cannot create '${d.id}': netdev '${netdev.id}' with fd= is not supported yet; use ifname=`,
+      );
     }
     // QEMU's default MAC, one per NIC.
     const mac = d.props.mac ?? `52:54:00:12:34:${(0x56 + index).toString(16).padStart(2, "0").slice(-2)}`;

@@ -138,7 +138,9 @@ export class Vmm implements MachineControl, MigrationControl {
         log.info("Incoming migration completed; the guest runs here");
       },
       (e: Error) => {
-        if (!this.#ending) void this.end({ code: 1, message: `ferry: incoming migration failed: ${e.message}` });
+        if (!this.#ending) {
+          void this.end({ code: 1, message: `ferry: incoming migration failed: ${e.message}` });
+        }
       },
     );
   }
@@ -157,7 +159,9 @@ export class Vmm implements MachineControl, MigrationControl {
       error: { code: 1, message: `ferry: ${e.detail}` },
     };
     const end = messages[e.reason];
-    this.#events.shutdown(e.reason === "reset" ? "guest-reset" : e.reason === "poweroff" ? "guest-shutdown" : "guest-panic");
+    this.#events.shutdown(
+      e.reason === "reset" ? "guest-reset" : e.reason === "poweroff" ? "guest-shutdown" : "guest-panic",
+    );
     this.end(end);
   }
 
@@ -205,7 +209,9 @@ export class Vmm implements MachineControl, MigrationControl {
 
   async stop(): Promise<void> {
     this.#refuseDuringMigration("stop the VM");
-    if (this.#state === "inmigrate") throw new QmpError("GenericError", "Cannot stop: the VM is waiting for an incoming migration");
+    if (this.#state === "inmigrate") {
+      throw new QmpError("GenericError", "Cannot stop: the VM is waiting for an incoming migration");
+    }
     if (this.#state !== "running") return;
     await this.vm.pause();
     this.#setState("paused");
@@ -252,9 +258,15 @@ export class Vmm implements MachineControl, MigrationControl {
   // ---- MigrationControl ---------------------------------------------------------------------------
 
   migrate(uri: string): void {
-    if (this.#state === "inmigrate") throw new QmpError("GenericError", "Cannot migrate: an incoming migration is pending");
-    if (this.#state === "postmigrate") throw new QmpError("GenericError", "Cannot migrate: the VM was already migrated away");
-    if (this.#state === "shutdown") throw new QmpError("GenericError", "Cannot migrate: the VM is shutting down");
+    if (this.#state === "inmigrate") {
+      throw new QmpError("GenericError", "Cannot migrate: an incoming migration is pending");
+    }
+    if (this.#state === "postmigrate") {
+      throw new QmpError("GenericError", "Cannot migrate: the VM was already migrated away");
+    }
+    if (this.#state === "shutdown") {
+      throw new QmpError("GenericError", "Cannot migrate: the VM is shutting down");
+    }
     let handle: MigrationHandle;
     try {
       handle = startMigration(this.#adapter, uri, this.#params, this.#migration);

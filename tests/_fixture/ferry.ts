@@ -22,7 +22,14 @@ export class Ferry {
 
   constructor(args: string[], options: { qmpPath?: string; env?: Record<string, string> } = {}) {
     const bin = options.env?.FERRY_BIN ?? Deno.env.get("FERRY_BIN");
-    const cmd = bin ? new Deno.Command(bin, { args, stdin: "piped", stdout: "piped", stderr: "piped", env: options.env ?? {} })
+    const cmd = bin
+      ? new Deno.Command(bin, {
+        args,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+        env: options.env ?? {},
+      })
       : new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", `${ROOT}main.ts`, ...args],
         stdin: "piped",
@@ -154,7 +161,9 @@ export function tempDir(): string {
 }
 
 /** Standard probe-guest arguments. */
-export function probeArgs(opts: { append?: string; smp?: number; mem?: string; qmp?: string; extra?: string[] } = {}): string[] {
+export function probeArgs(
+  opts: { append?: string; smp?: number; mem?: string; qmp?: string; extra?: string[] } = {},
+): string[] {
   const a = ["-machine", "q35", "-m", opts.mem ?? "256M", "-smp", String(opts.smp ?? 1), "-kernel", PROBE];
   a.push("-append", opts.append ?? "mode=idle interval_ms=100");
   a.push("-serial", "stdio");
