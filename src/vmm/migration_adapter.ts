@@ -4,6 +4,7 @@
  *
  * | id             | version | payload                                                    |
  * |----------------|---------|------------------------------------------------------------|
+ * | `vm:runstate`  | 1       | `{running}`: whether the guest ran on the source (a paused one stays paused) |
  * | `vm:kernel`    | 1       | PIC master, PIC slave, IOAPIC (raw kvm_irqchip), PIT2, kvmclock |
  * | `vcpu:<i>`     | 1       | regs, sregs, fpu, xsave, xcrs, debugregs, lapic, events, mp state, MSRs |
  * | device ids     | device's | the device's own `save()`: platform devices, PCI transports (`pci/pcie.0/SS.F`), virtio devices |
@@ -16,6 +17,7 @@ import { residency } from "../memory/host_memory.ts";
 import { decodeState, encodeState, type MigrationVm, type Section } from "../migration/mod.ts";
 
 const VCPU_VERSION = 1;
+const RUNSTATE_VERSION = 1;
 const KERNEL_VERSION = 1;
 
 function bytesField(o: Record<string, StateValue>, name: string, where: string, len?: number): Uint8Array {
@@ -123,6 +125,8 @@ export class VmMigrationAdapter implements MigrationVm {
   readonly #blockers: () => string[];
   #pausedByMigration = false;
   #restored = false;
+  /** Destination: whether the guest ran on the source, so it runs here after the load. */
+  #runAfterRestore = true;
 
   constructor(vm: Vm, opts: { configAttributes: () => Record<string, string>; blockers?: () => string[] }) {
     this.#vm = vm;
@@ -159,12 +163,21 @@ export class VmMigrationAdapter implements MigrationVm {
     await this.#vm.pause();
   }
   async resume(): Promise<void> {
-    await this.#vm.resume();
-    if (this.#restored) {
-      // Destination: the guest runs here now; tell the network where it went.
-      this.#restored = false;
-      this.#vm.pci?.announce().catch(() => {});
+    if (!this.#restored) {
+      await this.#vm.resume();
+      return;
     }
+    // Destination: the state is loaded. The guest runs only if it ran on the source (QEMU keeps
+    // a guest that was paused there paused here); then tell the network where it went.
+    this.#restored = false;
+    if (!this.#runAfterRestore) return;
+    await this.#vm.resume();
+    this.#vm.pci?.announce().catch(() => {});
+  }
+
+  /** Destination, after a completed incoming migration: whether the guest runs (else paused). */
+  get guestRunning(): boolean {
+    return this.#runAfterRestore;
   }
   get pausedByMigration(): boolean {
     return this.#pausedByMigration;
@@ -173,6 +186,11 @@ export class VmMigrationAdapter implements MigrationVm {
   saveState(): Promise<Section[]> {
     const all = this.#vm.saveAll();
     const sections: Section[] = [
+      {
+        id: "vm:runstate",
+        version: RUNSTATE_VERSION,
+        payload: encodeState({ running: this.#pausedByMigration }),
+      },
       { id: "vm:kernel", version: KERNEL_VERSION, payload: encodeState({ ...all.kernel }) },
       ...all.vcpus.map((v, i) => ({
         id: `vcpu:${i}`,
@@ -201,6 +219,10 @@ export class VmMigrationAdapter implements MigrationVm {
     };
     const kernel = decodeKernel(take("vm:kernel", KERNEL_VERSION));
     const vcpus = this.#vm.vcpus.map((_, i) => decodeVcpu(take(`vcpu:${i}`, VCPU_VERSION), `vcpu:${i}`));
+    const runstate = objectOf(take("vm:runstate", RUNSTATE_VERSION), "vm:runstate");
+    if (typeof runstate.running !== "boolean") {
+      throw new TypeError("Cannot restore vm:runstate: field 'running' must be a boolean");
+    }
     const devices: Record<string, { state: StateValue; version: number }> = {};
     for (const d of this.#vm.migratables()) {
       const s = byId.get(d.id);
@@ -217,6 +239,7 @@ export class VmMigrationAdapter implements MigrationVm {
     // The source released the disk locks at switchover: take them before the guest runs here.
     this.#vm.pci?.acquireLocks();
     this.#restored = true;
+    this.#runAfterRestore = runstate.running;
     return Promise.resolve();
   }
 

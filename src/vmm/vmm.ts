@@ -134,8 +134,12 @@ export class Vmm implements MachineControl, MigrationControl {
     this.#incomingAbort = abort;
     this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, { signal: abort.signal }).then(
       () => {
-        this.#setState("running");
-        log.info("Incoming migration completed; the guest runs here");
+        const running = this.#adapter.guestRunning;
+        this.#setState(running ? "running" : "paused");
+        log.info(
+          "Incoming migration completed; the guest is %s here",
+          running ? "running" : "paused (as on the source)",
+        );
       },
       (e: Error) => {
         if (!this.#ending) {
