@@ -26,10 +26,10 @@ function fakeVm() {
   return { vm, calls };
 }
 
-async function until(cond: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
+async function until(cond: () => boolean, what: string, timeoutMs = 10000, detail = () => ""): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${detail()}`);
     await new Promise((r) => setTimeout(r, 5));
   }
 }
@@ -96,7 +96,12 @@ Deno.test("IoControl runs the I/O Worker: notify → request served; pause holds
     d.init({ numQueues: 1 });
     io = await IoControl.start({ plan: pci.ioPlan(memory.layout) });
     io.resume();
-    await until(() => io!.state === IO_ST_RUNNING, "running");
+    await until(
+      () => io!.state === IO_ST_RUNNING,
+      "running",
+      10000,
+      () => ` (state ${io!.state}, worker errors: ${JSON.stringify(io!.errors)})`,
+    );
 
     const data = new Uint8Array(4096).map((_, i) => i * 13);
     const w = d.submit(0, [
