@@ -7,7 +7,9 @@
 import assert from "node:assert/strict";
 import {
   FINAL,
+  KIND,
   runState,
+  scriptedDestination,
   sleep,
   startVm,
   stopVm,
@@ -17,72 +19,6 @@ import {
 } from "./_fixture/migration.ts";
 
 const APPEND = "mode=pattern mib=8 interval_ms=50";
-const KIND = { ack: 3, nack: 4, complete: 7, resumed: 9 };
-
-function header(kind: number, length: number): Uint8Array {
-  const b = new Uint8Array(24);
-  b.set(new TextEncoder().encode("FERRYMIG"));
-  const v = new DataView(b.buffer);
-  v.setUint16(8, 1, true);
-  v.setUint16(10, kind, true);
-  v.setBigUint64(16, BigInt(length), true);
-  return b;
-}
-
-async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null> {
-  const b = new Uint8Array(n);
-  let got = 0;
-  while (got < n) {
-    const r = await conn.read(b.subarray(got));
-    if (r === null) return null;
-    got += r;
-  }
-  return b;
-}
-
-/**
- * A destination that acks the configuration, swallows everything up to `complete`, then does
- * `then`: answer `resumed`, a `nack`, or close. `done` resolves with the message kinds it saw.
- */
-function scriptedDestination(
-  path: string,
-  then: "resumed" | "nack" | "close",
-): { kinds: number[]; listener: Deno.Listener; done: Promise<number[]> } {
-  const listener = Deno.listen({ transport: "unix", path });
-  const kinds: number[] = [];
-  const done = (async () => {
-    const conn = await listener.accept();
-    try {
-      for (;;) {
-        const h = await readExact(conn, 24);
-        if (!h) return kinds;
-        const v = new DataView(h.buffer);
-        const kind = v.getUint16(10, true);
-        const len = Number(v.getBigUint64(16, true));
-        kinds.push(kind);
-        let left = len;
-        while (left > 0) {
-          const chunk = await readExact(conn, Math.min(left, 1 << 20));
-          if (!chunk) return kinds;
-          left -= chunk.length;
-        }
-        if (kind === 2) await conn.write(header(KIND.ack, 0));
-        if (kind === KIND.complete) {
-          if (then === "resumed") await conn.write(header(KIND.resumed, 0));
-          if (then === "nack") {
-            const why = new TextEncoder().encode("Cannot restore device state: scripted refusal");
-            await conn.write(new Uint8Array([...header(KIND.nack, why.length), ...why]));
-          }
-          await sleep(100);
-          return kinds;
-        }
-      }
-    } finally {
-      conn.close();
-    }
-  })();
-  return { kinds, listener, done };
-}
 
 for (const then of ["nack", "close"] as const) {
   for (const paused of [false, true]) {

@@ -190,3 +190,75 @@ export async function createNetnsPair(): Promise<NetnsPair | string> {
   }
   return { a, b, addrA: "192.0.2.1", addrB: "192.0.2.2", linkA, remove };
 }
+
+// ------------------------------------------------------------------ a scripted migration destination
+/** Wire message kinds a scripted destination uses (docs/migration.md). */
+export const KIND = { config: 2, ack: 3, nack: 4, complete: 7, resumed: 9 } as const;
+
+function header(kind: number, length: number): Uint8Array {
+  const b = new Uint8Array(24);
+  b.set(new TextEncoder().encode("FERRYMIG"));
+  const v = new DataView(b.buffer);
+  v.setUint16(8, 1, true);
+  v.setUint16(10, kind, true);
+  v.setBigUint64(16, BigInt(length), true);
+  return b;
+}
+
+async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null> {
+  const b = new Uint8Array(n);
+  let got = 0;
+  while (got < n) {
+    const r = await conn.read(b.subarray(got));
+    if (r === null) return null;
+    got += r;
+  }
+  return b;
+}
+
+/**
+ * A destination on unix socket `path` speaking docs/migration.md's wire format: acks the
+ * configuration, swallows everything up to `complete` (so the source has paused and handed over
+ * its devices), runs `onComplete` if given, then does `then`: answer `resumed`, a `nack`, or close.
+ * `done` resolves with the message kinds it saw.
+ */
+export function scriptedDestination(
+  path: string,
+  then: "resumed" | "nack" | "close",
+  onComplete?: () => Promise<void>,
+): { listener: Deno.Listener; done: Promise<number[]> } {
+  const listener = Deno.listen({ transport: "unix", path });
+  const kinds: number[] = [];
+  const done = (async () => {
+    const conn = await listener.accept();
+    try {
+      for (;;) {
+        const h = await readExact(conn, 24);
+        if (!h) return kinds;
+        const v = new DataView(h.buffer);
+        const kind = v.getUint16(10, true);
+        let left = Number(v.getBigUint64(16, true));
+        kinds.push(kind);
+        while (left > 0) {
+          const chunk = await readExact(conn, Math.min(left, 1 << 20));
+          if (!chunk) return kinds;
+          left -= chunk.length;
+        }
+        if (kind === KIND.config) await conn.write(header(KIND.ack, 0));
+        if (kind === KIND.complete) {
+          if (onComplete) await onComplete();
+          if (then === "resumed") await conn.write(header(KIND.resumed, 0));
+          if (then === "nack") {
+            const why = new TextEncoder().encode("Cannot restore device state: scripted refusal");
+            await conn.write(new Uint8Array([...header(KIND.nack, why.length), ...why]));
+          }
+          await sleep(100);
+          return kinds;
+        }
+      }
+    } finally {
+      conn.close();
+    }
+  })();
+  return { listener, done };
+}

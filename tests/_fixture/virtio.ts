@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { exists } from "./ferry.ts";
-import { sh, sleep } from "./migration.ts";
+import { scriptedDestination, sh, sleep } from "./migration.ts";
 import type { Ferry } from "./ferry.ts";
 
 export const SECTOR = 512;
@@ -373,68 +373,15 @@ export class HostSide {
 }
 
 // ------------------------------------------------------------------ a scripted migration destination
-function header(kind: number, length: number): Uint8Array {
-  const b = new Uint8Array(24);
-  b.set(new TextEncoder().encode("FERRYMIG"));
-  const v = new DataView(b.buffer);
-  v.setUint16(8, 1, true);
-  v.setUint16(10, kind, true);
-  v.setBigUint64(16, BigInt(length), true);
-  return b;
-}
-
-async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null> {
-  const b = new Uint8Array(n);
-  let got = 0;
-  while (got < n) {
-    const r = await conn.read(b.subarray(got));
-    if (r === null) return null;
-    got += r;
-  }
-  return b;
-}
-
 /**
- * A destination on unix socket `path` speaking docs/migration.md's wire format: acks the
- * configuration, swallows everything up to `complete` (so the source has paused and handed over
- * its devices), then refuses with a `nack` and runs `onComplete` first if given (e.g. to check the
- * lock while the source does not hold it). `done` resolves with the message kinds it saw.
+ * A destination that takes everything up to `complete` and then refuses with a `nack`, running
+ * `onComplete` first (e.g. to check the lock while the source does not hold it).
  */
 export function nackingDestination(
   path: string,
   onComplete?: () => Promise<void>,
 ): { listener: Deno.Listener; done: Promise<number[]> } {
-  const listener = Deno.listen({ transport: "unix", path });
-  const kinds: number[] = [];
-  const done = (async () => {
-    const conn = await listener.accept();
-    try {
-      for (;;) {
-        const h = await readExact(conn, 24);
-        if (!h) return kinds;
-        const v = new DataView(h.buffer);
-        const kind = v.getUint16(10, true);
-        let left = Number(v.getBigUint64(16, true));
-        kinds.push(kind);
-        while (left > 0) {
-          const chunk = await readExact(conn, Math.min(left, 1 << 20));
-          if (!chunk) return kinds;
-          left -= chunk.length;
-        }
-        if (kind === 2) await conn.write(header(3, 0)); // config → ack
-        if (kind === 7) { // complete
-          if (onComplete) await onComplete();
-          const why = new TextEncoder().encode("Cannot restore device state: scripted refusal");
-          await conn.write(new Uint8Array([...header(4, why.length), ...why])); // nack
-          await sleep(100);
-          return kinds;
-        }
-      }
-    } finally {
-      conn.close();
-    }
-  })();
-  return { listener, done };
+  return scriptedDestination(path, "nack", onComplete);
 }
 
 // ------------------------------------------------------------------ image locks
