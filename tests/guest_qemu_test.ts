@@ -4,19 +4,10 @@
  * and powers off. The same guest is what ferry boots, so this pins the guest apart from ferry.
  */
 import assert from "node:assert/strict";
-import { exists, onPath } from "./_fixture/ferry.ts";
+import { exists } from "./_fixture/ferry.ts";
+import { bootProbeInQemu, type QemuRun, qemuSkipReason } from "./_fixture/qemu.ts";
 
-const PROBE = new URL("../zig-out/guest/probe.elf", import.meta.url).pathname;
-const QBOOT = "/usr/share/qemu/qboot.rom";
-
-const QEMU = onPath("qemu-system-x86_64");
-const skipReason = QEMU === undefined
-  ? "qemu-system-x86_64 is not installed"
-  : !exists(PROBE)
-  ? "zig-out/guest/probe.elf is not built (run zig build)"
-  : !exists("/dev/kvm")
-  ? "/dev/kvm is missing"
-  : undefined;
+const skipReason = qemuSkipReason;
 /** On this host's paravirtual KVM the guest switches itself to native mode; elsewhere it cannot. */
 const PVM = exists("/sys/module/kvm_pvm");
 
@@ -24,50 +15,8 @@ function skipped(reason: string | undefined): string {
   return reason === undefined ? "" : ` (skipped: ${reason})`;
 }
 
-interface Run {
-  code: number;
-  lines: string[];
-  transcript: string;
-}
-
-/** Boots the probe under QEMU and collects its `PROBE ` lines until QEMU exits. */
-async function bootProbe(smp: number, append: string, timeoutMs = 20000): Promise<Run> {
-  const args = [
-    "-machine",
-    "q35,accel=kvm",
-    // -cpu host alone makes this QEMU (7.2) abort setting MSR 0x10a on the PVM host.
-    "-cpu",
-    "host,-arch-capabilities",
-    "-m",
-    "256",
-    "-smp",
-    String(smp),
-    "-nodefaults",
-    "-nographic",
-    "-serial",
-    "stdio",
-    "-no-reboot",
-    // qboot reaches the kernel in ~0.1 s; SeaBIOS takes ~4 s here (its real-mode code is emulated).
-    ...(exists(QBOOT) ? ["-bios", QBOOT] : []),
-    "-kernel",
-    PROBE,
-    "-append",
-    append,
-  ];
-  const out = await new Deno.Command(QEMU!, {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(timeoutMs),
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  const lines = text.split("\n").flatMap((l) => {
-    const i = l.indexOf("PROBE ");
-    return i < 0 ? [] : [l.slice(i).replace(/\r$/, "")];
-  });
-  const transcript = `${text}\n--- stderr ---\n${new TextDecoder().decode(out.stderr)}`;
-  return { code: out.code, lines, transcript };
+function bootProbe(smp: number, append: string): Promise<QemuRun> {
+  return bootProbeInQemu({ smp, append });
 }
 
 function progressCounts(lines: string[], cpu: number): number[] {

@@ -7,9 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { exists, onPath } from "./_fixture/ferry.ts";
+import { bootProbeInQemu, type QemuRun, qemuSkipReason } from "./_fixture/qemu.ts";
 
-const PROBE = new URL("../zig-out/guest/probe.elf", import.meta.url).pathname;
-const QBOOT = "/usr/share/qemu/qboot.rom";
 const SECTOR = 512;
 const MAGIC = 0x4b4c_4245_424f_5250n; // "PROBEBLK"
 const M64 = (1n << 64n) - 1n;
@@ -18,14 +17,7 @@ function skipped(reason: string | undefined): string {
   return reason === undefined ? "" : ` (skipped: ${reason})`;
 }
 
-const QEMU = onPath("qemu-system-x86_64");
-const skipReason = QEMU === undefined
-  ? "qemu-system-x86_64 is not installed"
-  : !exists(PROBE)
-  ? "zig-out/guest/probe.elf is not built (run zig build)"
-  : !exists("/dev/kvm")
-  ? "/dev/kvm is missing"
-  : undefined;
+const skipReason = qemuSkipReason;
 
 async function run(cmd: string, args: string[]): Promise<{ ok: boolean; out: string; err: string }> {
   try {
@@ -54,50 +46,8 @@ async function netSkipReason(): Promise<string | undefined> {
 }
 const netSkip = await netSkipReason();
 
-interface Run {
-  code: number;
-  lines: string[];
-  transcript: string;
-}
-
-/** Boots the probe under QEMU (optionally inside a network namespace) until it exits; its PROBE lines. */
-async function bootProbe(append: string, extra: string[], netns?: string, timeoutMs = 20000): Promise<Run> {
-  const qemu = [
-    QEMU!,
-    "-machine",
-    "q35,accel=kvm",
-    // -cpu host alone makes this QEMU (7.2) abort setting MSR 0x10a on the PVM host.
-    "-cpu",
-    "host,-arch-capabilities",
-    "-m",
-    "256",
-    "-nodefaults",
-    "-nographic",
-    "-serial",
-    "stdio",
-    "-no-reboot",
-    ...(exists(QBOOT) ? ["-bios", QBOOT] : []),
-    "-kernel",
-    PROBE,
-    "-append",
-    append,
-    ...extra,
-  ];
-  const [cmd, ...args] = netns === undefined ? qemu : ["ip", "netns", "exec", netns, ...qemu];
-  const out = await new Deno.Command(cmd!, {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(timeoutMs),
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  const lines = text.split("\n").flatMap((l) => {
-    const i = l.indexOf("PROBE ");
-    return i < 0 ? [] : [l.slice(i).replace(/\r$/, "")];
-  });
-  const transcript = `${text}\n--- stderr ---\n${new TextDecoder().decode(out.stderr)}`;
-  return { code: out.code, lines, transcript };
+function bootProbe(append: string, extra: string[], netns?: string): Promise<QemuRun> {
+  return bootProbeInQemu({ append, extra, ...(netns !== undefined ? { netns } : {}) });
 }
 
 // ------------------------------------------------------------------ the sector pattern (guest/blk.zig)
@@ -139,11 +89,11 @@ function decodeSector(bytes: Uint8Array, sector: number): { round: number } | { 
   return { round };
 }
 
-function linesMatching(run: Run, re: RegExp): string[] {
+function linesMatching(run: QemuRun, re: RegExp): string[] {
   return run.lines.filter((l) => re.test(l));
 }
 
-function assertClean(run: Run): void {
+function assertClean(run: QemuRun): void {
   assert.deepEqual(
     run.lines.filter((l) => /FAIL|EXCEPTION|TIMEOUT|ERROR/.test(l)),
     [],
