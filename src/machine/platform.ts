@@ -17,7 +17,7 @@
  * @module
  */
 import { MmioBus, PioBus } from "../bus/bus.ts";
-import type { Migratable, StateValue } from "../devices/device.ts";
+import type { Migratable } from "../devices/device.ts";
 import { AcpiPm } from "../devices/platform/acpi_pm.ts";
 import { Cmos } from "../devices/platform/cmos.ts";
 import { DebugPort } from "../devices/platform/debug_port.ts";
@@ -148,18 +148,6 @@ export class Platform {
   migratables(): Migratable[] {
     const d = this.#devices;
     return [d.uart, d.resetControl, d.acpiPm, d.debugPort, d.cmos];
-  }
-
-  save(): Record<string, StateValue> {
-    return Object.fromEntries(this.migratables().map((m) => [m.id, m.save()]));
-  }
-
-  restore(s: Record<string, StateValue>): void {
-    for (const m of this.migratables()) {
-      const v = s[m.id];
-      if (v === undefined) throw new Error(`Cannot restore platform: no state for '${m.id}'`);
-      m.restore(v, m.stateVersion);
-    }
   }
 
   /** Guest input for the serial console; returns the bytes accepted. */

@@ -74,6 +74,13 @@ export interface VmKernelState {
   clock: Uint8Array;
 }
 
+/** A whole VM's state ({@linkcode Vm.saveAll}). */
+export interface VmState {
+  vcpus: VcpuState[];
+  kernel: VmKernelState;
+  devices: { id: string; version: number; state: StateValue }[];
+}
+
 /** Extra CPUID topology for vCPU `id` of `count`. */
 function cpuidFor(base: CpuidEntry[], id: number, count: number): CpuidEntry[] {
   return base.map((e) => {
@@ -119,6 +126,8 @@ export class Vm {
   readonly control: VcpuControl;
   readonly platform: Platform;
   readonly msrIndices: number[];
+  /** `KVM_GET_MSR_INDEX_LIST`: MSRs KVM itself may refuse to set without it mattering. */
+  readonly #kvmMsrs: Set<number>;
   /** The PCI devices, when any were configured. */
   readonly pci: VirtioPciDevices | undefined;
   #io: IoControl | undefined;
@@ -148,7 +157,8 @@ export class Vm {
     this.vcpus = vcpus;
     this.platform = platform;
     this.control = new VcpuControl(vcpus.length, vcpus.map((v) => v.runView()));
-    this.msrIndices = [...kvm.msrIndexList(), ...(vcpus[0] ? platformMsrs(vcpus[0]) : [])];
+    this.#kvmMsrs = new Set(kvm.msrIndexList());
+    this.msrIndices = [...this.#kvmMsrs, ...(vcpus[0] ? platformMsrs(vcpus[0]) : [])];
   }
 
   /**
@@ -376,7 +386,7 @@ export class Vm {
     if (refused.length > 0) {
       log.debug("vCPU %d refused MSRs %s", i, refused.map((x) => "0x" + x.toString(16)).join(" "));
     }
-    const missingPlatform = refused.filter((x) => !this.kvm.msrIndexList().includes(x));
+    const missingPlatform = refused.filter((x) => !this.#kvmMsrs.has(x));
     if (missingPlatform.length > 0) {
       throw new Error(
         `Cannot restore vCPU ${i}: platform MSR ${
@@ -414,23 +424,28 @@ export class Vm {
     this.vmFd.setClock(clock);
   }
 
-  /** Every state item of the VM as plain data (vCPUs, kernel state, platform devices). */
-  saveAll(): { vcpus: VcpuState[]; kernel: VmKernelState; devices: Record<string, StateValue> } {
+  /** Every state item of the VM as plain data: vCPUs, kernel state, and each device's versioned state. */
+  saveAll(): VmState {
     return {
       vcpus: this.vcpus.map((_, i) => this.saveVcpu(i)),
       kernel: this.saveKernelState(),
-      devices: this.platform.save(),
+      devices: this.migratables().map((d) => ({ id: d.id, version: d.stateVersion, state: d.save() })),
     };
   }
 
   /** Applies {@linkcode saveAll}'s result (paused; same shape of VM). */
-  restoreAll(s: { vcpus: VcpuState[]; kernel: VmKernelState; devices: Record<string, StateValue> }): void {
+  restoreAll(s: VmState): void {
     if (s.vcpus.length !== this.vcpus.length) {
       throw new RangeError(`Cannot restore ${s.vcpus.length} vCPUs into a VM with ${this.vcpus.length}`);
     }
     this.restoreKernelState(s.kernel);
     s.vcpus.forEach((v, i) => this.restoreVcpu(i, v));
-    this.platform.restore(s.devices);
+    const byId = new Map(s.devices.map((d) => [d.id, d]));
+    for (const d of this.migratables()) {
+      const saved = byId.get(d.id);
+      if (!saved) throw new Error(`Cannot restore VM: no state for device '${d.id}'`);
+      d.restore(saved.state, saved.version);
+    }
   }
 
   /** Puts every vCPU back to its state at creation and reloads the kernel (QMP system_reset). */

@@ -198,8 +198,8 @@ export class VmMigrationAdapter implements MigrationVm {
         payload: encodeState(encodeVcpu(v)),
       })),
     ];
-    for (const d of this.#vm.migratables()) {
-      sections.push({ id: d.id, version: d.stateVersion, payload: encodeState(d.save()) });
+    for (const d of all.devices) {
+      sections.push({ id: d.id, version: d.version, payload: encodeState(d.state) });
     }
     return Promise.resolve(sections);
   }
