@@ -8,9 +8,8 @@
  */
 /// <reference lib="deno.worker" />
 import { ABI } from "../ffi/abi.ts";
-import { shim } from "../ffi/shim.ts";
+import { shim, viewAt } from "../ffi/shim.ts";
 import { EXIT, exitName, KVM } from "../kvm/ioctls.ts";
-import { viewAt } from "../ffi/shim.ts";
 import { buildBuses, type DevicePlan, type MachineRequest } from "./platform.ts";
 import { REQ_PAUSE, REQ_RUN, REQ_STOP, ST_EXITED, ST_PAUSED, ST_RUNNING } from "./vcpu_control.ts";
 
