@@ -144,10 +144,13 @@ export class IoLoop {
           Atomics.wait(this.#w, IO_W_REQ, IO_REQ_PAUSE, 1000);
         }
         drainEventfd(this.#controlFd);
-        if (Atomics.load(this.#w, IO_W_REQ) === IO_REQ_RUN) {
-          this.#setState(IO_ST_RUNNING);
-          more = this.processAll();
-        }
+        continue;
+      }
+      if (Atomics.load(this.#w, IO_W_STATE) !== IO_ST_RUNNING) {
+        // Entering RUN, from a pause or from start: the first resume may land before this loop
+        // ever saw the initial PAUSE request, so the state word is what says we were not running.
+        this.#setState(IO_ST_RUNNING);
+        more = this.processAll();
         continue;
       }
       const n = Number(s.ferry_epoll_wait(this.#ep, outBytes, 64, more.size > 0 ? 0 : -1));
