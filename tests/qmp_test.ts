@@ -72,6 +72,10 @@ Deno.test("QMP system_reset reboots the guest and emits RESET", async () => {
   }
 });
 
+// This test connects as soon as the socket file exists. ferry used to accept clients before the guest
+// started, so under load a client could read `prelaunch` or the boot's RESUME event between replies
+// (msgs[1] was that event). ferry now accepts only once the guest runs; the early client waits in
+// the listen backlog, so no event precedes these replies.
 Deno.test("QMP keeps answering after malformed input and unknown commands on a live VM", async () => {
   const dir = tempDir();
   const sock = `${dir}/qmp.sock`;

@@ -324,14 +324,15 @@ export class QmpServer implements QmpEventSink {
   }
 
   /**
-   * Creates the socket (mode 0600, replacing a stale file) and starts accepting clients.
+   * Creates the socket (mode 0600, replacing a stale file) unless {@link QmpServer.bind} did, and
+   * starts accepting clients.
    * With `wait: true` it resolves only once the first client is connected and greeted.
    * @throws Error when the path is too long, is a directory, or another server is listening on it
    */
   async listen(): Promise<void> {
-    if (this.#listener) throw new Error(`Cannot listen on QMP socket '${this.#path}': already listening`);
+    if (this.#acceptLoop) throw new Error(`Cannot listen on QMP socket '${this.#path}': already listening`);
     if (this.#closed) throw new Error(`Cannot listen on QMP socket '${this.#path}': server closed`);
-    this.#listener = await this.#bind();
+    this.#listener ??= await this.#bind();
     const first = this.#wait
       ? new Promise<void>((resolve, reject) => {
         this.#firstClient = { resolve, reject };
@@ -340,6 +341,19 @@ export class QmpServer implements QmpEventSink {
     this.#acceptLoop = this.#accept(this.#listener);
     log.info("QMP listening on '%s'", this.#path);
     if (first) await first;
+  }
+
+  /**
+   * Creates the socket without accepting anyone yet: clients that connect wait in the listen backlog
+   * until {@link QmpServer.listen} is called. ferry binds before it starts the guest and accepts
+   * after, so no client sees the guest half-started (`prelaunch`, then a `RESUME`), as with QEMU,
+   * whose monitor is served only once the VM runs.
+   * @throws Error as {@link QmpServer.listen}
+   */
+  async bind(): Promise<void> {
+    if (this.#listener) throw new Error(`Cannot bind QMP socket '${this.#path}': already bound`);
+    if (this.#closed) throw new Error(`Cannot bind QMP socket '${this.#path}': server closed`);
+    this.#listener = await this.#bind();
   }
 
   /**
