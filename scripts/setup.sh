@@ -1,11 +1,13 @@
 #!/bin/sh
 # Installs and builds what ferry needs, idempotently; fast when everything is already there.
 #   Zig      pinned, from PyPI (package ziglang) into .tools/zig
+#   qemu.qmp pinned, from PyPI into .tools/qemu-qmp (QEMU's own QMP library, driven against ferry in tests)
 #   Debian   socat, ncat (QMP clients in tests), qemu-system-x86 (the benchmark peer and a guest check)
 #   zig build  the shim (zig-out/lib/libferry_shim.so) and the probe guest (zig-out/guest/probe.elf)
 # Flags: --quiet (print nothing when there is nothing to do), --bench (also what benchmarks need).
 set -eu
 ZIG_VERSION=0.14.1
+QEMU_QMP_VERSION=0.0.6
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 QUIET=0
@@ -24,6 +26,15 @@ if [ ! -x "$ZIG" ] || [ "$("$ZIG" version 2>/dev/null)" != "$ZIG_VERSION" ]; the
   say "installing zig $ZIG_VERSION from PyPI"
   rm -rf "$ROOT/.tools/zig"
   python3 -m pip install --quiet --disable-pip-version-check --target "$ROOT/.tools/zig" "ziglang==$ZIG_VERSION"
+fi
+
+# 1b. QEMU's python QMP library from PyPI (tests/qemu_qmp_test.ts puts .tools/qemu-qmp on PYTHONPATH).
+QMPLIB="$ROOT/.tools/qemu-qmp"
+if [ "$(cat "$QMPLIB/.version" 2>/dev/null)" != "$QEMU_QMP_VERSION" ]; then
+  say "installing qemu.qmp $QEMU_QMP_VERSION from PyPI"
+  rm -rf "$QMPLIB"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$QMPLIB" "qemu.qmp==$QEMU_QMP_VERSION"
+  echo "$QEMU_QMP_VERSION" >"$QMPLIB/.version"
 fi
 
 # 2. Debian packages (root on these machines; apt-get update once, only when something is missing).

@@ -72,6 +72,10 @@ Deno.test("QMP system_reset reboots the guest and emits RESET", async () => {
   }
 });
 
+// This test connects as soon as the socket file exists. ferry used to accept clients before the guest
+// started, so under load a client could read `prelaunch` or the boot's RESUME event between replies
+// (msgs[1] was that event). ferry now accepts only once the guest runs; the early client waits in
+// the listen backlog, so no event precedes these replies.
 Deno.test("QMP keeps answering after malformed input and unknown commands on a live VM", async () => {
   const dir = tempDir();
   const sock = `${dir}/qmp.sock`;
@@ -106,6 +110,58 @@ Deno.test("QMP keeps answering after malformed input and unknown commands on a l
     assert.equal(msgs[2].error.class, "CommandNotFound");
     assert.equal(msgs[3].id, 7);
     assert.equal(msgs[3].return.status, "running");
+  } finally {
+    await f.kill();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("QMP on a live VM refuses what QEMU refuses: null arguments, duplicate keys, invalid UTF-8, 300.0 for an integer", async () => {
+  const dir = tempDir();
+  const sock = `${dir}/qmp.sock`;
+  const f = new Ferry(probeArgs({ qmp: sock }), { qmpPath: sock });
+  try {
+    const q = await f.qmp();
+    await q.close();
+    const conn = await Deno.connect({ transport: "unix", path: sock });
+    const enc = new TextEncoder();
+    const lines = [
+      '{"execute":"quit","arguments":null}',
+      '{"execute":"query-status","execute":"quit"}',
+      '{"execute":"migrate-set-parameters","arguments":{"downtime-limit":300.0}}',
+      '{"execute":"migrate-set-parameters","arguments":{"downtime-limit":3e2}}',
+      '{"execute":"query-status","id":12345678901234567890}',
+    ];
+    const bad = new Uint8Array([
+      ...enc.encode('{"execute":"query-status","id":"'),
+      0xff,
+      ...enc.encode('"}\n'),
+    ]);
+    await conn.write(enc.encode(lines.join("\n") + "\n"));
+    await conn.write(bad);
+    await conn.write(enc.encode('{"execute":"query-status","id":"after"}\n'));
+    const dec = new TextDecoder();
+    let text = "";
+    const buf = new Uint8Array(65536);
+    while ((text.match(/\n/g) ?? []).length < 8) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += dec.decode(buf.subarray(0, n));
+    }
+    conn.close();
+    const got = text.split("\r\n").filter((l) => l !== "");
+    assert.ok(got[0]!.startsWith('{"QMP":'));
+    const err = (desc: string) => JSON.stringify({ error: { class: "GenericError", desc } });
+    assert.deepEqual(got.slice(1), [
+      err("QMP input member 'arguments' must be an object"),
+      err("JSON parse error, duplicate key"),
+      err("Parameter 'downtime-limit' expects uint64"),
+      err("Parameter 'downtime-limit' expects uint64"),
+      '{"return":{"status":"running","running":true,"singlestep":false},"id":12345678901234567890}',
+      err("JSON parse error, invalid UTF-8 sequence in string"),
+      '{"return":{"status":"running","running":true,"singlestep":false},"id":"after"}',
+    ], f.transcript());
+    assert.equal((await (await f.qmp()).call("query-status") as { status: string }).status, "running");
   } finally {
     await f.kill();
     Deno.removeSync(dir, { recursive: true });

@@ -200,6 +200,33 @@ function where(d: DeviceConfig): string {
 }
 
 /**
+ * Moves devices asked for at slot 0 of `pcie.0`, the q35 host bridge's slot, to the first slot no
+ * device uses, keeping their function numbers, and says so.
+ *
+ * StratoVirt's own migration guide (`docs/migration.md`) writes `bus=pcie.0,addr=0`, yet its q35
+ * puts the MCH host bridge at devfn 0 (`machine/src/x86_64/mch.rs`) and refuses a second device there
+ * ("Location of the device … is same as one of the bus pcie.0"). ferry takes the next free slot
+ * instead, so those command lines start; the choice depends on the command line alone, so a
+ * migration source and its destination make the same one.
+ * @param devices changed in place
+ * @returns one line per moved device, for stderr
+ */
+export function relocateFromHostBridge(devices: DeviceConfig[]): string[] {
+  const moving = devices.filter((d) => d.bus === ROOT_BUS && d.addr?.slot === 0);
+  if (moving.length === 0) return [];
+  const used = new Set(devices.flatMap((d) => d.bus === ROOT_BUS && d.addr ? [d.addr.slot] : []));
+  let slot = 1;
+  while (used.has(slot)) slot++;
+  if (slot > 31) return []; // no free slot: placement reports the conflict
+  return moving.map((d) => {
+    const from = formatPciAddr(d.addr!);
+    d.addr = { slot, fn: d.addr!.fn };
+    return `${where(d)}: ${ROOT_BUS} addr ${from} is the q35 host bridge's; ` +
+      `placed at ${formatPciAddr(d.addr)}, the first free slot`;
+  });
+}
+
+/**
  * Cross-checks the devices with the drives and netdevs: unique ids, every `drive=`/`netdev=` names
  * one that exists and that no other device uses, no two devices at one address, and a function
  * other than 0 only beside a `multifunction=on` device at function 0.

@@ -220,3 +220,33 @@ Deno.test("checkDevices refuses dangling, shared and duplicate references and ad
     /multifunction=on/,
   );
 });
+
+Deno.test("parseArgs moves a device asked for at pcie.0 addr=0 (the host bridge) to the first free slot, with one notice", async () => {
+  const { parseArgs } = await import("./parse_args.ts");
+  const config = parseArgs([
+    "-machine",
+    "q35",
+    "-drive",
+    "file=/tmp/rootfs,id=rootfs,readonly=off,direct=off",
+    "-device",
+    "virtio-blk-pci,drive=rootfs,id=rootfs,bus=pcie.0,addr=0",
+    "-drive",
+    "file=/tmp/data,id=data",
+    "-device",
+    "virtio-blk-pci,drive=data,id=data,bus=pcie.0,addr=0x1",
+  ]);
+  assert.deepEqual(config.devices.map((d) => [d.id, d.addr]), [
+    ["rootfs", { slot: 2, fn: 0 }],
+    ["data", { slot: 1, fn: 0 }],
+  ]);
+  assert.deepEqual(config.notices, [
+    "-device virtio-blk-pci,id=rootfs: pcie.0 addr 0x0.0 is the q35 host bridge's; placed at 0x2.0, the first free slot",
+  ]);
+  const plain = parseArgs([
+    "-drive",
+    "file=/tmp/d,id=d",
+    "-device",
+    "virtio-blk-pci,drive=d,id=d,bus=pcie.0,addr=0x2",
+  ]);
+  assert.equal(plain.notices, undefined);
+});

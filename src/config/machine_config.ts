@@ -125,4 +125,6 @@ export interface MachineConfig {
   logFile?: string;
   /** `-daemonize` is refused ("not supported yet"), so always false. */
   daemonize: boolean;
+  /** Lines for stderr about what ferry chose for the operator (a device moved off the host bridge's slot). */
+  notices?: string[];
 }

@@ -6,7 +6,7 @@
 import { notSupportedYet, type OptionInfo } from "./_kv.ts";
 import { type Occurrence, tokenize } from "./_tokenize.ts";
 import { type Chardev, CHARDEV_OPTION, parseChardev } from "./chardev.ts";
-import { checkDevices, DEVICE_OPTION, parseDevice } from "./device.ts";
+import { checkDevices, DEVICE_OPTION, parseDevice, relocateFromHostBridge } from "./device.ts";
 import { DRIVE_OPTION, parseDrive } from "./drive.ts";
 import { INCOMING_OPTION, parseIncoming } from "./incoming.ts";
 import { APPEND_OPTION, INITRD_OPTION, KERNEL_OPTION, parseKernel } from "./kernel.ts";
@@ -220,6 +220,7 @@ export function parseArgs(argv: readonly string[]): MachineConfig {
     }
   }
   checkSharedFiles(c.drives);
+  const notices = relocateFromHostBridge(c.devices);
   checkDevices(c.devices, c.drives, c.netdevs);
   const kernel = parseKernel(c.kernel, c.appends, c.initrd);
 
@@ -236,6 +237,7 @@ export function parseArgs(argv: readonly string[]): MachineConfig {
   };
   if (kernel) config.kernel = kernel;
   if (c.incoming) config.incoming = c.incoming;
+  if (notices.length > 0) config.notices = notices;
   if (c.name !== undefined) config.name = c.name;
   if (c.logFile !== undefined) config.logFile = c.logFile;
   return config;

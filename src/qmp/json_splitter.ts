@@ -3,20 +3,21 @@
  * like: several objects on one line, an object split across reads or lines, CR/LF anywhere between.
  *
  * It tracks strings, escapes and bracket depth on raw UTF-8 bytes (multi-byte sequences never contain
- * ASCII bytes, so no decoding is needed to find boundaries). It does not validate JSON: `JSON.parse`
- * does that on each frame. It recovers from the common breakages so a connection stays usable:
+ * ASCII bytes, so no decoding is needed to find boundaries). It does not validate JSON or UTF-8:
+ * `parseQmpJson` (json_parser.ts) does that on each frame's bytes. It recovers from the common breakages so a connection stays usable:
  * - a raw newline inside a string ends that (broken) frame;
  * - `{` or `[` where a value cannot start (e.g. a new command after an unclosed object) ends the broken
  *   frame and starts a new one;
  * - bytes outside any object form a frame that ends at the next newline;
  * - a frame over `maxMessageBytes`, or nested deeper than `maxDepth`, is reported once and then
- *   discarded without buffering until a newline at depth 0.
+ *   discarded without buffering up to the next newline, however deep the discarded text was (a
+ *   refused `[[[[…` never closes, so waiting for depth 0 would swallow the connection for good).
  * @module
  */
 
-/** One unit of input: a text for `JSON.parse`, or a refusal the splitter decided on. */
+/** One unit of input: the raw bytes of one JSON text, or a refusal the splitter decided on. */
 export type SplitFrame =
-  | { kind: "text"; text: string }
+  | { kind: "text"; bytes: Uint8Array }
   | { kind: "refused"; desc: string };
 
 /** Limits for {@link JsonSplitter}. */
@@ -65,7 +66,6 @@ function isSpace(b: number): boolean {
 export class JsonSplitter {
   readonly #maxBytes: number;
   readonly #maxDepth: number;
-  readonly #decoder = new TextDecoder();
   #mode: Mode = "idle";
   #chunks: Uint8Array[] = []; // bytes of the current frame from earlier pushes
   #chunkBytes = 0;
@@ -87,7 +87,7 @@ export class JsonSplitter {
 
   /**
    * Feeds bytes and returns the frames they complete, in order.
-   * @param data the bytes just read; not kept after the call returns (copied if needed)
+   * @param data the bytes just read; not kept after the call returns (frames hold copies)
    */
   push(data: Uint8Array): SplitFrame[] {
     const out: SplitFrame[] = [];
@@ -194,7 +194,7 @@ export class JsonSplitter {
     if (total > this.#maxBytes) return this.#tooLarge(total);
     let bytes: Uint8Array;
     if (chunks.length === 0) {
-      bytes = data.subarray(start, end);
+      bytes = data.slice(start, end);
     } else {
       bytes = new Uint8Array(total);
       let at = 0;
@@ -204,7 +204,7 @@ export class JsonSplitter {
       }
       bytes.set(data.subarray(start, end), at);
     }
-    return { kind: "text", text: this.#decoder.decode(bytes) };
+    return { kind: "text", bytes };
   }
 
   #startDiscard(): void {
@@ -213,25 +213,15 @@ export class JsonSplitter {
     this.#chunkBytes = 0;
   }
 
-  /** Discard mode keeps tracking structure without buffering; it ends at a newline at depth 0. */
+  /**
+   * Discard mode buffers nothing and ends at the next newline, whatever the depth: a newline is the
+   * one resynchronisation point a client can always send, and QMP clients end every command with one.
+   */
   #discardByte(b: number): void {
-    if (b === LF && (this.#depth <= 0 || this.#inString)) {
-      this.#mode = "idle";
-      this.#depth = 0;
-      this.#inString = false;
-      this.#escape = false;
-      return;
-    }
-    if (this.#inString) {
-      if (this.#escape) this.#escape = false;
-      else if (b === BACKSLASH) this.#escape = true;
-      else if (b === QUOTE) this.#inString = false;
-    } else if (b === QUOTE) {
-      this.#inString = true;
-    } else if (b === LBRACE || b === LBRACKET) {
-      this.#depth++;
-    } else if ((b === RBRACE || b === RBRACKET) && this.#depth > 0) {
-      this.#depth--;
-    }
+    if (b !== LF) return;
+    this.#mode = "idle";
+    this.#depth = 0;
+    this.#inString = false;
+    this.#escape = false;
   }
 }

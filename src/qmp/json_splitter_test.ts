@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import { JsonSplitter, type SplitFrame } from "./json_splitter.ts";
 
 const enc = new TextEncoder();
+const dec = new TextDecoder();
 
 function texts(frames: SplitFrame[]): string[] {
-  return frames.map((f) => f.kind === "text" ? f.text : `!${f.desc}`);
+  return frames.map((f) => f.kind === "text" ? dec.decode(f.bytes) : `!${f.desc}`);
 }
 
 Deno.test("JsonSplitter splits several objects on one line", () => {
@@ -80,4 +81,26 @@ Deno.test("JsonSplitter refuses nesting deeper than maxDepth and recovers at the
   const s = new JsonSplitter({ maxDepth: 4 });
   const out = texts(s.push(enc.encode('{"a":[[[[[1]]]]]}\n{"a":[[1]]}\n')));
   assert.deepEqual(out, ["!Invalid JSON: nesting deeper than 4 levels", '{"a":[[1]]}']);
+});
+
+Deno.test("JsonSplitter resyncs at the next newline after refusing 100,000 open brackets", () => {
+  const s = new JsonSplitter();
+  const out = texts(s.push(enc.encode("[".repeat(100_000) + '\n{"execute":"query-status"}\n')));
+  assert.deepEqual(out, ["!Invalid JSON: nesting deeper than 1024 levels", '{"execute":"query-status"}']);
+  assert.equal(s.bufferedBytes, 0);
+});
+
+Deno.test("JsonSplitter resyncs at the next newline after refusing 4 MiB of an unclosed object", () => {
+  const s = new JsonSplitter();
+  const out: string[] = [];
+  out.push(...texts(s.push(enc.encode('{"execute":"query-status"'))));
+  const spaces = enc.encode(" ".repeat(64 * 1024));
+  for (let i = 0; i < 64; i++) {
+    out.push(...texts(s.push(spaces)));
+    assert.ok(s.bufferedBytes <= 1024 * 1024);
+  }
+  out.push(...texts(s.push(enc.encode('\n{"execute":"query-status","id":2}\n'))));
+  assert.equal(out.length, 2);
+  assert.match(out[0]!, /^!Message too large: over 1048576 bytes/);
+  assert.equal(out[1], '{"execute":"query-status","id":2}');
 });

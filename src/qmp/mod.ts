@@ -21,6 +21,7 @@
  */
 export {
   encodeLine,
+  encodeReplyLine,
   errorReply,
   eventMessage,
   FERRY_VERSION,

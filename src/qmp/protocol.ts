@@ -124,6 +124,19 @@ function replacer(_key: string, value: unknown): unknown {
 }
 
 /**
+ * One reply line with the request's `id` spliced in as its source text, so the id goes back byte for
+ * byte (an integer past 2^53 or 2^64 is not rounded, `1.50` stays `1.50`).
+ * @param reply `{"return":…}` or `{"error":…}` without `id`
+ * @param idText the id's JSON text as the client wrote it (minified), or undefined for no `id`
+ * @throws TypeError when `reply` cannot be serialised (cycles)
+ */
+export function encodeReplyLine(reply: Record<string, unknown>, idText?: string): string {
+  const json = JSON.stringify(reply, replacer);
+  if (idText === undefined) return json + "\r\n";
+  return `${json.slice(0, -1)},"id":${idText}}\r\n`;
+}
+
+/**
  * One wire line: compact JSON plus CRLF. `bigint` values are written as exact JSON numbers.
  * @throws TypeError when `message` cannot be serialised (cycles)
  */

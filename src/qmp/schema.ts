@@ -5,11 +5,15 @@
  * `Parameter 'foo' is unexpected`).
  * @module
  */
+import { JsonFloat, plainJson } from "./json_parser.ts";
 import { QmpError } from "./protocol.ts";
 
 /**
  * Argument types: `str`, `bool`, `int` (safe integer), `uint` (non-negative safe integer), `number`,
  * `object` (a JSON object), `str[]` (an array of strings).
+ *
+ * `int` and `uint` take integer literals only: `300.0` or `3e2` ({@link JsonFloat} from the parser) is
+ * refused with QEMU's words (`Parameter 'x' expects uint64`); `number` takes both.
  */
 export type ArgType = "str" | "bool" | "int" | "uint" | "number" | "object" | "str[]";
 
@@ -69,12 +73,20 @@ function wrongType(name: string, spec: ArgSpec): QmpError {
   );
 }
 
+/** QEMU's words for a number with a fraction or exponent where an integer is required. */
+function notAnInteger(name: string, spec: ArgSpec): QmpError {
+  return new QmpError(
+    "GenericError",
+    `Parameter '${name}' expects ${spec.type === "int" ? "int64" : "uint64"}`,
+  );
+}
+
 function checkNumber(name: string, spec: ArgSpec, v: number): void {
   if (spec.type !== "number" && !Number.isSafeInteger(v)) {
     if (Number.isInteger(v)) {
       throw new QmpError("GenericError", `Parameter '${name}' is out of range: '${v}'`);
     }
-    throw wrongType(name, spec);
+    throw notAnInteger(name, spec);
   }
   const min = spec.min ?? (spec.type === "uint" ? 0 : undefined);
   const max = spec.max;
@@ -102,10 +114,18 @@ function checkValue(name: string, spec: ArgSpec, v: unknown): void {
       return;
     case "int":
     case "uint":
-    case "number":
+    case "number": {
+      if (v instanceof JsonFloat) {
+        if (spec.type !== "number") throw notAnInteger(name, spec);
+        v = v.value;
+      }
+      if (typeof v === "bigint") {
+        throw new QmpError("GenericError", `Parameter '${name}' is out of range: '${v}'`);
+      }
       if (typeof v !== "number" || !Number.isFinite(v)) throw wrongType(name, spec);
       checkNumber(name, spec, v);
       return;
+    }
     case "object":
       if (!isPlainObject(v)) throw wrongType(name, spec);
       return;
@@ -119,7 +139,7 @@ function checkValue(name: string, spec: ArgSpec, v: unknown): void {
  * Checks a command's `arguments` against its schema.
  * @param schema the command's arguments
  * @param args the `arguments` member as received (already known to be an object)
- * @returns `args`, typed
+ * @returns a copy of `args`, typed, with `number` and `object` arguments as plain JS values
  * @throws QmpError `GenericError` naming the first unexpected, missing or ill-typed argument
  *
  * @example
@@ -140,5 +160,10 @@ export function checkArgs<S extends ArgSchema>(schema: S, args: Record<string, u
     }
     checkValue(name, spec, args[name]);
   }
-  return args as ArgsOf<S>;
+  const out: Record<string, unknown> = {};
+  for (const name of Object.keys(args)) {
+    const t = schema[name]!.type;
+    out[name] = t === "number" || t === "object" ? plainJson(args[name]) : args[name];
+  }
+  return out as ArgsOf<S>;
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { QmpError } from "./protocol.ts";
 import { checkArgs } from "./schema.ts";
+import { JsonFloat } from "./json_parser.ts";
 
 const schema = {
   uri: { type: "str", required: true },
@@ -50,7 +51,7 @@ Deno.test("checkArgs() names a missing, unexpected or ill-typed argument", () =>
     refusal({ uri: "x", detach: "yes" }),
     "Invalid parameter type for 'detach', expected: boolean",
   );
-  assert.equal(refusal({ uri: "x", limit: 1.5 }), "Invalid parameter type for 'limit', expected: integer");
+  assert.equal(refusal({ uri: "x", limit: 1.5 }), "Parameter 'limit' expects uint64");
   assert.equal(refusal({ uri: "x", limit: "7" }), "Invalid parameter type for 'limit', expected: integer");
   assert.equal(refusal({ uri: "x", limit: null }), "Invalid parameter type for 'limit', expected: integer");
   assert.equal(refusal({ uri: "x", opts: [] }), "Invalid parameter type for 'opts', expected: object");
@@ -78,4 +79,19 @@ Deno.test("checkArgs() refuses numbers out of range, negative ones for uint", ()
     refusal({ uri: "x", policy: "wait" }),
     "Parameter 'policy' expects one of 'cancel', 'force', got 'wait'",
   );
+});
+
+Deno.test("checkArgs() refuses float literals such as 300.0 and 3e2 where an integer is required (QEMU)", () => {
+  assert.equal(refusal({ uri: "x", limit: new JsonFloat(300, "300.0") }), "Parameter 'limit' expects uint64");
+  assert.equal(refusal({ uri: "x", delta: new JsonFloat(300, "3e2") }), "Parameter 'delta' expects int64");
+  assert.equal(
+    refusal({ uri: "x", limit: 12345678901234567890n }),
+    "Parameter 'limit' is out of range: '12345678901234567890'",
+  );
+  const args = checkArgs(schema, {
+    uri: "x",
+    ratio: new JsonFloat(300, "3e2"),
+    opts: { a: [new JsonFloat(1.5, "1.5")] },
+  });
+  assert.deepEqual(args, { uri: "x", ratio: 300, opts: { a: [1.5] } });
 });

@@ -11,8 +11,10 @@
 import { dirname } from "node:path";
 import { logger } from "../util/log.ts";
 import { JsonSplitter, type SplitFrame } from "./json_splitter.ts";
+import { parseQmpJson } from "./json_parser.ts";
 import {
   encodeLine,
+  encodeReplyLine,
   errorReply,
   eventMessage,
   FERRY_VERSION,
@@ -52,7 +54,9 @@ export interface QmpServerOptions {
    */
   maxQueuedOutputBytes?: number;
   /**
-   * Clients served at once; further connections get a `GenericError` line and are closed.
+   * Clients served at once. While that many are connected ferry accepts no more: further clients
+   * wait in the socket's listen backlog, as with QEMU and StratoVirt, and are greeted in turn when a
+   * connected client leaves. Nobody is ever sent a first line that is not the greeting.
    * @default 16
    */
   maxClients?: number;
@@ -278,6 +282,7 @@ export class QmpServer implements QmpEventSink {
   #nextClientId = 1;
   #closed = false;
   #firstClient: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  #slotFree: (() => void) | undefined;
 
   /** @param options where to listen and the limits; see {@link QmpServerOptions} */
   constructor(options: QmpServerOptions) {
@@ -319,14 +324,15 @@ export class QmpServer implements QmpEventSink {
   }
 
   /**
-   * Creates the socket (mode 0600, replacing a stale file) and starts accepting clients.
+   * Creates the socket (mode 0600, replacing a stale file) unless {@link QmpServer.bind} did, and
+   * starts accepting clients.
    * With `wait: true` it resolves only once the first client is connected and greeted.
    * @throws Error when the path is too long, is a directory, or another server is listening on it
    */
   async listen(): Promise<void> {
-    if (this.#listener) throw new Error(`Cannot listen on QMP socket '${this.#path}': already listening`);
+    if (this.#acceptLoop) throw new Error(`Cannot listen on QMP socket '${this.#path}': already listening`);
     if (this.#closed) throw new Error(`Cannot listen on QMP socket '${this.#path}': server closed`);
-    this.#listener = await this.#bind();
+    this.#listener ??= await this.#bind();
     const first = this.#wait
       ? new Promise<void>((resolve, reject) => {
         this.#firstClient = { resolve, reject };
@@ -335,6 +341,19 @@ export class QmpServer implements QmpEventSink {
     this.#acceptLoop = this.#accept(this.#listener);
     log.info("QMP listening on '%s'", this.#path);
     if (first) await first;
+  }
+
+  /**
+   * Creates the socket without accepting anyone yet: clients that connect wait in the listen backlog
+   * until {@link QmpServer.listen} is called. ferry binds before it starts the guest and accepts
+   * after, so no client sees the guest half-started (`prelaunch`, then a `RESUME`), as with QEMU,
+   * whose monitor is served only once the VM runs.
+   * @throws Error as {@link QmpServer.listen}
+   */
+  async bind(): Promise<void> {
+    if (this.#listener) throw new Error(`Cannot bind QMP socket '${this.#path}': already bound`);
+    if (this.#closed) throw new Error(`Cannot bind QMP socket '${this.#path}': server closed`);
+    this.#listener = await this.#bind();
   }
 
   /**
@@ -370,6 +389,7 @@ export class QmpServer implements QmpEventSink {
     }
     for (const c of this.#clients) c.close();
     this.#clients.clear();
+    this.#wakeAccept();
     await this.#acceptLoop;
     this.#removeSocketFile();
   }
@@ -455,8 +475,24 @@ export class QmpServer implements QmpEventSink {
     this.#socketIno = null;
   }
 
+  /** Resolves once fewer than `maxClients` are connected (or the server closes). */
+  #waitForSlot(): Promise<void> {
+    if (this.#closed || this.#clients.size < this.#maxClients) return Promise.resolve();
+    log.info("QMP has %d clients; further clients wait until one leaves", this.#clients.size);
+    return new Promise((resolve) => (this.#slotFree = resolve));
+  }
+
+  #wakeAccept(): void {
+    const wake = this.#slotFree;
+    this.#slotFree = undefined;
+    wake?.();
+  }
+
   async #accept(listener: Deno.Listener): Promise<void> {
     while (!this.#closed) {
+      // At the limit, stop accepting: new clients queue in the kernel's listen backlog.
+      await this.#waitForSlot();
+      if (this.#closed) break;
       let conn: Deno.Conn;
       try {
         conn = await listener.accept();
@@ -470,10 +506,6 @@ export class QmpServer implements QmpEventSink {
         conn.close();
         break;
       }
-      if (this.#clients.size >= this.#maxClients) {
-        void this.#refuse(conn);
-        continue;
-      }
       const client = new QmpConnection(this.#nextClientId++, conn, {
         maxMessageBytes: this.#maxMessageBytes,
         maxQueuedOutputBytes: this.#maxQueuedOutputBytes,
@@ -486,19 +518,8 @@ export class QmpServer implements QmpEventSink {
       void client.run((frame, c) => this.#onFrame(frame, c)).finally(() => {
         this.#clients.delete(client);
         log.debug("QMP client %d disconnected", client.id);
+        this.#wakeAccept();
       });
-    }
-  }
-
-  async #refuse(conn: Deno.Conn): Promise<void> {
-    const desc = `Cannot accept another QMP client: ${this.#maxClients} already connected`;
-    log.warn("%s", desc);
-    try {
-      await conn.write(encoder.encode(encodeLine(errorReply(new QmpError("GenericError", desc)))));
-    } catch {
-      // the client went away already
-    } finally {
-      conn.close();
     }
   }
 
@@ -507,18 +528,16 @@ export class QmpServer implements QmpEventSink {
       client.send(encodeLine(errorReply(new QmpError("GenericError", frame.desc))));
       return;
     }
-    let message: unknown;
+    let parsed: ReturnType<typeof parseQmpJson>;
     try {
-      message = JSON.parse(frame.text);
+      parsed = parseQmpJson(frame.bytes);
     } catch (e) {
-      client.send(
-        encodeLine(errorReply(new QmpError("GenericError", `Invalid JSON: ${(e as Error).message}`))),
-      );
+      client.send(encodeLine(errorReply(new QmpError("GenericError", (e as Error).message))));
       return;
     }
     const after: (() => void | Promise<void>)[] = [];
     const ctx: CommandContext = { clientId: client.id, afterReply: (fn) => void after.push(fn) };
-    const reply = await this.#execute(message, ctx);
+    const reply = await this.#execute(parsed.value, parsed.idText, ctx);
     client.send(reply);
     if (after.length === 0) return;
     await client.drained(DRAIN_TIMEOUT_MS);
@@ -531,12 +550,14 @@ export class QmpServer implements QmpEventSink {
     }
   }
 
-  /** Runs one parsed message and returns the encoded reply line. */
-  async #execute(message: unknown, ctx: CommandContext): Promise<string> {
+  /**
+   * Runs one parsed message and returns the encoded reply line.
+   * @param idText the source text of the message's `id`, echoed as is
+   */
+  async #execute(message: unknown, idText: string | undefined, ctx: CommandContext): Promise<string> {
     if (!isPlainObject(message)) {
       return encodeLine(errorReply(new QmpError("GenericError", "QMP input must be a JSON object")));
     }
-    const id = Object.hasOwn(message, "id") ? message.id : undefined;
     let name = "";
     try {
       if (!Object.hasOwn(message, "execute")) {
@@ -551,23 +572,21 @@ export class QmpServer implements QmpEventSink {
         throw new QmpError("GenericError", "QMP input member 'execute' must be a string");
       }
       name = message.execute;
-      const args = message.arguments ?? {};
+      // Absent means no arguments; present must be an object: `"arguments": null` is refused (QEMU).
+      const args = Object.hasOwn(message, "arguments") ? message.arguments : {};
       if (!isPlainObject(args)) {
         throw new QmpError("GenericError", "QMP input member 'arguments' must be an object");
       }
       const command = this.#commands.get(name);
       if (!command) throw new QmpError("CommandNotFound", `The command ${name} has not been found`);
-      log.debug("QMP client %d: %s %j", ctx.clientId, name, args);
-      const result = await command.handler(checkArgs(command.args, args), ctx);
-      return encodeLine(returnReply(result ?? {}, id));
+      const checked = checkArgs(command.args, args);
+      log.debug("QMP client %d: %s %o", ctx.clientId, name, checked);
+      const result = await command.handler(checked, ctx);
+      return encodeReplyLine(returnReply(result ?? {}), idText);
     } catch (e) {
       const error = toQmpError(e);
       if (!(e instanceof QmpError)) log.warn("QMP command '%s' failed: %s", name, error.desc);
-      try {
-        return encodeLine(errorReply(error, id));
-      } catch {
-        return encodeLine(errorReply(error)); // an id that cannot be re-encoded
-      }
+      return encodeReplyLine(errorReply(error), idText);
     }
   }
 

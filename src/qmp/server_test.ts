@@ -97,14 +97,14 @@ Deno.test("QmpServer answers malformed JSON with GenericError and keeps the conn
     await c.sendRaw('{"execute": "query-version",}\n');
     const err = await c.reply();
     assert.equal((err.error as Json).class, "GenericError");
-    assert.match((err.error as Json).desc as string, /^Invalid JSON: /);
+    assert.match((err.error as Json).desc as string, /^JSON parse error, /);
     await c.sendRaw('{"execute":"query-version","id":"unterminated}\n');
-    assert.match(((await c.reply()).error as Json).desc as string, /^Invalid JSON: /);
+    assert.match(((await c.reply()).error as Json).desc as string, /^JSON parse error, /);
     await c.sendRaw("hello world\n");
-    assert.match(((await c.reply()).error as Json).desc as string, /^Invalid JSON: /);
+    assert.match(((await c.reply()).error as Json).desc as string, /^JSON parse error, /);
     // An object left open, then a new command: the broken one is reported, the new one runs.
     await c.sendRaw('{"execute":"query-version"\n{"execute":"query-status"}\n');
-    assert.match(((await c.reply()).error as Json).desc as string, /^Invalid JSON: /);
+    assert.match(((await c.reply()).error as Json).desc as string, /^JSON parse error, /);
     assert.equal(((await c.reply()).error as Json).class, "CommandNotFound");
     assert.deepEqual(await c.execute("qmp_capabilities", undefined, 1), { return: {}, id: 1 });
   } finally {
@@ -463,18 +463,45 @@ Deno.test("QmpServer with wait: true rejects listen() when closed before any cli
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("QmpServer refuses clients past maxClients with a GenericError line", async () => {
-  const t = await startServer({ maxClients: 1 });
+Deno.test("QmpServer makes clients past maxClients wait and greets each in turn, never sending another first line", async () => {
+  const t = await startServer({ maxClients: 2 });
   try {
     const first = await t.open();
-    const extra = await TestClient.connect(t.path);
-    assert.deepEqual(await extra.next(), {
-      error: { class: "GenericError", desc: "Cannot accept another QMP client: 1 already connected" },
-    });
-    assert.ok(await extra.closedByPeer());
+    await t.open();
+    const extra = await TestClient.connect(t.path); // queued in the listen backlog
+    // The extra client may send at once; nothing is read or answered before it is greeted.
+    await extra.sendRaw('{"execute":"query-version","id":"queued"}\n');
+    first.close();
+    assert.ok("QMP" in await extra.next(), "the first line a waiting client reads is the greeting");
+    assert.equal((await extra.reply()).id, "queued");
     extra.close();
-    assert.deepEqual(await first.execute("qmp_capabilities"), { return: {} });
   } finally {
+    await t.done();
+  }
+});
+
+Deno.test("QmpServer serves 100 concurrent clients with the default limit: every first line is a greeting", async () => {
+  const t = await startServer();
+  let most = 0;
+  const sampler = setInterval(() => (most = Math.max(most, t.server.clients().length)), 1);
+  try {
+    const results = await Promise.all(Array.from({ length: 100 }, async (_, i) => {
+      const c = await TestClient.connect(t.path);
+      try {
+        const first = await c.next(60000);
+        const reply = await c.execute("query-version", undefined, i);
+        return { first, id: reply.id };
+      } finally {
+        c.close();
+      }
+    }));
+    for (const [i, r] of results.entries()) {
+      assert.ok("QMP" in r.first, `client ${i} first read ${JSON.stringify(r.first)}`);
+      assert.equal(r.id, i);
+    }
+    assert.ok(most <= 16, `${most} clients were served at once`);
+  } finally {
+    clearInterval(sampler);
     await t.done();
   }
 });
@@ -505,6 +532,146 @@ Deno.test("QmpServer runs afterReply actions only once the reply is written", as
     assert.deepEqual(await c.execute("bye"), { return: {} });
     await until(() => order.length === 2, "the after-reply action");
     assert.deepEqual(order, ["handler", "after"]);
+  } finally {
+    await t.done();
+  }
+});
+
+/** A server with one command, `probe`, that records the arguments it ran with. */
+async function startProbeServer() {
+  const t = await startServer();
+  const ran: Json[] = [];
+  t.server.register("probe", {
+    args: { n: { type: "uint", required: false }, s: { type: "str", required: false } },
+    handler: (args) => {
+      ran.push(args);
+      return {};
+    },
+  });
+  return { ...t, ran };
+}
+
+Deno.test('QmpServer refuses "arguments": null instead of running the command without arguments (QEMU)', async () => {
+  const t = await startProbeServer();
+  try {
+    const c = await t.open();
+    await c.sendRaw('{"execute":"probe","arguments":null}\n');
+    assert.deepEqual(await c.reply(), {
+      error: { class: "GenericError", desc: "QMP input member 'arguments' must be an object" },
+    });
+    assert.deepEqual(t.ran, []);
+    await c.sendRaw('{"execute":"probe"}\n');
+    assert.deepEqual(await c.reply(), { return: {} });
+    assert.equal(t.ran.length, 1);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("QmpServer refuses duplicate keys at any level (QEMU: JSON parse error, duplicate key)", async () => {
+  const t = await startProbeServer();
+  try {
+    const c = await t.open();
+    const dup = { error: { class: "GenericError", desc: "JSON parse error, duplicate key" } };
+    await c.sendRaw('{"execute":"probe","execute":"quit"}\n');
+    assert.deepEqual(await c.reply(), dup);
+    await c.sendRaw('{"execute":"probe","arguments":{"n":1,"n":2}}\n');
+    assert.deepEqual(await c.reply(), dup);
+    await c.sendRaw('{"execute":"probe","id":{"a":1,"a":1}}\n');
+    assert.deepEqual(await c.reply(), dup);
+    assert.deepEqual(t.ran, []);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("QmpServer refuses invalid UTF-8 instead of replacing it", async () => {
+  const t = await startProbeServer();
+  try {
+    const c = await t.open();
+    const bad = [[0xff], [0xc3], [0xed, 0xa0, 0x80], [0xc0, 0xaf]];
+    for (const seq of bad) {
+      const head = new TextEncoder().encode('{"execute":"probe","arguments":{"s":"');
+      await c.sendRaw(new Uint8Array([...head, ...seq, ...new TextEncoder().encode('"}}\n')]));
+      assert.deepEqual(await c.reply(), {
+        error: { class: "GenericError", desc: "JSON parse error, invalid UTF-8 sequence in string" },
+      }, `bytes ${seq}`);
+    }
+    assert.deepEqual(t.ran, []);
+    await c.sendRaw('{"execute":"probe","arguments":{"s":"\u00e9\u00e9 é"},"id":"é"}\n');
+    assert.deepEqual(await c.reply(), { return: {}, id: "é" });
+    assert.deepEqual(t.ran, [{ s: "éé é" }]);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("QmpServer refuses 300.0 and 3e2 where an integer is required (QEMU: expects uint64)", async () => {
+  const t = await startProbeServer();
+  try {
+    const c = await t.open();
+    for (const n of ["300.0", "3e2", "3E+2", "1.5"]) {
+      await c.sendRaw(`{"execute":"probe","arguments":{"n":${n}}}\n`);
+      assert.deepEqual(await c.reply(), {
+        error: { class: "GenericError", desc: "Parameter 'n' expects uint64" },
+      }, n);
+    }
+    await c.sendRaw('{"execute":"probe","arguments":{"n":300}}\n');
+    assert.deepEqual(await c.reply(), { return: {} });
+    assert.deepEqual(t.ran, [{ n: 300 }]);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("QmpServer echoes id byte for byte: large integers, long numbers, floats, nested values", async () => {
+  const t = await startProbeServer();
+  try {
+    const c = await t.open();
+    const long = "1".repeat(400);
+    const cases: [string, string][] = [
+      ["12345678901234567890", "12345678901234567890"],
+      ["-9223372036854775809", "-9223372036854775809"],
+      [long, long],
+      ["1.50", "1.50"],
+      ["1e2", "1e2"],
+      ['{"a": [1, true, null]}', '{"a":[1,true,null]}'],
+      ["[\n 1,\r\n 2 ]", "[1,2]"],
+      ['"a b\\u00e9 \\/"', '"a b\\u00e9 \\/"'],
+      ["null", "null"],
+    ];
+    for (const [sent, echoed] of cases) {
+      await c.sendRaw(`{"execute":"probe","id":${sent}}\n`);
+      const line = await c.readLine();
+      assert.equal(line, `{"return":{},"id":${echoed}}\r\n`);
+      await c.sendRaw(`{"execute":"no-such","id":${sent}}\n`);
+      assert.equal(
+        await c.readLine(),
+        `{"error":{"class":"CommandNotFound","desc":"The command no-such has not been found"},"id":${echoed}}\r\n`,
+      );
+    }
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("QmpServer keeps a connection working after refusing 100,000 open brackets or a 4 MiB unclosed object", async () => {
+  const t = await startServer();
+  try {
+    const c = await t.open();
+    await c.sendRaw("[".repeat(100_000) + '\n{"execute":"query-version","id":1}\n');
+    assert.deepEqual(await c.reply(), {
+      error: { class: "GenericError", desc: "Invalid JSON: nesting deeper than 1024 levels" },
+    });
+    assert.equal((await c.reply()).id, 1);
+
+    await c.sendRaw(
+      '{"execute":"query-status"' + " ".repeat(4 * 1024 * 1024) + '\n{"execute":"query-version","id":2}\n',
+    );
+    const err = await c.reply(30000);
+    assert.match((err.error as Json).desc as string, /^Message too large: over 1048576 bytes/);
+    assert.equal((await c.reply(30000)).id, 2);
+    assert.equal(t.server.clients()[0]?.inputBufferedBytes, 0);
   } finally {
     await t.done();
   }

@@ -129,6 +129,7 @@ export async function runFerry(args: string[]): Promise<number> {
     say(`ferry: ${(e as Error).message}`);
     return 2;
   }
+  for (const line of config.notices ?? []) say(`ferry: ${line}`);
   if (config.logFile !== undefined) configureLog({ file: config.logFile });
   if (!config.kernel && !config.incoming) {
     say("ferry: -kernel is required: see 'ferry -help'");

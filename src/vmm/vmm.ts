@@ -114,7 +114,14 @@ export class Vmm implements MachineControl, MigrationControl {
         vmm.#servers.push(server);
         vmm.#fanout.sinks.push(server);
       }
-      for (const s of vmm.#servers) await s.listen();
+      // A destination answers QMP while it waits; `server,wait` needs its client before the guest
+      // starts. Otherwise the sockets exist now but clients are accepted once the guest runs, so
+      // none sees it half-started (`prelaunch`, then a `RESUME`), as with QEMU.
+      const early = opts.incoming !== undefined;
+      for (const [i, s] of vmm.#servers.entries()) {
+        if (early || opts.qmp[i]!.wait) await s.listen();
+        else await s.bind();
+      }
     } catch (e) {
       await vmm.#teardown();
       throw e;
@@ -125,6 +132,7 @@ export class Vmm implements MachineControl, MigrationControl {
     } else {
       await vm.resume();
       vmm.#setState("running");
+      for (const [i, s] of vmm.#servers.entries()) if (!opts.qmp[i]!.wait) await s.listen();
     }
     return vmm;
   }

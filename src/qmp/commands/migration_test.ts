@@ -121,7 +121,7 @@ Deno.test("migrate-set-parameters checks each parameter and passes only those gi
         { "downtime-limit": 2000001 },
         "Parameter 'downtime-limit' expects a value from 0 to 2000000, got '2000001'",
       ],
-      [{ "downtime-limit": 1.5 }, "Invalid parameter type for 'downtime-limit', expected: integer"],
+      [{ "downtime-limit": 1.5 }, "Parameter 'downtime-limit' expects uint64"],
       [{ "max-bandwidth": -5 }, "Parameter 'max-bandwidth' expects a non-negative value, got '-5'"],
       [{ "max-bandwidth": "fast" }, "Invalid parameter type for 'max-bandwidth', expected: integer"],
       [{ "max-iterations": 0 }, "Parameter 'max-iterations' expects a value of at least 1, got '0'"],
