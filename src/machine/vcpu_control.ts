@@ -9,6 +9,7 @@
  * - word 0: the request, {@linkcode REQ_RUN} | {@linkcode REQ_PAUSE} | {@linkcode REQ_STOP}
  * - word 1 + i: vCPU i's state, {@linkcode ST_RUNNING} | {@linkcode ST_PAUSED} | {@linkcode ST_EXITED}
  * - word 1 + count: 1 once the host has left its loop after STOP (it touches no native memory after)
+ * - word 2 + count + i: a hold for vCPU i in ms ({@linkcode VcpuControl.hold}), taken by the host
  *
  * Pause: set the request, set `kvm_run.immediate_exit = 1` for every vCPU, kick each run thread
  * with a real-time signal (its `KVM_RUN` returns EINTR and the turn comes to the host, which keeps
@@ -61,7 +62,7 @@ export class VcpuControl {
    */
   constructor(vcpus: { fd: number; runAddr: bigint; runSize: number }[], options: { spin?: number } = {}) {
     const count = vcpus.length;
-    this.shared = new SharedArrayBuffer(4 * (2 + count));
+    this.shared = new SharedArrayBuffer(4 * (2 + 2 * count));
     this.#words = new Int32Array(this.shared);
     this.#runs = vcpus.map((v) => viewAt(v.runAddr, v.runSize));
     this.#pid = Number(shim().ferry_getpid());
@@ -153,6 +154,18 @@ export class VcpuControl {
   kick(i: number): void {
     const tid = Atomics.load(this.#blocks[i]!, RUN_BLOCK.tid / 4);
     if (tid > 0) shim().ferry_tgkill(this.#pid, tid, KICK_SIGNAL);
+  }
+
+  /**
+   * Keeps vCPU `i` out of the guest for `ms` from now: it is kicked out of `KVM_RUN` and its turn
+   * stays with the host until then (pause, resume and stop work as usual meanwhile). The primitive
+   * for throttling: call it once per period with the share of the period to take away.
+   */
+  hold(i: number, ms: number): void {
+    if (!(ms > 0)) return;
+    Atomics.store(this.#words, 2 + this.count + i, Math.min(Math.ceil(ms), 0x7fffffff));
+    this.kick(i);
+    this.#ring();
   }
 
   /** Asks every vCPU to leave KVM_RUN and waits until all are paused (or exited). */

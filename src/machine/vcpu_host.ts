@@ -5,7 +5,7 @@
  * buses, and decides when a vCPU may enter the guest again (hands the turn back):
  *
  * - request RUN: at once, unless the vCPU is *held* ({@linkcode VcpuHost.hold}: HLT backs off 1 ms,
- *   a system event 50 ms, a throttle N ms) or *parked* (it raised reset/poweroff: the machine will
+ *   a system event 50 ms, `VcpuControl.hold(i, ms)` from the main thread N ms) or *parked* (it raised reset/poweroff: the machine will
  *   pause or stop it).
  * - request PAUSE: never; once a vCPU's turn is here its state word says PAUSED. A paused vCPU is
  *   outside `KVM_RUN`, so its state can be saved and restored from any thread.
@@ -129,6 +129,8 @@ export class VcpuHost {
     let now = 0;
     for (let i = 0; i < this.#turns.length; i++) {
       if (this.#exited[i]) continue;
+      const holdMs = Atomics.exchange(this.#words, 2 + this.#turns.length + i, 0);
+      if (holdMs > 0) this.hold(i, holdMs);
       const turn = this.#turns[i]!;
       if (Atomics.load(turn, 0) !== TURN_HOST) continue;
       if (!this.#handled[i]) {

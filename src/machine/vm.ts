@@ -170,6 +170,21 @@ export class Vm {
       check(shim().ferry_install_kick_handler(KICK_SIGNAL), "install the vCPU kick signal handler");
       kickInstalled = true;
     }
+    // The vCPU Worker loads its modules while this thread sets the VM up (a boot-time saving);
+    // its init message waits in the Worker's queue until then.
+    const worker = new Worker(new URL("./vcpu_worker.ts", import.meta.url), {
+      type: "module",
+      name: "vcpus",
+    });
+    try {
+      return await Vm.#build(spec, options, worker);
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+  }
+
+  static async #build(spec: VmSpec, options: { boot: boolean }, worker: Worker): Promise<Vm> {
     const kvm = new Kvm();
     const missing = requiredCaps(kvm);
     if (missing.length > 0) throw new Error(`Cannot create VM: KVM lacks ${missing.join(", ")}`);
@@ -205,7 +220,7 @@ export class Vm {
     const vm = new Vm(spec, kvm, vmFd, layout, vcpus, platform, pci);
     vm.#bootState = vcpus.map((_, i) => vm.saveVcpu(i));
     if (options.boot) vm.#boot();
-    await vm.#startWorkers();
+    await vm.#startWorkers(worker);
     if (pci) vm.#io = await IoControl.start({ plan: pci.ioPlan(layout) });
     return vm;
   }
@@ -262,10 +277,7 @@ export class Vm {
   }
 
   /** Starts the vCPU run threads (paused) and the one vCPU Worker that handles their exits. */
-  async #startWorkers(): Promise<void> {
-    await this.control.start();
-    const url = new URL("./vcpu_worker.ts", import.meta.url);
-    const w = new Worker(url, { type: "module", name: "vcpus" });
+  async #startWorkers(w: Worker): Promise<void> {
     this.#workers.push(w);
     const ready = new Promise<void>((resolve, reject) => {
       w.onerror = (e) => {
@@ -279,6 +291,8 @@ export class Vm {
         else this.#onVcpuEvent(m);
       };
     });
+    // Nothing awaited since the Worker was created, so the handlers above see all its messages.
+    await this.control.start();
     const init: VcpuInit = { type: "init", host: this.control.hostPlan(), devices: this.platform.plan() };
     w.postMessage(init);
     await ready;
