@@ -40,6 +40,18 @@ const STACK_BYTES = 256 * 1024;
 const PAGE = 4096;
 const PROT_RW = 3, MAP_PRIVATE_ANON_NORESERVE = 0x02 | 0x20 | 0x4000;
 
+/**
+ * Waits until `words[index]` is no longer `value`, at most `ms`. `Atomics.waitAsync` alone does not
+ * keep Deno's event loop alive, so a timer runs beside it (and is cleared).
+ */
+async function waitWord(words: Int32Array, index: number, value: number, ms: number): Promise<void> {
+  const r = Atomics.waitAsync(words, index, value, ms);
+  if (!r.async) return;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([r.value, new Promise<void>((resolve) => timer = setTimeout(resolve, ms + 1))]);
+  clearTimeout(timer);
+}
+
 /** Main-thread side of the protocol for all vCPUs. */
 export class VcpuControl {
   readonly shared: SharedArrayBuffer;
@@ -181,8 +193,7 @@ export class VcpuControl {
       let kicks = 0;
       while (this.state(i) === ST_RUNNING) {
         if (Date.now() > deadline) throw new Error(`Cannot pause vCPU ${i}: no answer in ${timeoutMs} ms`);
-        const r = Atomics.waitAsync(this.#words, 1 + i, ST_RUNNING, 20);
-        if (r.async) await r.value;
+        await waitWord(this.#words, 1 + i, ST_RUNNING, 20);
         // A kick can land before the thread enters KVM_RUN; immediate_exit covers that, but
         // kick again now and then to be safe.
         if (++kicks % 5 === 0) {
@@ -220,8 +231,7 @@ export class VcpuControl {
     // The host may be in the middle of a pass: wait until it has left (it rings on every change).
     while (this.#hostServing && Atomics.load(this.#words, 1 + this.count) === 0 && Date.now() < deadline) {
       this.#ring();
-      const r = Atomics.waitAsync(this.#words, 1 + this.count, 0, 5);
-      if (r.async) await r.value;
+      await waitWord(this.#words, 1 + this.count, 0, 5);
     }
     for (let i = 0; i < this.count; i++) Atomics.store(this.#words, 1 + i, ST_EXITED);
   }
