@@ -101,7 +101,7 @@ fn wr(comptime T: type, addr: u64, v: T) void {
 }
 
 // ---------------------------------------------------------------- configuration (cmdline)
-const Mode = enum { idle, dirty, pattern, bench, blk, net };
+const Mode = enum { idle, dirty, pattern, bench, blk, net, exits };
 const Exit = enum { none, poweroff, reset, triplefault, halt };
 
 pub const Config = struct {
@@ -123,6 +123,8 @@ pub const Config = struct {
     blk_depth: u64 = 32,
     io_timeout_ms: u64 = 2000,
     net_burst: u64 = 1,
+    // mode=exits
+    exits: u64 = 1000,
     ip: [4]u8 = .{ 10, 0, 2, 15 },
 };
 
@@ -326,6 +328,7 @@ fn parseCmdline() void {
             if (eql(v, "bench")) cfg.mode = .bench;
             if (eql(v, "blk")) cfg.mode = .blk;
             if (eql(v, "net")) cfg.mode = .net;
+            if (eql(v, "exits")) cfg.mode = .exits;
         } else if (eql(k, "ip")) {
             if (parseIp(v)) |a| cfg.ip = a;
         } else if (eql(k, "serial")) {
@@ -349,6 +352,7 @@ fn parseCmdline() void {
             if (eql(k, "blk_req_kib")) cfg.blk_req_kib = std.math.clamp(num, 1, 1024);
             if (eql(k, "blk_depth")) cfg.blk_depth = std.math.clamp(num, 1, 64);
             if (eql(k, "io_timeout_ms")) cfg.io_timeout_ms = @max(num, 1);
+            if (eql(k, "exits")) cfg.exits = std.math.clamp(num, 1, 10_000_000);
             if (eql(k, "net_burst")) cfg.net_burst = std.math.clamp(num, 1, 1_000_000);
         }
     }
@@ -789,6 +793,47 @@ fn runDirty() noreturn {
     }
 }
 
+/// Port 0x80 (POST code) and PCIe ECAM at 0xB0000000: both are emulated in user space by ferry and
+/// by QEMU (q35), so each access is one exit that the VMM handles outside the kernel.
+const EXIT_PORT: u16 = 0x80;
+const EXIT_MMIO: u64 = 0xB000_0000;
+
+fn perExitNs(ticks: u64, n: u64) u64 {
+    return @intCast(@as(u128, ticks) * 1_000_000 / (@as(u128, tsc_khz) * n));
+}
+
+/// mode=exits: `exits` port writes, then `exits` MMIO reads, timed with the TSC; one `EXITS` line per
+/// round (`rounds`, at least 1), then the idle loop (or the exit when `rounds` was given).
+fn runExits() noreturn {
+    const n = cfg.exits;
+    var round: u64 = 1;
+    while (true) : (round += 1) {
+        const t0 = rdtsc();
+        var i: u64 = 0;
+        while (i < n) : (i += 1) outb(EXIT_PORT, @truncate(i));
+        const t1 = rdtsc();
+        var sum: u32 = 0;
+        i = 0;
+        while (i < n) : (i += 1) sum +%= rd(u32, EXIT_MMIO);
+        const t2 = rdtsc();
+        var l = Line{};
+        l.s("PROBE EXITS round=");
+        l.d(round);
+        l.s(" n=");
+        l.d(n);
+        l.s(" pio_ns=");
+        l.d(perExitNs(t1 - t0, n));
+        l.s(" mmio_ns=");
+        l.d(perExitNs(t2 - t1, n));
+        l.s(" sum=");
+        l.x(sum);
+        _ = emit(&l);
+        if (round >= @max(cfg.rounds, 1)) break;
+    }
+    if (cfg.rounds != 0) doExit();
+    idle();
+}
+
 /// The BSP's fallback when a driver gives up: the idle worker loop (progress, register checks, and
 /// `rounds` progress lines then exit, as in mode=idle).
 pub fn idle() noreturn {
@@ -870,6 +915,7 @@ export fn probe_main(kind: u64, ptr: u64) callconv(.C) noreturn {
     switch (cfg.mode) {
         .idle, .bench => worker_loop(initCtx(0)),
         .pattern => runPattern(),
+        .exits => runExits(),
         .dirty => runDirty(),
         .blk, .net => {
             // Rings and buffers: the work area (16 MiB on), up to the end of its RAM region.

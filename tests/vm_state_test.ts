@@ -76,6 +76,31 @@ Deno.test("Vm pauses every vCPU, progress stops while paused and continues after
   }
 });
 
+Deno.test("VcpuControl.hold keeps one vCPU out of the guest for the hold, across pause and resume, then it runs again", async () => {
+  const dir = tempDir();
+  const serial = `${dir}/serial.txt`;
+  const vm = await Vm.create(spec(2, serial, "mode=idle interval_ms=50"), { boot: true });
+  try {
+    await vm.resume();
+    await waitFor(serial, /PROBE READY cpus=2 .*native=1/);
+    await waitFor(serial, /PROBE PROGRESS cpu=1 /);
+    vm.control.hold(1, 3000);
+    await sleep(100); // a line being written when held has landed
+    const held = lastProgress(serial, 1);
+    await vm.pause();
+    await vm.resume();
+    await sleep(1000);
+    assert.equal(lastProgress(serial, 1), held, "no progress from the held vCPU");
+    const deadline = Date.now() + 20000;
+    while (lastProgress(serial, 1) === held && Date.now() < deadline) await sleep(50);
+    assert.ok(lastProgress(serial, 1) > held, `the vCPU runs again after the hold (${held})`);
+    assert.ok(!lines(serial).some((l) => l.includes("FAIL")), "no self-check failure");
+  } finally {
+    await vm.destroy();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("Vm state saved from one VM and restored into a fresh VM continues the guest with its pattern intact", async () => {
   const dir = tempDir();
   const serialA = `${dir}/a.txt`, serialB = `${dir}/b.txt`;

@@ -35,9 +35,35 @@ export const symbols = {
   ferry_getpid: { parameters: [], result: "isize" },
   ferry_tgkill: { parameters: ["i32", "i32", "i32"], result: "isize" }, // tgid, tid, sig
   ferry_now_ns: { parameters: [], result: "u64" }, // CLOCK_MONOTONIC ns
+  // ---- vCPU run threads (shim/vcpu_thread.zig) ----
+  ferry_vcpu_thread_start: { parameters: ["u64", "u64", "u64"], result: "isize" }, // RunBlock *block, stack addr, stack len
+  ferry_vcpu_thread_join: { parameters: ["u64"], result: "isize" }, // RunBlock *block
+  ferry_futex_wait: { parameters: ["u64", "i32", "i32"], result: "isize" }, // u32 *addr, int expected, int timeout ms
+  ferry_futex_wait_async: {
+    name: "ferry_futex_wait",
+    parameters: ["u64", "i32", "i32"],
+    result: "isize",
+    nonblocking: true,
+  }, // the same wait on a Deno blocking-pool thread (a Promise)
+  ferry_futex_wake: { parameters: ["u64", "i32"], result: "isize" }, // u32 *addr, int n
   ferry_abi: { parameters: ["u32"], result: "i64" }, // entry index → size/offset, -1 past the end
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
 } as const satisfies Deno.ForeignLibraryInterface;
+
+/** `RunBlock` (shim/vcpu_thread.zig): byte offsets and size, pinned by its Zig test. */
+export const RUN_BLOCK = {
+  turn: 0,
+  rc: 4,
+  tid: 8,
+  fd: 12,
+  req: 16,
+  doorbell: 24,
+  spin: 32,
+  thread: 40,
+  size: 48,
+} as const;
+/** `RunBlock.turn` values. */
+export const TURN_THREAD = 0, TURN_HOST = 1, TURN_QUIT = 2;
 
 /** The loaded library's symbols. */
 export type Shim = Deno.DynamicLibrary<typeof symbols>["symbols"];

@@ -1,6 +1,6 @@
 /**
- * The VM lifecycle: create (KVM VM, irqchip, PIT, RAM, vCPUs, devices), boot, run on vCPU
- * Workers, pause/resume (the primitive QMP `stop`/`cont` and migration stand on), save/restore
+ * The VM lifecycle: create (KVM VM, irqchip, PIT, RAM, vCPUs, devices), boot, run (native run
+ * threads, exits handled on one vCPU Worker), pause/resume (the primitive QMP `stop`/`cont` and migration stand on), save/restore
  * of every vCPU and VM state item, dirty logging, and teardown.
  * @module
  */
@@ -156,7 +156,7 @@ export class Vm {
     this.memory = hostGuestMemory(layout);
     this.vcpus = vcpus;
     this.platform = platform;
-    this.control = new VcpuControl(vcpus.length, vcpus.map((v) => v.runView()));
+    this.control = new VcpuControl(vcpus);
     this.#kvmMsrs = new Set(kvm.msrIndexList());
     this.msrIndices = [...this.#kvmMsrs, ...(vcpus[0] ? platformMsrs(vcpus[0]) : [])];
   }
@@ -170,6 +170,21 @@ export class Vm {
       check(shim().ferry_install_kick_handler(KICK_SIGNAL), "install the vCPU kick signal handler");
       kickInstalled = true;
     }
+    // The vCPU Worker loads its modules while this thread sets the VM up (a boot-time saving);
+    // its init message waits in the Worker's queue until then.
+    const worker = new Worker(new URL("./vcpu_worker.ts", import.meta.url), {
+      type: "module",
+      name: "vcpus",
+    });
+    try {
+      return await Vm.#build(spec, options, worker);
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+  }
+
+  static async #build(spec: VmSpec, options: { boot: boolean }, worker: Worker): Promise<Vm> {
     const kvm = new Kvm();
     const missing = requiredCaps(kvm);
     if (missing.length > 0) throw new Error(`Cannot create VM: KVM lacks ${missing.join(", ")}`);
@@ -205,7 +220,7 @@ export class Vm {
     const vm = new Vm(spec, kvm, vmFd, layout, vcpus, platform, pci);
     vm.#bootState = vcpus.map((_, i) => vm.saveVcpu(i));
     if (options.boot) vm.#boot();
-    await vm.#startWorkers();
+    await vm.#startWorkers(worker);
     if (pci) vm.#io = await IoControl.start({ plan: pci.ioPlan(layout) });
     return vm;
   }
@@ -261,40 +276,26 @@ export class Vm {
     log.info("kernel %s (%s) entry 0x%s", k.path, setup.kind, setup.entry.toString(16));
   }
 
-  async #startWorkers(): Promise<void> {
-    const ready: Promise<void>[] = [];
-    const url = new URL("./vcpu_worker.ts", import.meta.url);
-    this.vcpus.forEach((v, i) => {
-      const w = new Worker(url, { type: "module", name: `vcpu${i}` });
-      this.#workers.push(w);
-      ready.push(
-        new Promise<void>((resolve, reject) => {
-          w.onerror = (e) => {
-            e.preventDefault();
-            reject(new Error(`vCPU ${i} worker failed: ${e.message}`));
-            this.#onExit({ reason: "error", detail: `vCPU ${i} worker failed: ${e.message}` });
-          };
-          w.onmessage = (e: MessageEvent<VcpuReady | VcpuEvent>) => {
-            const m = e.data;
-            if (m.type === "ready") {
-              this.control.setTid(i, m.tid);
-              resolve();
-            } else this.#onVcpuEvent(m);
-          };
-        }),
-      );
-      const init: VcpuInit = {
-        type: "init",
-        id: i,
-        fd: v.fd,
-        runAddr: v.runAddr,
-        runSize: v.runSize,
-        control: this.control.shared,
-        devices: this.platform.plan(),
+  /** Starts the vCPU run threads (paused) and the one vCPU Worker that handles their exits. */
+  async #startWorkers(w: Worker): Promise<void> {
+    this.#workers.push(w);
+    const ready = new Promise<void>((resolve, reject) => {
+      w.onerror = (e) => {
+        e.preventDefault();
+        reject(new Error(`vCPU worker failed: ${e.message}`));
+        this.#onExit({ reason: "error", detail: `vCPU worker failed: ${e.message}` });
       };
-      w.postMessage(init);
+      w.onmessage = (e: MessageEvent<VcpuReady | VcpuEvent>) => {
+        const m = e.data;
+        if (m.type === "ready") resolve();
+        else this.#onVcpuEvent(m);
+      };
     });
-    await Promise.all(ready);
+    // Nothing awaited since the Worker was created, so the handlers above see all its messages.
+    await this.control.start();
+    const init: VcpuInit = { type: "init", host: this.control.hostPlan(), devices: this.platform.plan() };
+    w.postMessage(init);
+    await ready;
   }
 
   #onVcpuEvent(m: VcpuEvent): void {
@@ -508,6 +509,7 @@ export class Vm {
     this.#destroyed = true;
     await this.control.stop();
     for (const w of this.#workers) w.terminate();
+    this.control.release();
     await this.#io?.stop();
     this.pci?.close();
     this.platform.close();

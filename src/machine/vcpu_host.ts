@@ -1,0 +1,236 @@
+/**
+ * The vCPU host: handles the exits of every vCPU of a VM on one JavaScript thread. Each vCPU runs
+ * on a native run thread (shim/vcpu_thread.zig) that only loops `KVM_RUN` and hands each return
+ * over through its `RunBlock.turn`; this class reads `kvm_run`, dispatches PIO and MMIO to the
+ * buses, and decides when a vCPU may enter the guest again (hands the turn back):
+ *
+ * - request RUN: at once, unless the vCPU is *held* ({@linkcode VcpuHost.hold}: HLT backs off 1 ms,
+ *   a system event 50 ms, `VcpuControl.hold(i, ms)` from the main thread N ms) or *parked* (it raised reset/poweroff: the machine will
+ *   pause or stop it).
+ * - request PAUSE: never; once a vCPU's turn is here its state word says PAUSED. A paused vCPU is
+ *   outside `KVM_RUN`, so its state can be saved and restored from any thread.
+ * - request STOP: the loop ends and says so in the control words (the owner quits the threads and
+ *   may free their memory only after that, vcpu_control.ts).
+ *
+ * {@linkcode VcpuHost.poll} does one pass and returns how long the caller may sleep on the
+ * doorbell (a futex word every run thread bumps after a hand-over, and the main thread bumps after
+ * each request): the vCPU Worker sleeps synchronously (vcpu_worker.ts).
+ * @module
+ */
+import { ABI } from "../ffi/abi.ts";
+import { RUN_BLOCK, shim, TURN_HOST, TURN_THREAD, viewAt } from "../ffi/shim.ts";
+import { EXIT, exitName } from "../kvm/ioctls.ts";
+import type { Buses, MachineRequest } from "./platform.ts";
+import { REQ_RUN, REQ_STOP, ST_EXITED, ST_PAUSED, ST_RUNNING } from "./vcpu_control.ts";
+
+/** Something the machine must act on. */
+export interface VcpuEvent {
+  type: "event";
+  id: number;
+  kind: "request" | "shutdown" | "error";
+  request?: MachineRequest;
+  detail: string;
+}
+
+/** Where the host finds the VM's vCPUs (plain data; every address is in this process). */
+export interface VcpuHostPlan {
+  /** Address of the first `RunBlock`; block i is at `blocks + i * stride`. */
+  blocks: bigint;
+  stride: number;
+  /** Address of the doorbell (u32 futex word). */
+  doorbell: bigint;
+  /** Each vCPU's `kvm_run` mapping. */
+  runs: { addr: bigint; size: number }[];
+  /** The control words (vcpu_control.ts). */
+  control: SharedArrayBuffer;
+}
+
+const EINTR = 4, EAGAIN = 11;
+/** Longest sleep on the doorbell: a bound, never needed for correctness. */
+const MAX_SLEEP_MS = 1000;
+
+/** Exit handling and turn hand-back for every vCPU of a VM (one thread). */
+export class VcpuHost {
+  readonly #words: Int32Array;
+  readonly #turns: Int32Array[];
+  readonly #runs: Uint8Array[];
+  readonly #runDvs: DataView[];
+  readonly #blockAddrs: bigint[];
+  readonly #bell: Int32Array;
+  readonly #bellAddr: bigint;
+  readonly #buses: Buses;
+  readonly #emit: (e: VcpuEvent) => void;
+  /** Per vCPU: the exit now here was handled already. */
+  readonly #handled: boolean[];
+  readonly #parked: boolean[];
+  readonly #exited: boolean[];
+  readonly #holdUntilMs: number[];
+  #pending: MachineRequest | undefined;
+
+  /**
+   * @param plan the VM's run blocks, doorbell, `kvm_run` mappings and control words
+   * @param buses this thread's device buses
+   * @param emit receives events the machine acts on (guest requests, shutdown, errors)
+   */
+  constructor(
+    plan: VcpuHostPlan,
+    buses: Buses,
+    emit: (e: VcpuEvent) => void,
+  ) {
+    const n = plan.runs.length;
+    this.#words = new Int32Array(plan.control);
+    this.#blockAddrs = plan.runs.map((_, i) => plan.blocks + BigInt(i * plan.stride));
+    this.#turns = this.#blockAddrs.map((a) => new Int32Array(viewAt(a, RUN_BLOCK.size).buffer));
+    this.#runs = plan.runs.map((r) => viewAt(r.addr, r.size));
+    this.#runDvs = this.#runs.map((r) => new DataView(r.buffer));
+    this.#bellAddr = plan.doorbell;
+    this.#bell = new Int32Array(viewAt(plan.doorbell, 4).buffer);
+    this.#buses = buses;
+    this.#emit = emit;
+    this.#handled = new Array<boolean>(n).fill(true); // the first turn is a start, not an exit
+    this.#parked = new Array<boolean>(n).fill(false);
+    this.#exited = new Array<boolean>(n).fill(false);
+    this.#holdUntilMs = new Array<number>(n).fill(0);
+  }
+
+  /** Called by a device on this thread when the guest asks for reset or poweroff. */
+  request(r: MachineRequest): void {
+    this.#pending = r;
+  }
+
+  /** The doorbell's current value (read it before {@linkcode poll}, sleep while it holds it). */
+  doorbell(): number {
+    return Atomics.load(this.#bell, 0);
+  }
+
+  /** Address of the doorbell word, for the sleeper. */
+  get doorbellAddr(): bigint {
+    return this.#bellAddr;
+  }
+
+  /** Keeps vCPU `i` out of `KVM_RUN` until `ms` from now (it still pauses and resumes as asked). */
+  hold(i: number, ms: number): void {
+    this.#holdUntilMs[i] = Math.max(this.#holdUntilMs[i]!, performance.now() + ms);
+  }
+
+  /**
+   * Handles every exit waiting here and hands back the turns that may run.
+   * @returns how long to sleep on the doorbell in ms (-1: stop requested, the loop ends)
+   */
+  poll(): number {
+    const req = Atomics.load(this.#words, 0);
+    if (req === REQ_STOP) {
+      const left = 1 + this.#turns.length;
+      Atomics.store(this.#words, left, 1);
+      Atomics.notify(this.#words, left);
+      return -1;
+    }
+    let sleepMs = MAX_SLEEP_MS;
+    let now = 0;
+    for (let i = 0; i < this.#turns.length; i++) {
+      if (this.#exited[i]) continue;
+      const holdMs = Atomics.exchange(this.#words, 2 + this.#turns.length + i, 0);
+      if (holdMs > 0) this.hold(i, holdMs);
+      const turn = this.#turns[i]!;
+      if (Atomics.load(turn, 0) !== TURN_HOST) continue;
+      if (!this.#handled[i]) {
+        this.#handled[i] = true;
+        this.#handle(i, Atomics.load(turn, 1));
+        if (this.#exited[i]) continue;
+      }
+      if (req !== REQ_RUN) {
+        this.#parked[i] = false;
+        if (Atomics.load(this.#words, 1 + i) !== ST_PAUSED) this.#setState(i, ST_PAUSED);
+        continue;
+      }
+      if (this.#parked[i]) continue;
+      const until = this.#holdUntilMs[i]!;
+      if (until > 0) {
+        if (now === 0) now = performance.now();
+        if (until > now) {
+          sleepMs = Math.min(sleepMs, Math.ceil(until - now));
+          continue;
+        }
+        this.#holdUntilMs[i] = 0;
+      }
+      if (Atomics.load(this.#words, 1 + i) !== ST_RUNNING) this.#setState(i, ST_RUNNING);
+      this.#handled[i] = false;
+      if (Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST) {
+        shim().ferry_futex_wake(this.#blockAddrs[i]!, 1);
+      }
+    }
+    return sleepMs;
+  }
+
+  #setState(i: number, st: number): void {
+    Atomics.store(this.#words, 1 + i, st);
+    Atomics.notify(this.#words, 1 + i);
+  }
+
+  #exit(i: number, kind: VcpuEvent["kind"], detail: string): void {
+    this.#emit({ type: "event", id: i, kind, detail });
+    this.#exited[i] = true;
+    this.#setState(i, ST_EXITED);
+  }
+
+  /** One exit of vCPU `i` whose `KVM_RUN` returned `rc`. */
+  #handle(i: number, rc: number): void {
+    if (rc < 0) {
+      if (-rc !== EINTR && -rc !== EAGAIN) this.#exit(i, "error", `KVM_RUN failed: errno ${-rc}`);
+      return; // a kick
+    }
+    const runView = this.#runs[i]!, runDv = this.#runDvs[i]!;
+    const u = ABI["kvm_run.exit_union"];
+    const reason = runDv.getUint32(ABI["kvm_run.exit_reason"], true);
+    switch (reason) {
+      case EXIT.IO: {
+        const out = runView[u] === 1;
+        const size = runView[u + 1]!;
+        const port = runDv.getUint16(u + 2, true);
+        const count = runDv.getUint32(u + 4, true);
+        const off = Number(runDv.getBigUint64(u + 8, true));
+        const pio = this.#buses.pio;
+        for (let k = 0; k < count; k++) {
+          const data = runView.subarray(off + k * size, off + (k + 1) * size);
+          if (out) pio.write(port, data);
+          else pio.read(port, data);
+        }
+        break;
+      }
+      case EXIT.MMIO: {
+        const addr = Number(runDv.getBigUint64(u, true));
+        const len = runDv.getUint32(u + 16, true);
+        const data = runView.subarray(u + 8, u + 8 + len);
+        if (runView[u + 20] === 1) this.#buses.mmio.write(addr, data);
+        else this.#buses.mmio.read(addr, data);
+        break;
+      }
+      case EXIT.HLT:
+        // With the in-kernel irqchip HLT normally stays in the kernel; if it comes out, back off.
+        this.hold(i, 1);
+        break;
+      case EXIT.SHUTDOWN:
+        this.#exit(i, "shutdown", "guest triple fault (shutdown exit)");
+        return;
+      case EXIT.SYSTEM_EVENT: {
+        const t = runDv.getUint32(u, true);
+        const request: MachineRequest = t === 2 ? "reset" : "poweroff";
+        this.#emit({ type: "event", id: i, kind: "request", request, detail: `system event ${t}` });
+        this.hold(i, 50);
+        break;
+      }
+      default: {
+        const sub = runDv.getUint32(u, true);
+        this.#exit(i, "error", `vCPU ${i} stopped: ${exitName(reason)} (suberror/reason ${sub})`);
+        return;
+      }
+    }
+    if (this.#pending !== undefined) {
+      const request = this.#pending;
+      this.#pending = undefined;
+      this.#emit({ type: "event", id: i, kind: "request", request, detail: `guest requested ${request}` });
+      // The machine will pause or stop the VM; this vCPU does not run the guest further meanwhile.
+      this.#parked[i] = true;
+    }
+  }
+}
