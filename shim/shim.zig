@@ -8,6 +8,10 @@ const std = @import("std");
 const linux = std.os.linux;
 const abi = @import("abi.zig");
 
+comptime {
+    _ = @import("uring.zig"); // io_uring primitives (virtio-blk)
+}
+
 inline fn ret(r: usize) isize {
     return @bitCast(r);
 }
@@ -180,4 +184,5 @@ export fn ferry_abi_name(i: c_uint) ?[*:0]const u8 {
 
 test {
     _ = abi;
+    _ = @import("uring.zig");
 }

@@ -35,6 +35,10 @@ export const symbols = {
   ferry_getpid: { parameters: [], result: "isize" },
   ferry_tgkill: { parameters: ["i32", "i32", "i32"], result: "isize" }, // tgid, tid, sig
   ferry_now_ns: { parameters: [], result: "u64" }, // CLOCK_MONOTONIC ns
+  // ---- io_uring (shim/uring.zig; ring logic in src/devices/virtio/block/uring.ts) ----
+  ferry_uring_setup: { parameters: ["u32", "buffer"], result: "isize" }, // entries, struct io_uring_params *
+  ferry_uring_enter: { parameters: ["i32", "u32", "u32", "u32"], result: "isize" }, // fd, to_submit, min_complete, flags
+  // ---- ABI table ----
   ferry_abi: { parameters: ["u32"], result: "i64" }, // entry index → size/offset, -1 past the end
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
 } as const satisfies Deno.ForeignLibraryInterface;

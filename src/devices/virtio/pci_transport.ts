@@ -48,6 +48,8 @@ import { logger } from "../../util/log.ts";
 export const STATUS_ACKNOWLEDGE = 1, STATUS_DRIVER = 2, STATUS_DRIVER_OK = 4, STATUS_FEATURES_OK = 8;
 export const STATUS_NEEDS_RESET = 0x40, STATUS_FAILED = 0x80;
 /** Transport feature bits. */
+/** What a queue handler returns for a chain it will complete later ({@linkcode VirtioPciTransport.complete}). */
+export const CHAIN_DEFERRED = -1;
 export const VIRTIO_F_INDIRECT_DESC = 28, VIRTIO_F_EVENT_IDX = 29, VIRTIO_F_VERSION_1 = 32;
 /** ISR bits. */
 export const ISR_QUEUE = 1, ISR_CONFIG = 2;
@@ -602,8 +604,9 @@ export class VirtioPciTransport implements PciFunction, Migratable {
    * One processing pass over queue `q` (I/O Worker): takes chains while `handle` consumes them,
    * publishes the used ring, interrupts the driver if it asked for it. A chain with `error` is
    * returned with length 0 and a rate-limited warning, without reaching `handle`.
-   * @param handle returns the byte count written into the chain, or undefined to leave the chain
-   *   on the ring and end the pass (e.g. no received frame to put in it)
+   * @param handle returns the byte count written into the chain, undefined to leave the chain
+   *   on the ring and end the pass (e.g. no received frame to put in it), or
+   *   {@linkcode CHAIN_DEFERRED} when the device completes it later with {@linkcode complete}
    * @param budget chains per pass, so one busy queue cannot starve the others
    * @returns "more" when the budget ran out with chains still pending
    */
@@ -636,7 +639,7 @@ export class VirtioPciTransport implements PciFunction, Migratable {
               stop = true;
               break;
             }
-            vq.pushUsed(chain.head, used);
+            if (used !== CHAIN_DEFERRED) vq.pushUsed(chain.head, used);
           }
           vq.flushUsed();
         } while (!stop && vq.enableNotification());
@@ -647,6 +650,25 @@ export class VirtioPciTransport implements PciFunction, Migratable {
       }
       if (vq.needsInterrupt()) this.signalQueue(q);
       return result;
+    } finally {
+      this.endWork();
+    }
+  }
+
+  /**
+   * Completes chains the device took with {@linkcode CHAIN_DEFERRED} (I/O Worker), in any order:
+   * puts `n` pairs (head, bytes written) from `pairs` on the used ring, publishes it and
+   * interrupts the driver if it asked for it. Nothing happens when the device is not running
+   * (a reset dropped the chains).
+   */
+  complete(q: number, pairs: Uint32Array, n: number): void {
+    if (n === 0 || !this.beginWork()) return;
+    try {
+      const vq = this.queue(q);
+      if (!vq) return;
+      for (let i = 0; i < n; i++) vq.pushUsed(pairs[2 * i]!, pairs[2 * i + 1]!);
+      vq.flushUsed();
+      if (vq.needsInterrupt()) this.signalQueue(q);
     } finally {
       this.endWork();
     }
