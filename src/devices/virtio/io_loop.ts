@@ -101,7 +101,10 @@ export class IoLoop {
           const srv = new BlockUringServer({ plan: d.block, memory: this.memory, transport, ring });
           this.#add(qfd(0), true, () => srv.work());
           this.#add(ring.fd, "level", () => srv.completions());
-          this.#drains.push(() => srv.drain());
+          this.#drains.push(() => {
+            const n = srv.drain();
+            if (n > 0) log.info("%s: completed %d requests in flight before pausing", d.block.deviceId, n);
+          });
           this.#closers.push(() => srv.close());
         } else {
           const h = new BlockRequestHandler({ plan: d.block, memory: this.memory, transport });

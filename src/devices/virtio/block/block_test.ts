@@ -396,3 +396,39 @@ for (const direct of [false, true]) {
     );
   }
 }
+
+Deno.test("BlockUringServer drain: requests submitted and not yet reaped complete before drain returns", () => {
+  const file = image(4 << 20);
+  const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: true } });
+  const { memory, unmap } = mappedMemory(8 << 20);
+  const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
+  blk.attach(t);
+  const d = new TestDriver(memory, t.bar0);
+  d.init({ numQueues: 1, queueSizes: [256] });
+  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t });
+  try {
+    for (let i = 0; i < 32; i++) {
+      d.submit(0, [
+        { data: header(VIRTIO_BLK_T_OUT, i * 8), writable: false },
+        { data: pattern(4096, i), writable: false, align: 4096 },
+        { len: 1, writable: true },
+      ]);
+    }
+    srv.submitAvailable();
+    assert.equal(srv.inFlight, 32, "all 32 are in flight at once");
+    assert.equal(d.usedIdx(0), 0, "none is completed before its CQE is reaped");
+    assert.equal(srv.drain(), 32);
+    assert.equal(srv.inFlight, 0);
+    assert.equal(d.usedIdx(0), 32);
+    const q = (t.save() as { queues: { nextAvail: number; nextUsed: number }[] }).queues[0]!;
+    assert.equal(q.nextAvail, 32);
+    assert.equal(q.nextUsed, 32, "the saved queue has nothing taken and not used");
+    const disk = Deno.readFileSync(file);
+    for (let i = 0; i < 32; i++) assert.deepEqual(disk.subarray(i * 4096, (i + 1) * 4096), pattern(4096, i));
+  } finally {
+    srv.close();
+    blk.close();
+    unmap();
+    Deno.removeSync(file);
+  }
+});

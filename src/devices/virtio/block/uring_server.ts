@@ -140,12 +140,18 @@ export class BlockUringServer {
 
   /** The queue was notified: takes every available chain, submits, reaps what is done already. */
   work(): "idle" | "more" {
+    const r = this.submitAvailable();
+    this.#reap();
+    return r === "more" || (this.#stalled && this.#nFreeSlots > 0) ? "more" : "idle";
+  }
+
+  /** Takes the available chains (as far as slots allow) and submits them, without reaping. */
+  submitAvailable(): "idle" | "more" {
     this.#writeback = this.#t.readDeviceConfig(BLK_CFG_WRITEBACK, 1)[0] !== 0;
     this.#stalled = false;
     const r = this.#t.process(0, this.#take);
     if (this.ring.unsubmitted > 0) this.ring.submit();
-    this.#reap();
-    return r === "more" || (this.#stalled && this.#nFreeSlots > 0) ? "more" : "idle";
+    return r;
   }
 
   /** The ring fd is readable: completes what finished; serves the queue again if it was stalled. */
@@ -154,12 +160,17 @@ export class BlockUringServer {
     return this.#stalled ? this.work() : "idle";
   }
 
-  /** Waits until no request is in flight (before a pause is acknowledged, and at close). */
-  drain(): void {
+  /**
+   * Waits until no request is in flight (before a pause is acknowledged, and at close).
+   * @returns how many requests were in flight
+   */
+  drain(): number {
+    const n = this.inFlight;
     while (this.inFlight > 0) {
       this.ring.submit(1);
       this.#reap();
     }
+    return n;
   }
 
   /** Drains, then frees the ring and the bounce buffer. */
