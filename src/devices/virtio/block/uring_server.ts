@@ -26,6 +26,7 @@ import type { GuestMemory } from "../../../memory/guest_memory.ts";
 import { shim } from "../../../ffi/shim.ts";
 import { logger } from "../../../util/log.ts";
 import type { DescriptorChain } from "../queue.ts";
+import { HostMemory } from "../host_memory.ts";
 import { CHAIN_DEFERRED, type VirtioPciTransport } from "../pci_transport.ts";
 import {
   BLK_CFG_WRITEBACK,
@@ -79,8 +80,7 @@ export class BlockUringServer {
   readonly #t: BlockServerTransport;
   readonly #sync: BlockRequestHandler;
   readonly #log;
-  /** Host address of each RAM region's first byte. */
-  readonly #hostBase: number[];
+  readonly #host: HostMemory;
   // Requests (slots).
   readonly #slotHead = new Uint32Array(BLK_QUEUE_SIZE);
   readonly #slotUsed = new Uint32Array(BLK_QUEUE_SIZE);
@@ -114,11 +114,7 @@ export class BlockUringServer {
     this.#t = options.transport;
     this.#log = logger(options.plan.deviceId);
     this.#sync = new BlockRequestHandler({ plan: this.#p, memory: this.#mem, transport: this.#t });
-    this.#hostBase = this.#mem.regions.map((r) =>
-      r.hostAddr !== 0n
-        ? Number(r.hostAddr)
-        : Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(r.bytes)))
-    );
+    this.#host = new HostMemory(this.#mem);
     this.ring = options.ring ?? new Uring(BLK_RING_ENTRIES);
     const ops = this.ring.cqEntries;
     this.#opSlot = new Int32Array(ops);
@@ -190,15 +186,6 @@ export class BlockUringServer {
     this.#nPairs = 0;
   }
 
-  #host(gpa: number, len: number): number {
-    const regions = this.#mem.regions;
-    for (let i = 0; i < regions.length; i++) {
-      const r = regions[i]!;
-      if (gpa >= r.gpa && gpa + len <= r.gpa + r.sizeBytes) return this.#hostBase[i]! + (gpa - r.gpa);
-    }
-    throw new RangeError(`Cannot reach guest memory at 0x${gpa.toString(16)} length ${len}: not RAM`);
-  }
-
   /** Decides the path of one chain; see the module doc. */
   #takeChain(chain: DescriptorChain): number | undefined {
     const seg0 = chain.segments[0];
@@ -242,7 +229,7 @@ export class BlockUringServer {
         }
         n = Math.min(n, left);
         if (n === 0) continue;
-        if (p.direct && ((this.#host(gpa, n) % SECTOR_BYTES) !== 0 || n % SECTOR_BYTES !== 0)) {
+        if (p.direct && ((this.#host.addr(gpa, n) % SECTOR_BYTES) !== 0 || n % SECTOR_BYTES !== 0)) {
           return this.#sync.handle(chain); // the bounce buffer
         }
         left -= n;
@@ -296,7 +283,7 @@ export class BlockUringServer {
         n = Math.min(n, left);
         if (n === 0) continue;
         const op = this.#newOp(slot, kind, p.fd, gpa, n, off);
-        this.ring.prep(opcode, p.fd, this.#host(gpa, n), n, off, op, flags);
+        this.ring.prep(opcode, p.fd, this.#host.addr(gpa, n), n, off, op, flags);
         left -= n;
         off += n;
       }
