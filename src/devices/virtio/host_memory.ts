@@ -15,7 +15,9 @@ export class HostMemory {
     this.memory = memory;
     // A mapped region has its host address; a buffer-backed one (unit tests) the buffer's.
     this.#base = memory.regions.map((r) =>
-      r.hostAddr !== 0n ? Number(r.hostAddr) : Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(r.bytes)))
+      r.hostAddr !== 0n
+        ? Number(r.hostAddr)
+        : Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(r.bytes)))
     );
   }
 

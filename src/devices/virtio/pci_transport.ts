@@ -48,6 +48,8 @@ import { logger } from "../../util/log.ts";
 export const STATUS_ACKNOWLEDGE = 1, STATUS_DRIVER = 2, STATUS_DRIVER_OK = 4, STATUS_FEATURES_OK = 8;
 export const STATUS_NEEDS_RESET = 0x40, STATUS_FAILED = 0x80;
 /** Transport feature bits. */
+/** {@linkcode VirtioPciTransport.process} publishes the used index after this many chains (and at the end). */
+const USED_PUBLISH_EVERY = 32;
 /** What a queue handler returns for a chain it will complete later ({@linkcode VirtioPciTransport.complete}). */
 export const CHAIN_DEFERRED = -1;
 export const VIRTIO_F_INDIRECT_DESC = 28, VIRTIO_F_EVENT_IDX = 29, VIRTIO_F_VERSION_1 = 32;
@@ -608,9 +610,16 @@ export class VirtioPciTransport implements PciFunction, Migratable {
    *   on the ring and end the pass (e.g. no received frame to put in it), or
    *   {@linkcode CHAIN_DEFERRED} when the device completes it later with {@linkcode complete}
    * @param budget chains per pass, so one busy queue cannot starve the others
+   * @param pollUs after the ring ran dry, keep the driver's notifications off and poll it this
+   *   long for more chains (a driver streaming chains then needs no notify exit for each)
    * @returns "more" when the budget ran out with chains still pending
    */
-  process(q: number, handle: (chain: DescriptorChain) => number | undefined, budget = 256): "idle" | "more" {
+  process(
+    q: number,
+    handle: (chain: DescriptorChain) => number | undefined,
+    budget = 256,
+    pollUs = 0,
+  ): "idle" | "more" {
     if (!this.beginWork()) return "idle";
     try {
       const vq = this.queue(q);
@@ -618,6 +627,7 @@ export class VirtioPciTransport implements PciFunction, Migratable {
       let result: "idle" | "more" = "idle";
       try {
         let n = 0, stop = false;
+        vq.disableNotification();
         do {
           while (!stop) {
             if (n >= budget) {
@@ -636,12 +646,18 @@ export class VirtioPciTransport implements PciFunction, Migratable {
             const used = handle(chain);
             if (used === undefined) {
               vq.regs.nextAvail = vq.regs.nextAvail - 1; // leave the chain on the ring
+              vq.enableNotification();
               stop = true;
               break;
             }
-            if (used !== CHAIN_DEFERRED) vq.pushUsed(chain.head, used);
+            if (used !== CHAIN_DEFERRED) {
+              vq.pushUsed(chain.head, used);
+              // Publish as we go, so a driver waiting for buffers refills while the rest is served.
+              if (n % USED_PUBLISH_EVERY === 0) vq.flushUsed();
+            }
           }
           vq.flushUsed();
+          if (!stop && pollUs > 0 && this.#poll(q, vq, pollUs)) continue;
         } while (!stop && vq.enableNotification());
       } catch (e) {
         if (!(e instanceof QueueError)) throw e;
@@ -653,6 +669,16 @@ export class VirtioPciTransport implements PciFunction, Migratable {
     } finally {
       this.endWork();
     }
+  }
+
+  /** Waits up to `us` microseconds, notifications still off, for the driver to add a chain. */
+  #poll(q: number, vq: Virtqueue, us: number): boolean {
+    if (vq.needsInterrupt()) this.signalQueue(q); // what is done so far is not held back
+    const end = performance.now() + us / 1000;
+    do {
+      if (vq.pending() > 0) return true;
+    } while (performance.now() < end);
+    return false;
   }
 
   /**

@@ -21,6 +21,8 @@ import type { QueueRegs } from "./queue_state.ts";
 export const VIRTQ_DESC_F_NEXT = 1, VIRTQ_DESC_F_WRITE = 2, VIRTQ_DESC_F_INDIRECT = 4;
 /** Available ring flag: the driver does not want interrupts. */
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+/** Used ring flag: the device needs no notification now. */
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
 /** Bytes per descriptor. */
 export const VIRTQ_DESC_BYTES = 16;
 /** Largest byte count of one chain (the used ring's `len` is 32-bit). */
@@ -223,14 +225,23 @@ export class Virtqueue {
   }
 
   /**
-   * With event idx: asks to be notified at the next available entry (writes `avail_event`).
+   * Tells the driver that the device is processing and needs no notification: without event idx,
+   * sets `VIRTQ_USED_F_NO_NOTIFY` in the used ring's flags (with event idx, leaving `avail_event`
+   * behind does the same).
+   */
+  disableNotification(): void {
+    if (!this.#eventIdx) this.#mem.writeU16(this.#used, VIRTQ_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Asks to be notified at the next available entry: with event idx writes `avail_event`,
+   * without it clears `VIRTQ_USED_F_NO_NOTIFY`.
    * @returns true when more chains arrived meanwhile, so the caller should keep processing
    */
   enableNotification(): boolean {
-    if (this.#eventIdx) {
-      this.#mem.writeU16(this.#used + 4 + 8 * this.#size, this.regs.nextAvail);
-      memoryFence();
-    }
+    if (this.#eventIdx) this.#mem.writeU16(this.#used + 4 + 8 * this.#size, this.regs.nextAvail);
+    else this.#mem.writeU16(this.#used, 0);
+    memoryFence();
     return this.pending() > 0;
   }
 
