@@ -488,7 +488,7 @@ export class VirtioPciTransport implements PciFunction, Migratable {
   #writeStatus(value: number): void {
     const w = this.#w;
     if (value === 0) {
-      if (w[T_BUSY] === 1) w[T_RESET_PENDING] = 1;
+      if (w[T_BUSY]! > 0) w[T_RESET_PENDING] = 1;
       else this.#resetLocked();
       return;
     }
@@ -577,26 +577,28 @@ export class VirtioPciTransport implements PciFunction, Migratable {
   }
 
   /**
-   * Enters a processing pass (I/O Worker).
+   * Enters a processing pass (I/O Worker). Passes nest (a count): a device with requests in flight
+   * holds one from the first submission to the last completion, so a driver reset waits for them.
    * @returns false when the device is not running (no DRIVER_OK, or a reset is pending): skip it
    */
   beginWork(): boolean {
     lockShared(this.#w, T_LOCK);
     try {
       if (this.#w[T_RESET_PENDING] === 1 || !(this.#w[T_STATUS]! & STATUS_DRIVER_OK)) return false;
-      this.#w[T_BUSY] = 1;
+      this.#w[T_BUSY] = this.#w[T_BUSY]! + 1;
       return true;
     } finally {
       unlockShared(this.#w, T_LOCK);
     }
   }
 
-  /** Leaves a processing pass; completes a reset the driver asked for meanwhile. */
+  /** Leaves a processing pass; the last one out completes a reset the driver asked for meanwhile. */
   endWork(): void {
     lockShared(this.#w, T_LOCK);
     try {
-      this.#w[T_BUSY] = 0;
-      if (this.#w[T_RESET_PENDING] === 1) this.#resetLocked();
+      const busy = Math.max(0, this.#w[T_BUSY]! - 1);
+      this.#w[T_BUSY] = busy;
+      if (busy === 0 && this.#w[T_RESET_PENDING] === 1) this.#resetLocked();
     } finally {
       unlockShared(this.#w, T_LOCK);
     }

@@ -17,6 +17,7 @@ import {
 } from "./block.ts";
 import { BlockImage } from "./image.ts";
 import { BlockUringServer } from "./uring_server.ts";
+import { CC_STATUS } from "../pci_transport.ts";
 import { GuestMemory, newDirtyBitmap, PAGE_SIZE } from "../../../memory/guest_memory.ts";
 import { shim, viewAt } from "../../../ffi/shim.ts";
 
@@ -425,6 +426,40 @@ Deno.test("BlockUringServer drain: requests submitted and not yet reaped complet
     assert.equal(q.nextUsed, 32, "the saved queue has nothing taken and not used");
     const disk = Deno.readFileSync(file);
     for (let i = 0; i < 32; i++) assert.deepEqual(disk.subarray(i * 4096, (i + 1) * 4096), pattern(4096, i));
+  } finally {
+    srv.close();
+    blk.close();
+    unmap();
+    Deno.removeSync(file);
+  }
+});
+
+Deno.test("BlockUringServer: a driver reset with requests in flight completes only after them, and publishes none", () => {
+  const file = image(4 << 20);
+  const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: true } });
+  const { memory, unmap } = mappedMemory(8 << 20);
+  const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
+  blk.attach(t);
+  const d = new TestDriver(memory, t.bar0);
+  d.init({ numQueues: 1, queueSizes: [256] });
+  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t });
+  try {
+    for (let i = 0; i < 8; i++) {
+      d.submit(0, [
+        { data: header(VIRTIO_BLK_T_IN, i * 8), writable: false },
+        { len: 4096, writable: true, align: 4096 },
+        { len: 1, writable: true },
+      ]);
+    }
+    srv.submitAvailable();
+    assert.equal(srv.inFlight, 8);
+    const before = t.resetCount;
+    d.write8(CC_STATUS, 0);
+    assert.notEqual(d.read8(CC_STATUS), 0, "the reset waits for the requests in flight");
+    srv.drain();
+    assert.equal(d.read8(CC_STATUS), 0, "then it completes");
+    assert.equal(t.resetCount, before + 1);
+    assert.equal(d.usedIdx(0), 0, "no completion reached the reset ring");
   } finally {
     srv.close();
     blk.close();

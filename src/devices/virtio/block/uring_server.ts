@@ -19,7 +19,9 @@
  * indexed by slot, the CQE's user data is the operation index, and completions are handed to the
  * transport in one batch per reap. {@linkcode drain} waits for every request in flight: the I/O
  * Worker calls it before it acknowledges a pause, so migration saves device state only when no
- * request is outstanding. A driver reset while requests are in flight drops their completions.
+ * request is outstanding. While requests are in flight the server holds the transport busy
+ * (`beginWork`), so a driver reset completes only after the last of them, and drops their
+ * completions.
  * @module
  */
 import type { GuestMemory } from "../../../memory/guest_memory.ts";
@@ -60,7 +62,7 @@ export const BLK_RING_ENTRIES = 256;
 /** The transport calls the server needs. */
 export type BlockServerTransport = Pick<
   VirtioPciTransport,
-  "process" | "complete" | "readDeviceConfig" | "resetCount"
+  "process" | "complete" | "readDeviceConfig" | "resetCount" | "beginWork" | "endWork"
 >;
 
 /** Options for {@linkcode BlockUringServer}. */
@@ -105,6 +107,8 @@ export class BlockUringServer {
   #nPairs = 0;
   #writeback = true;
   #stalled = false;
+  /** This server holds the transport busy (requests in flight). */
+  #held = false;
   readonly #take = (c: DescriptorChain): number | undefined => this.#takeChain(c);
   readonly #onCqe = (op: number, res: number): void => this.#complete(op, res);
 
@@ -184,6 +188,10 @@ export class BlockUringServer {
     this.ring.reap(this.#onCqe);
     if (this.#nPairs > 0) this.#t.complete(0, this.#pairs, this.#nPairs);
     this.#nPairs = 0;
+    if (this.#held && this.inFlight === 0) {
+      this.#held = false;
+      this.#t.endWork();
+    }
   }
 
   /** Decides the path of one chain; see the module doc. */
@@ -248,6 +256,12 @@ export class BlockUringServer {
     if (this.ring.sqSpace < need) {
       this.#stalled = true;
       return undefined;
+    }
+    if (this.inFlight === 0) {
+      // Hold the transport busy until the last completion: a driver reset then waits for the
+      // kernel to finish writing guest RAM (as for a synchronous pass).
+      if (!this.#t.beginWork()) return 0; // a reset is pending: it wipes the ring anyway
+      this.#held = true;
     }
     // The status byte: the chain's last writable byte.
     let statusGpa = -1;
