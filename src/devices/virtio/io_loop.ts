@@ -167,10 +167,19 @@ export class IoLoop {
     const out = new BigUint64Array(64);
     const outBytes = new Uint8Array(out.buffer);
     let more = new Set<Work>();
+    let running = false;
     for (;;) {
       const req = Atomics.load(this.#w, IO_W_REQ);
       if (req === IO_REQ_STOP) break;
+      if (req === IO_REQ_RUN && !running) {
+        // RUN arrived before this loop first saw PAUSE (the Worker starts paused): say so.
+        running = true;
+        this.#setState(IO_ST_RUNNING);
+        more = this.processAll();
+        continue;
+      }
       if (req === IO_REQ_PAUSE) {
+        running = false;
         this.drain(); // no request in flight once PAUSED is seen (migration saves state next)
         this.#setState(IO_ST_PAUSED);
         while (Atomics.load(this.#w, IO_W_REQ) === IO_REQ_PAUSE) {
@@ -178,6 +187,7 @@ export class IoLoop {
         }
         drainEventfd(this.#controlFd);
         if (Atomics.load(this.#w, IO_W_REQ) === IO_REQ_RUN) {
+          running = true;
           this.#setState(IO_ST_RUNNING);
           more = this.processAll();
         }
