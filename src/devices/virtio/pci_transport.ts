@@ -333,6 +333,7 @@ export class VirtioPciTransport implements PciFunction, Migratable {
    * @param budget chains per pass, so one busy queue cannot starve the others
    * @param pollUs after the ring ran dry, keep the driver's notifications off and poll it this
    *   long for more chains (a driver streaming chains then needs no notify exit for each)
+   * @param onPoll called while polling (e.g. to reap completions); true when it did something
    * @returns "more" when the budget ran out with chains still pending
    */
   process(
@@ -340,8 +341,9 @@ export class VirtioPciTransport implements PciFunction, Migratable {
     handle: (chain: DescriptorChain) => number | undefined,
     budget = 256,
     pollUs = 0,
+    onPoll?: () => boolean,
   ): "idle" | "more" {
-    return processQueue(this, this.#log, q, handle, budget, pollUs);
+    return processQueue(this, this.#log, q, handle, budget, pollUs, onPoll);
   }
 
   /**

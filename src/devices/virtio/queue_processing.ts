@@ -38,6 +38,7 @@ export function processQueue(
   handle: (chain: DescriptorChain) => number | undefined,
   budget: number,
   pollUs: number,
+  onPoll?: () => boolean,
 ): "idle" | "more" {
   if (!owner.beginWork()) return "idle";
   try {
@@ -77,7 +78,7 @@ export function processQueue(
         }
         vq.flushUsed();
         if (stop) break;
-        if (pollUs > 0 && poll(owner, q, vq, pollUs)) continue; // notifications still off
+        if (pollUs > 0 && poll(owner, q, vq, pollUs, onPoll)) continue; // notifications still off
         if (!vq.enableNotification()) break;
         vq.disableNotification(); // more arrived meanwhile: serve it quietly
       }
@@ -93,14 +94,20 @@ export function processQueue(
   }
 }
 
-/** Waits up to `us` microseconds, notifications still off, for the driver to add a chain. */
-function poll(owner: QueueOwner, q: number, vq: Virtqueue, us: number): boolean {
+/**
+ * Waits up to `us` microseconds, notifications still off, for the driver to add a chain; calls
+ * `onPoll` on the way (a device reaping completions, which the driver answers with new chains),
+ * and each time it did something the wait starts again.
+ */
+function poll(owner: QueueOwner, q: number, vq: Virtqueue, us: number, onPoll?: () => boolean): boolean {
   if (vq.needsInterrupt()) owner.signalQueue(q); // what is done so far is not held back
-  const end = performance.now() + us / 1000;
-  do {
+  let end = performance.now() + us / 1000;
+  for (;;) {
     if (vq.pending() > 0) return true;
-  } while (performance.now() < end);
-  return false;
+    const now = performance.now();
+    if (onPoll?.()) end = now + us / 1000;
+    else if (now >= end) return false;
+  }
 }
 
 /**

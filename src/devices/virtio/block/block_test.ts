@@ -406,7 +406,7 @@ Deno.test("BlockUringServer drain: requests submitted and not yet reaped complet
   blk.attach(t);
   const d = new TestDriver(memory, t.bar0);
   d.init({ numQueues: 1, queueSizes: [256] });
-  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t });
+  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t, pollUs: 0 });
   try {
     for (let i = 0; i < 32; i++) {
       d.submit(0, [
@@ -442,7 +442,7 @@ Deno.test("BlockUringServer: a driver reset with requests in flight completes on
   blk.attach(t);
   const d = new TestDriver(memory, t.bar0);
   d.init({ numQueues: 1, queueSizes: [256] });
-  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t });
+  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t, pollUs: 0 });
   try {
     for (let i = 0; i < 8; i++) {
       d.submit(0, [
