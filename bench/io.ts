@@ -6,8 +6,10 @@
  *
  * Block (one temp raw image of 64 MiB in /tmp, created with truncate, shared by every run): for each
  * cache mode — `writeback` (ferry `direct=off`, QEMU `cache=writeback`) and `direct` (ferry
- * `direct=on`, O_DIRECT; QEMU `cache=none`, aio=threads) — three request shapes: 64 KiB × depth 32
- * (sequential throughput, MiB/s), 4 KiB × depth 1 and 4 KiB × depth 32 (IOPS). The probe writes its
+ * `direct=on`, O_DIRECT; QEMU `cache=none`), both sides on io_uring (ferry always, QEMU
+ * `aio=io_uring`) — three request shapes: 64 KiB × depth 32 (sequential throughput, MiB/s),
+ * 4 KiB × depth 1 and 4 KiB × depth 32 (IOPS); the guest keeps `depth` requests in flight,
+ * refilling each as it completes. The probe writes its
  * area (`blk_mib`, same on both VMMs) then flushes, then reads it back and verifies, and prints the
  * write and read rate of each round; the first round is a warm-up, a run's value is the median of
  * the other rounds. The probe's offsets are sequential (it has no random pattern): the 4 KiB shapes
@@ -127,6 +129,15 @@ const SHAPES: Shape[] = [
   { id: "4k-d32", label: "4K×32", reqKiB: 4, depth: 32, unit: "IOPS", mib: { writeback: 16, direct: 8 } },
 ];
 
+/** What each side runs with (printed above the table). */
+const SIDES = [
+  "  ferry  blk: io_uring from the I/O Worker (direct=off: page cache; direct=on: O_DIRECT), flush = fdatasync;",
+  "         net: tap, readv/writev straight from guest RAM in the I/O Worker",
+  "  qemu   blk: -drive cache=writeback|none,aio=io_uring (writeback ↔ ferry direct=off, none ↔ direct=on);",
+  "         net: -netdev tap (vhost off: userspace virtio-net, like ferry)",
+  "  guest  blk ×N rows: N requests in flight, each completion refilled at once (sliding window, PROTOCOL.md)",
+];
+
 /** Values of one run: metric name → value. */
 type RunResult = Record<string, number>;
 
@@ -203,7 +214,9 @@ function blkGroup(ctx: Ctx, cache: Cache, s: Shape): Group {
     ],
     qemu: [
       "-drive",
-      `file=${ctx.image},if=none,id=d0,format=raw,cache=${cache === "direct" ? "none" : "writeback"}`,
+      `file=${ctx.image},if=none,id=d0,format=raw,cache=${
+        cache === "direct" ? "none" : "writeback"
+      },aio=io_uring`,
       "-device",
       "virtio-blk-pci,drive=d0,disable-legacy=on,addr=0x2",
     ],
@@ -385,6 +398,7 @@ export async function benchIo(o: IoOptions): Promise<Row[]> {
       `io: probe guest (1 vCPU, 256 MiB), ${IMAGE_MIB} MiB raw image in /tmp, ${o.runs} runs each, ` +
         `${vmms.join("/")} alternating; per run the median of rounds 2..N; medians over runs`,
     );
+    for (const l of SIDES) out(l);
     if (!o.qemu) out("  qemu   not installed (apt-get install qemu-system-x86): no ratio");
     if (netSkip) out(`  net: ${netSkip}`);
     out(`  before: ${loadavg()} (other processes on this host share its CPUs)`);

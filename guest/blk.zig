@@ -94,7 +94,15 @@ const Blk = struct {
 
     /// Descriptor chain of request k: 3k header (16 B) -> 3k+1 data -> 3k+2 status (1 B).
     fn submit(b: *Blk, n: usize) void {
-        for (b.reqs[0..n], 0..) |r, k| {
+        for (0..n) |k| b.pushReq(k);
+        b.q.publish();
+        b.q.kick();
+    }
+
+    /// Queues request k (b.reqs[k]); the device sees it after publish().
+    fn pushReq(b: *Blk, k: usize) void {
+        {
+            const r = b.reqs[k];
             const hdr = b.hdrs + k * 16;
             wr(u32, hdr, r.kind);
             wr(u32, hdr + 4, 0);
@@ -112,8 +120,49 @@ const Blk = struct {
             b.q.setDesc(d + 2, b.status + k, 1, virtio.D_WRITE, 0);
             b.q.push(d);
         }
-        b.q.publish();
-        b.q.kick();
+    }
+
+    /// Waits until at least one of the requests in `outstanding` completed; takes every used entry
+    /// there is (each must be a head 3k of an outstanding request, len <= its writable bytes).
+    /// Returns the completed requests as a bit mask.
+    fn reapSome(b: *Blk, outstanding: u64) Err!u64 {
+        var dl = virtio.Deadline.start(probe.cfg.io_timeout_ms);
+        while (true) {
+            const p = b.q.pending();
+            if (p == 0) {
+                if (dl.expired()) return error.Timeout;
+                probe.cpuPause();
+                continue;
+            }
+            if (p > b.q.size) {
+                b.bad_id = p;
+                b.bad_len = 0;
+                return error.BadUsed;
+            }
+            var done: u64 = 0;
+            for (0..p) |_| {
+                const u = b.q.pop();
+                const k = u.id / 3;
+                if (u.id % 3 != 0 or k >= MAX_DEPTH or (outstanding & ~done) & (@as(u64, 1) << @intCast(k)) == 0) {
+                    b.bad_id = u.id;
+                    b.bad_len = u.len;
+                    return error.BadUsed;
+                }
+                const r = b.reqs[k];
+                const writable: u32 = switch (r.kind) {
+                    T_IN => r.sectors * 512 + 1,
+                    T_GET_ID => 21,
+                    else => 1,
+                };
+                if (u.len > writable) {
+                    b.bad_id = u.id;
+                    b.bad_len = u.len;
+                    return error.BadUsed;
+                }
+                done |= @as(u64, 1) << @intCast(k);
+            }
+            return done;
+        }
     }
 
     /// Waits for all n requests of the batch; checks every used entry (id = a head of this batch
@@ -338,57 +387,97 @@ fn batch(b: *Blk, kind: u32, s: *u64, total: u64) usize {
 
 const RoundResult = enum { ok, write_failed };
 
+/// Takes the next request of `kind` from sector `s.*` into slot k; false when the area is done.
+fn nextReq(b: *Blk, k: usize, kind: u32, s: *u64, total: u64) bool {
+    if (s.* >= total) return false;
+    const cnt: u32 = @intCast(@min(b.req_sectors, total - s.*));
+    b.reqs[k] = .{ .kind = kind, .sector = s.*, .sectors = cnt };
+    s.* += cnt;
+    return true;
+}
+
+/// Waits for every request in `outstanding` (after a failure: nothing may stay in flight).
+fn drainAll(b: *Blk, outstanding: u64) void {
+    var left = outstanding;
+    while (left != 0) left &= ~(b.reapSome(left) catch |e| ioFail(b, e));
+}
+
 fn rwRound(b: *Blk, bsp: *probe.Bsp, round: u64, total: u64) RoundResult {
-    var wticks: u64 = 0;
-    var rticks: u64 = 0;
     var nreq_w: u64 = 0;
     var nreq_r: u64 = 0;
-    // Write.
+    // Write, keeping `depth` requests in flight: each completion is refilled at once.
     var s: u64 = 0;
-    while (s < total) {
-        const n = batch(b, T_OUT, &s, total);
-        for (b.reqs[0..n], 0..) |r, k| {
-            for (0..r.sectors) |i| writeSector(b.dataAddr(k) + i * 512, round, r.sector + i);
-        }
-        const t0 = probe.rdtsc();
-        b.submit(n);
-        b.wait(n) catch |e| ioFail(b, e);
-        wticks += probe.rdtsc() -% t0;
-        nreq_w += n;
-        for (0..n) |k| {
+    var outstanding: u64 = 0;
+    const tw0 = probe.rdtsc();
+    for (0..b.depth) |k| {
+        if (!nextReq(b, k, T_OUT, &s, total)) break;
+        const r = b.reqs[k];
+        for (0..r.sectors) |i| writeSector(b.dataAddr(k) + i * 512, round, r.sector + i);
+        b.pushReq(k);
+        outstanding |= @as(u64, 1) << @intCast(k);
+        nreq_w += 1;
+    }
+    b.q.publish();
+    b.q.kick();
+    while (outstanding != 0) {
+        const done = b.reapSome(outstanding) catch |e| ioFail(b, e);
+        outstanding &= ~done;
+        var refilled = false;
+        for (0..b.depth) |k| {
+            if (done & (@as(u64, 1) << @intCast(k)) == 0) continue;
             const st = b.statusOf(k);
             if (st != S_OK) {
+                drainAll(b, outstanding);
                 writeStatus(st);
                 return .write_failed;
             }
             count += b.reqs[k].sectors;
+            if (!nextReq(b, k, T_OUT, &s, total)) continue;
+            const r = b.reqs[k];
+            for (0..r.sectors) |i| writeSector(b.dataAddr(k) + i * 512, round, r.sector + i);
+            b.pushReq(k);
+            outstanding |= @as(u64, 1) << @intCast(k);
+            nreq_w += 1;
+            refilled = true;
+        }
+        if (refilled) {
+            b.q.publish();
+            b.q.kick();
         }
         _ = bsp.tick(count);
     }
     if (b.flush) {
         b.reqs[0] = .{ .kind = T_FLUSH, .sector = 0, .sectors = 0 };
-        const t0 = probe.rdtsc();
         b.submit(1);
         b.wait(1) catch |e| ioFail(b, e);
-        wticks += probe.rdtsc() -% t0;
         if (b.statusOf(0) != S_OK) {
             var l = line("PROBE BLK FLUSH status=");
             l.d(b.statusOf(0));
             _ = probe.emit(&l);
         }
     }
-    // Read back and verify.
+    const wticks = probe.rdtsc() -% tw0;
+    // Read back and verify, `depth` in flight the same way.
     var fails: u64 = 0;
     s = 0;
-    while (s < total) {
-        const n = batch(b, T_IN, &s, total);
-        for (b.reqs[0..n], 0..) |r, k| zeroBuf(b.dataAddr(k), r.sectors); // nothing stale survives
-        const t0 = probe.rdtsc();
-        b.submit(n);
-        b.wait(n) catch |e| ioFail(b, e);
-        rticks += probe.rdtsc() -% t0;
-        nreq_r += n;
-        for (b.reqs[0..n], 0..) |r, k| {
+    outstanding = 0;
+    const tr0 = probe.rdtsc();
+    for (0..b.depth) |k| {
+        if (!nextReq(b, k, T_IN, &s, total)) break;
+        zeroBuf(b.dataAddr(k), b.reqs[k].sectors); // nothing stale survives
+        b.pushReq(k);
+        outstanding |= @as(u64, 1) << @intCast(k);
+        nreq_r += 1;
+    }
+    b.q.publish();
+    b.q.kick();
+    while (outstanding != 0) {
+        const done = b.reapSome(outstanding) catch |e| ioFail(b, e);
+        outstanding &= ~done;
+        var refilled = false;
+        for (0..b.depth) |k| {
+            if (done & (@as(u64, 1) << @intCast(k)) == 0) continue;
+            const r = b.reqs[k];
             const st = b.statusOf(k);
             if (st != S_OK) {
                 if (fails < MAX_FAIL_LINES) {
@@ -399,18 +488,29 @@ fn rwRound(b: *Blk, bsp: *probe.Bsp, round: u64, total: u64) RoundResult {
                     _ = probe.emit(&l);
                 }
                 fails += 1;
-                continue;
+            } else {
+                for (0..r.sectors) |i| {
+                    const a = b.dataAddr(k) + i * 512;
+                    const why = checkSector(a, round, r.sector + i);
+                    if (why == .ok) continue;
+                    if (fails < MAX_FAIL_LINES) verifyFail(a, r.sector + i, round, why);
+                    fails += 1;
+                }
             }
-            for (0..r.sectors) |i| {
-                const a = b.dataAddr(k) + i * 512;
-                const why = checkSector(a, round, r.sector + i);
-                if (why == .ok) continue;
-                if (fails < MAX_FAIL_LINES) verifyFail(a, r.sector + i, round, why);
-                fails += 1;
-            }
+            if (!nextReq(b, k, T_IN, &s, total)) continue;
+            zeroBuf(b.dataAddr(k), b.reqs[k].sectors);
+            b.pushReq(k);
+            outstanding |= @as(u64, 1) << @intCast(k);
+            nreq_r += 1;
+            refilled = true;
+        }
+        if (refilled) {
+            b.q.publish();
+            b.q.kick();
         }
         _ = bsp.tick(count);
     }
+    const rticks = probe.rdtsc() -% tr0;
     if (fails == 0) {
         var l = line("PROBE BLK VERIFY ok round=");
         l.d(round);

@@ -10,6 +10,8 @@ const abi = @import("abi.zig");
 
 comptime {
     _ = @import("vcpu_thread.zig");
+    _ = @import("uring.zig"); // io_uring primitives (virtio-blk)
+    _ = @import("vectored.zig"); // readv/writev (virtio-net)
 }
 
 inline fn ret(r: usize) isize {
@@ -185,4 +187,6 @@ export fn ferry_abi_name(i: c_uint) ?[*:0]const u8 {
 test {
     _ = abi;
     _ = @import("vcpu_thread.zig");
+    _ = @import("uring.zig");
+    _ = @import("vectored.zig");
 }

@@ -3,7 +3,8 @@
  * `DriveConfig`; `readonly` defaults off, `direct` on; `aio` defaults to native with direct, off
  * without, and the same two combinations are refused).
  *
- * Accepted and ignored: `aio` (ferry has one I/O path; the guest cannot tell). Refused as not
+ * Accepted and ignored: `aio` (ferry always uses io_uring, or pread/pwrite where the kernel refuses
+ * io_uring; the guest cannot tell). Refused as not
  * supported yet: `if=pflash`, `format=qcow2`, `media=cdrom`, `discard=unmap`, `detect-zeroes`
  * other than off, `throttling.iops-total`, and the qcow2 cache sizes. `serial=` is QEMU's legacy
  * spelling; StratoVirt's is on `-device virtio-blk-pci`.

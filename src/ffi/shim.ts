@@ -46,6 +46,13 @@ export const symbols = {
     nonblocking: true,
   }, // the same wait on a Deno blocking-pool thread (a Promise)
   ferry_futex_wake: { parameters: ["u64", "i32"], result: "isize" }, // u32 *addr, int n
+  // ---- io_uring (shim/uring.zig; ring logic in src/devices/virtio/block/uring.ts) ----
+  ferry_uring_setup: { parameters: ["u32", "buffer"], result: "isize" }, // entries, struct io_uring_params *
+  ferry_uring_enter: { parameters: ["i32", "u32", "u32", "u32"], result: "isize" }, // fd, to_submit, min_complete, flags
+  // ---- vectored I/O (shim/vectored.zig; virtio-net) ----
+  ferry_readv: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // fd, const struct iovec *, iovcnt
+  ferry_writev: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // fd, const struct iovec *, iovcnt
+  // ---- ABI table ----
   ferry_abi: { parameters: ["u32"], result: "i64" }, // entry index → size/offset, -1 past the end
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
 } as const satisfies Deno.ForeignLibraryInterface;

@@ -84,6 +84,8 @@ export interface TestBuffer {
   data?: Uint8Array;
   len?: number;
   writable: boolean;
+  /** Alignment of the buffer's guest address. @default 8 */
+  align?: number;
 }
 
 /** A used entry with the buffers it covered. */
@@ -235,7 +237,7 @@ export class TestDriver {
     const dq = this.queues[q]!;
     const placed = buffers.map((b) => {
       const len = b.data?.length ?? b.len ?? 0;
-      const gpa = this.alloc(Math.max(len, 1), 8);
+      const gpa = this.alloc(Math.max(len, 1), b.align ?? 8);
       if (b.data) this.#bytes.set(b.data, gpa);
       return { gpa, len, writable: b.writable };
     });

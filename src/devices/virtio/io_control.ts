@@ -6,8 +6,9 @@
  * - word 1: the Worker's state, {@linkcode IO_ST_RUNNING} | {@linkcode IO_ST_PAUSED} | {@linkcode IO_ST_EXITED}
  *
  * The Worker sleeps in `epoll_wait`, so a request is followed by a write to the control eventfd,
- * which is in its epoll set. Queue processing is synchronous, so when the Worker acknowledges
- * PAUSED every request it took from a ring has completed and its used entry is written:
+ * which is in its epoll set. Before the Worker acknowledges PAUSED it drains the requests it has
+ * in flight (virtio-blk's io_uring), so then every request it took from a ring has completed and
+ * its used entry is written:
  * migration can then save the transports and release image locks. While paused the Worker leaves
  * notifications pending in their eventfds; on RUN it processes every queue once (so a restored
  * destination picks up chains the source never saw notified).

@@ -1,7 +1,8 @@
 /**
  * The I/O Worker's loop (DESIGN.md §2): builds each device's queue handlers from the
  * {@linkcode IoPlan}, blocks in a synchronous `epoll_wait` on the queue eventfds (signalled by
- * KVM_IOEVENTFD when the guest notifies), the taps and the control eventfd, processes the queues
+ * KVM_IOEVENTFD when the guest notifies), the taps, the drives' io_uring fds (readable when
+ * requests completed) and the control eventfd, processes the queues
  * that became ready, and raises interrupts through the transports (irqfds). A queue that used up
  * its per-pass budget is processed again before the next blocking wait, so one busy queue cannot
  * starve the others. Pause/resume/stop follow io_control.ts.
@@ -14,6 +15,8 @@ import { drainEventfd } from "../pci/eventfd.ts";
 import { logger } from "../../util/log.ts";
 import { type TransportVm, VirtioPciTransport } from "./pci_transport.ts";
 import { BlockRequestHandler } from "./block/block.ts";
+import { BLK_RING_ENTRIES, BlockUringServer } from "./block/uring_server.ts";
+import { Uring } from "./block/uring.ts";
 import { NET_CTRL, NET_RX, NET_TX, NetHandler } from "./net/net.ts";
 import {
   IO_REQ_PAUSE,
@@ -35,9 +38,23 @@ type Work = () => "idle" | "more";
 
 interface Source {
   fd: number;
-  /** Drain the fd (eventfds) before working. */
-  drain: boolean;
+  /** true: an eventfd, drained before working; false: edge-triggered (taps); "level": level-triggered (io_uring). */
+  drain: boolean | "level";
   work: Work;
+}
+
+/** A drive's io_uring, or undefined (with a warning) where the kernel refuses one: then requests are served one at a time. */
+function openRing(deviceId: string): Uring | undefined {
+  try {
+    return new Uring(BLK_RING_ENTRIES);
+  } catch (e) {
+    log.warn(
+      "%s: no io_uring (%s); serving requests one at a time with pread/pwrite",
+      deviceId,
+      e instanceof Error ? e.message : String(e),
+    );
+    return undefined;
+  }
 }
 
 /** Options for {@linkcode IoLoop}. */
@@ -60,6 +77,8 @@ export class IoLoop {
   readonly #sources: Source[] = [];
   readonly #all: Work[] = [];
   readonly #closers: Array<() => void> = [];
+  /** Wait for requests in flight (before a pause is acknowledged). */
+  readonly #drains: Array<() => void> = [];
   readonly #ep: number;
 
   constructor(options: IoLoopOptions) {
@@ -77,10 +96,21 @@ export class IoLoop {
       this.transports.push(transport);
       const qfd = (q: number) => d.transport.queueEventfds[q] ?? -1;
       if (d.kind === "virtio-blk") {
-        const h = new BlockRequestHandler({ plan: d.block, memory: this.memory, transport });
-        const work = () => transport.process(0, (c) => h.handle(c));
-        this.#add(qfd(0), true, work);
-        this.#closers.push(() => h.close());
+        const ring = openRing(d.block.deviceId);
+        if (ring) {
+          const srv = new BlockUringServer({ plan: d.block, memory: this.memory, transport, ring });
+          this.#add(qfd(0), true, () => srv.work());
+          this.#add(ring.fd, "level", () => srv.completions());
+          this.#drains.push(() => {
+            const n = srv.drain();
+            if (n > 0) log.info("%s: completed %d requests in flight before pausing", d.block.deviceId, n);
+          });
+          this.#closers.push(() => srv.close());
+        } else {
+          const h = new BlockRequestHandler({ plan: d.block, memory: this.memory, transport });
+          this.#add(qfd(0), true, () => transport.process(0, (c) => h.handle(c)));
+          this.#closers.push(() => h.close());
+        }
       } else {
         const h = new NetHandler({ plan: d.net, memory: this.memory, transport });
         const rx = () => h.processRx();
@@ -92,10 +122,12 @@ export class IoLoop {
     }
     this.#ep = check(shim().ferry_epoll_create(), "create the I/O Worker's epoll set");
     this.#watch(this.#controlFd, 0, EPOLLIN);
-    this.#sources.forEach((s, i) => this.#watch(s.fd, i + 1, s.drain ? EPOLLIN : EPOLLIN | EPOLLET));
+    this.#sources.forEach((s, i) =>
+      this.#watch(s.fd, i + 1, s.drain === false ? EPOLLIN | EPOLLET : EPOLLIN)
+    );
   }
 
-  #add(fd: number, drain: boolean, work: Work): void {
+  #add(fd: number, drain: boolean | "level", work: Work): void {
     this.#all.push(work);
     if (fd >= 0) this.#sources.push({ fd, drain, work });
   }
@@ -135,22 +167,30 @@ export class IoLoop {
     const out = new BigUint64Array(64);
     const outBytes = new Uint8Array(out.buffer);
     let more = new Set<Work>();
+    let running = false;
     for (;;) {
       const req = Atomics.load(this.#w, IO_W_REQ);
       if (req === IO_REQ_STOP) break;
+      if (req === IO_REQ_RUN && !running) {
+        // RUN arrived before this loop first saw PAUSE (the Worker starts paused): say so.
+        running = true;
+        this.#setState(IO_ST_RUNNING);
+        more = this.processAll();
+        continue;
+      }
       if (req === IO_REQ_PAUSE) {
+        running = false;
+        this.drain(); // no request in flight once PAUSED is seen (migration saves state next)
         this.#setState(IO_ST_PAUSED);
         while (Atomics.load(this.#w, IO_W_REQ) === IO_REQ_PAUSE) {
           Atomics.wait(this.#w, IO_W_REQ, IO_REQ_PAUSE, 1000);
         }
         drainEventfd(this.#controlFd);
-        continue;
-      }
-      if (Atomics.load(this.#w, IO_W_STATE) !== IO_ST_RUNNING) {
-        // Entering RUN, from a pause or from start: the first resume may land before this loop
-        // ever saw the initial PAUSE request, so the state word is what says we were not running.
-        this.#setState(IO_ST_RUNNING);
-        more = this.processAll();
+        if (Atomics.load(this.#w, IO_W_REQ) === IO_REQ_RUN) {
+          running = true;
+          this.#setState(IO_ST_RUNNING);
+          more = this.processAll();
+        }
         continue;
       }
       const n = Number(s.ferry_epoll_wait(this.#ep, outBytes, 64, more.size > 0 ? 0 : -1));
@@ -165,7 +205,7 @@ export class IoLoop {
         }
         const src = this.#sources[token - 1];
         if (!src) continue;
-        if (src.drain) drainEventfd(src.fd);
+        if (src.drain === true) drainEventfd(src.fd);
         ready.add(src.work);
       }
       if (Atomics.load(this.#w, IO_W_REQ) !== IO_REQ_RUN) {
@@ -178,7 +218,18 @@ export class IoLoop {
     this.#setState(IO_ST_EXITED);
   }
 
-  /** Frees the epoll set and bounce buffers. */
+  /** Completes every request in flight. */
+  drain(): void {
+    for (const d of this.#drains) {
+      try {
+        d();
+      } catch (e) {
+        log.error("Draining requests failed: %s", e instanceof Error ? e.stack ?? e.message : String(e));
+      }
+    }
+  }
+
+  /** Drains, then frees the epoll set, rings and bounce buffers. */
   close(): void {
     for (const c of this.#closers) c();
     this.#closers.length = 0;

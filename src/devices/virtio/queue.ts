@@ -21,6 +21,8 @@ import type { QueueRegs } from "./queue_state.ts";
 export const VIRTQ_DESC_F_NEXT = 1, VIRTQ_DESC_F_WRITE = 2, VIRTQ_DESC_F_INDIRECT = 4;
 /** Available ring flag: the driver does not want interrupts. */
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+/** Used ring flag: the device needs no notification now. */
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
 /** Bytes per descriptor. */
 export const VIRTQ_DESC_BYTES = 16;
 /** Largest byte count of one chain (the used ring's `len` is 32-bit). */
@@ -68,6 +70,14 @@ export interface VirtqueueOptions {
   eventIdx: boolean;
 }
 
+/** A DataView over `[gpa, gpa+len)` when it lies in one RAM region. */
+function ringView(mem: GuestMemory, gpa: number, len: number): DataView | undefined {
+  if (len <= 0 || !Number.isSafeInteger(gpa)) return undefined;
+  const r = mem.regionOf(gpa, len);
+  if (!r) return undefined;
+  return new DataView(r.bytes.buffer, r.bytes.byteOffset + (gpa - r.gpa), len);
+}
+
 /** A split virtqueue over guest memory; see the module doc. */
 export class Virtqueue {
   readonly regs: QueueRegs;
@@ -77,6 +87,13 @@ export class Virtqueue {
   readonly #desc: number;
   readonly #avail: number;
   readonly #used: number;
+  /**
+   * Direct views of the three rings (each lies in one RAM region), so that ring accesses allocate
+   * nothing; undefined when a ring is not in RAM (then {@linkcode check} refuses the queue).
+   */
+  readonly #dDesc: DataView | undefined;
+  readonly #dAvail: DataView | undefined;
+  readonly #dUsed: DataView | undefined;
 
   /** Takes a snapshot of the queue's size and addresses (call {@linkcode check} before use). */
   constructor(options: VirtqueueOptions) {
@@ -87,6 +104,10 @@ export class Virtqueue {
     this.#desc = options.regs.descGpa;
     this.#avail = options.regs.driverGpa;
     this.#used = options.regs.deviceGpa;
+    const n = this.#size;
+    this.#dDesc = ringView(this.#mem, this.#desc, 16 * n);
+    this.#dAvail = ringView(this.#mem, this.#avail, 6 + 2 * n);
+    this.#dUsed = ringView(this.#mem, this.#used, 6 + 8 * n);
   }
 
   get size(): number {
@@ -120,7 +141,7 @@ export class Virtqueue {
    * @throws {QueueError} when the driver's index is more than a ring ahead
    */
   pending(): number {
-    const idx = this.#mem.readU16(this.#avail + 2);
+    const idx = this.#dAvail ? this.#dAvail.getUint16(2, true) : this.#mem.readU16(this.#avail + 2);
     const n = (idx - this.regs.nextAvail) & 0xffff;
     if (n > this.#size) {
       throw new QueueError(
@@ -139,7 +160,8 @@ export class Virtqueue {
     if (this.pending() === 0) return undefined;
     memoryFence(); // read ring entries only after the index
     const next = this.regs.nextAvail;
-    const head = this.#mem.readU16(this.#avail + 4 + 2 * (next % this.#size));
+    const at = 4 + 2 * (next % this.#size);
+    const head = this.#dAvail ? this.#dAvail.getUint16(at, true) : this.#mem.readU16(this.#avail + at);
     this.regs.nextAvail = next + 1;
     if (head >= this.#size) {
       throw new QueueError(`available ring entry ${next} names descriptor ${head} of ${this.#size}`);
@@ -158,12 +180,19 @@ export class Virtqueue {
     for (;;) {
       if (idx >= tableSize) return fail(`descriptor index ${idx} is outside a table of ${tableSize}`);
       if (++count > limit) return fail(`chain is longer than ${limit} descriptors (a loop?)`);
-      const d = this.#mem.slice(table + VIRTQ_DESC_BYTES * idx, VIRTQ_DESC_BYTES);
-      const dv = new DataView(d.buffer, d.byteOffset, VIRTQ_DESC_BYTES);
-      const addr = Number(dv.getBigUint64(0, true));
-      const len = dv.getUint32(8, true);
-      const flags = dv.getUint16(12, true);
-      const nextIdx = dv.getUint16(14, true);
+      let dv: DataView, o: number;
+      if (!indirect && this.#dDesc) {
+        dv = this.#dDesc;
+        o = VIRTQ_DESC_BYTES * idx;
+      } else {
+        const d = this.#mem.slice(table + VIRTQ_DESC_BYTES * idx, VIRTQ_DESC_BYTES);
+        dv = new DataView(d.buffer, d.byteOffset, VIRTQ_DESC_BYTES);
+        o = 0;
+      }
+      const addr = dv.getUint32(o, true) + dv.getUint32(o + 4, true) * 4294967296;
+      const len = dv.getUint32(o + 8, true);
+      const flags = dv.getUint16(o + 12, true);
+      const nextIdx = dv.getUint16(o + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (indirect) return fail("indirect descriptor inside an indirect table");
         if (flags & VIRTQ_DESC_F_NEXT) return fail("indirect descriptor with NEXT set");
@@ -206,31 +235,47 @@ export class Virtqueue {
 
   /** Puts `head` on the used ring with `len` bytes written (the index is published by {@linkcode flushUsed}). */
   pushUsed(head: number, len: number): void {
-    const at = this.#used + 4 + 8 * (this.regs.nextUsed % this.#size);
-    const e = new Uint8Array(8);
-    const dv = new DataView(e.buffer);
-    dv.setUint32(0, head, true);
-    dv.setUint32(4, len >>> 0, true);
-    this.#mem.write(at, e);
+    const off = 4 + 8 * (this.regs.nextUsed % this.#size);
+    const dv = this.#dUsed;
+    if (dv) {
+      dv.setUint32(off, head, true);
+      dv.setUint32(off + 4, len >>> 0, true);
+      this.#mem.markDirty(this.#used + off, 8);
+    } else {
+      this.#mem.writeU32(this.#used + off, head);
+      this.#mem.writeU32(this.#used + off + 4, len >>> 0);
+    }
     this.regs.nextUsed = this.regs.nextUsed + 1;
   }
 
   /** Publishes the used index (after the entries, with a fence between). */
   flushUsed(): void {
     memoryFence();
-    this.#mem.writeU16(this.#used + 2, this.regs.nextUsed);
+    if (this.#dUsed) {
+      this.#dUsed.setUint16(2, this.regs.nextUsed & 0xffff, true);
+      this.#mem.markDirty(this.#used + 2, 2);
+    } else this.#mem.writeU16(this.#used + 2, this.regs.nextUsed);
     memoryFence();
   }
 
   /**
-   * With event idx: asks to be notified at the next available entry (writes `avail_event`).
+   * Tells the driver that the device is processing and needs no notification: without event idx,
+   * sets `VIRTQ_USED_F_NO_NOTIFY` in the used ring's flags (with event idx, leaving `avail_event`
+   * behind does the same).
+   */
+  disableNotification(): void {
+    if (!this.#eventIdx) this.#mem.writeU16(this.#used, VIRTQ_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Asks to be notified at the next available entry: with event idx writes `avail_event`,
+   * without it clears `VIRTQ_USED_F_NO_NOTIFY`.
    * @returns true when more chains arrived meanwhile, so the caller should keep processing
    */
   enableNotification(): boolean {
-    if (this.#eventIdx) {
-      this.#mem.writeU16(this.#used + 4 + 8 * this.#size, this.regs.nextAvail);
-      memoryFence();
-    }
+    if (this.#eventIdx) this.#mem.writeU16(this.#used + 4 + 8 * this.#size, this.regs.nextAvail);
+    else this.#mem.writeU16(this.#used, 0);
+    memoryFence();
     return this.pending() > 0;
   }
 

@@ -10,7 +10,10 @@
  *   transport, is the `Migratable` `"virtio-blk/<id>"`, and makes the I/O Worker's plan.
  * - {@linkcode BlockRequestHandler} (I/O Worker): serves one request chain with pread/pwrite straight
  *   between the image and guest RAM (pages marked dirty), or through an aligned bounce buffer when
- *   `direct=on` meets a buffer O_DIRECT cannot take.
+ *   `direct=on` meets a buffer O_DIRECT cannot take. The I/O Worker normally serves the queue
+ *   through io_uring (uring_server.ts, many requests in flight), which hands this handler the
+ *   requests that are not plain reads, writes and flushes; it serves the whole queue only where
+ *   io_uring is unavailable.
  *
  * State (block_state.ts): the cache mode and the image's identity (capacity, read-only, serial),
  * which must match on the destination. The image path is configuration, not state.
@@ -405,33 +408,19 @@ export class BlockRequestHandler {
     return this.#bounce;
   }
 
+  /** Logs, once, that O_DIRECT refused a request and buffered I/O serves such requests. */
+  noteDirectFallback(): void {
+    this.#fallbackNotice();
+  }
+
   #fallbackNotice(): void {
     if (this.#directFallbackLogged) return;
     this.#directFallbackLogged = true;
     this.#log.warn("O_DIRECT refused a request (EINVAL: alignment?); using buffered I/O for such requests");
   }
 
-  /** pread/pwrite until done; a short read at the end of file fills zeros. @returns bytes or -errno */
   #loop(op: "read" | "write", fd: number, buf: Uint8Array, fileOff: number): number {
-    const s = shim();
-    let done = 0;
-    while (done < buf.length) {
-      const part = buf.subarray(done);
-      const rc = Number(
-        op === "read"
-          ? s.ferry_pread(fd, part, BigInt(part.length), BigInt(fileOff + done))
-          : s.ferry_pwrite(fd, part, BigInt(part.length), BigInt(fileOff + done)),
-      );
-      if (rc === -4) continue; // EINTR
-      if (rc < 0) return rc;
-      if (rc === 0) {
-        if (op === "write") return -5; // EIO: no progress
-        buf.fill(0, done);
-        return buf.length;
-      }
-      done += rc;
-    }
-    return done;
+    return transferAll(op, fd, buf, fileOff);
   }
 
   #done(op: "read" | "write", rc: number, gpa: number, len: number): void {
@@ -445,4 +434,30 @@ export class BlockRequestHandler {
     if (this.#bounce) shim().ferry_munmap(this.#bounceAddr, BigInt(BOUNCE_BYTES + ALIGN));
     this.#bounce = undefined;
   }
+}
+
+/**
+ * pread/pwrite of all of `buf` at `fileOff`, retrying short transfers and EINTR; a read that
+ * meets the end of file fills zeros. @returns bytes or -errno
+ */
+export function transferAll(op: "read" | "write", fd: number, buf: Uint8Array, fileOff: number): number {
+  const s = shim();
+  let done = 0;
+  while (done < buf.length) {
+    const part = buf.subarray(done);
+    const rc = Number(
+      op === "read"
+        ? s.ferry_pread(fd, part, BigInt(part.length), BigInt(fileOff + done))
+        : s.ferry_pwrite(fd, part, BigInt(part.length), BigInt(fileOff + done)),
+    );
+    if (rc === -4) continue; // EINTR
+    if (rc < 0) return rc;
+    if (rc === 0) {
+      if (op === "write") return -5; // EIO: no progress
+      buf.fill(0, done);
+      return buf.length;
+    }
+    done += rc;
+  }
+  return done;
 }

@@ -16,7 +16,10 @@ import {
   VirtioBlk,
 } from "./block.ts";
 import { BlockImage } from "./image.ts";
-import { PAGE_SIZE } from "../../../memory/guest_memory.ts";
+import { BlockUringServer } from "./uring_server.ts";
+import { CC_STATUS } from "../pci_transport.ts";
+import { GuestMemory, newDirtyBitmap, PAGE_SIZE } from "../../../memory/guest_memory.ts";
+import { shim, viewAt } from "../../../ffi/shim.ts";
 
 function image(sizeBytes = 1 << 20): string {
   const path = Deno.makeTempFileSync({ prefix: "ferry-blk-", suffix: ".img" });
@@ -32,17 +35,32 @@ function header(type: number, sector: number): Uint8Array {
   return h;
 }
 
-function rig(drive: Partial<DriveConfig> & { file: string }) {
+/** The two request paths: io_uring (the I/O Worker's) and one request at a time (without io_uring). */
+const PATHS = ["uring", "sync"] as const;
+type Path = typeof PATHS[number];
+
+function rig(drive: Partial<DriveConfig> & { file: string }, path: Path = "uring") {
   const blk = new VirtioBlk({ drive: { id: "rootfs", readonly: false, direct: false, ...drive } });
   const memory = fakeMemory(8 << 20);
   const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
   blk.attach(t);
-  const handler = new BlockRequestHandler({ plan: blk.backendPlan(), memory, transport: t });
   const d = new TestDriver(memory, t.bar0);
   d.init({ numQueues: 1 });
-  const run = () => t.process(0, (c) => handler.handle(c));
+  let run: () => void, close: () => void;
+  if (path === "uring") {
+    const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t });
+    run = () => {
+      srv.work();
+      srv.drain();
+    };
+    close = () => srv.close();
+  } else {
+    const handler = new BlockRequestHandler({ plan: blk.backendPlan(), memory, transport: t });
+    run = () => void t.process(0, (c) => handler.handle(c));
+    close = () => handler.close();
+  }
   const cleanup = () => {
-    handler.close();
+    close();
     blk.close();
     Deno.removeSync(drive.file);
   };
@@ -55,164 +73,176 @@ function pattern(n: number, seed: number): Uint8Array {
   return b;
 }
 
-for (const direct of [false, true]) {
-  Deno.test(`VirtioBlk writes a pattern and reads it back; the file holds it (direct=${direct ? "on" : "off"})`, () => {
-    const r = rig({ file: image(), direct });
+for (const path of PATHS) {
+  for (const direct of [false, true]) {
+    Deno.test(`VirtioBlk writes a pattern and reads it back; the file holds it (direct=${direct ? "on" : "off"}, ${path})`, () => {
+      const r = rig({ file: image(), direct }, path);
+      try {
+        const data = pattern(4096 * 3, 5);
+        // Split the data over three descriptors, one of them unaligned in guest RAM.
+        const w = r.d.submit(0, [
+          { data: header(VIRTIO_BLK_T_OUT, 8), writable: false },
+          { data: data.subarray(0, 4096), writable: false },
+          { data: data.subarray(4096), writable: false },
+          { len: 1, writable: true },
+        ]);
+        r.run();
+        assert.deepEqual(r.d.takeUsed(0), [{ id: w, len: 1 }]);
+        assert.equal(r.d.buffer(0, w, 3)[0], VIRTIO_BLK_S_OK);
+        const onDisk = Deno.readFileSync(r.blk.image.path).subarray(8 * 512, 8 * 512 + data.length);
+        assert.deepEqual(onDisk, data);
+        const rd = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 8), writable: false }, {
+          len: 8192,
+          writable: true,
+        }, {
+          len: 4096,
+          writable: true,
+        }, { len: 1, writable: true }]);
+        r.run();
+        assert.deepEqual(r.d.takeUsed(0), [{ id: rd, len: 12289 }]);
+        assert.equal(r.d.buffer(0, rd, 3)[0], VIRTIO_BLK_S_OK);
+        assert.deepEqual(r.d.buffer(0, rd, 1), data.subarray(0, 8192));
+        assert.deepEqual(r.d.buffer(0, rd, 2), data.subarray(8192));
+      } finally {
+        r.cleanup();
+      }
+    });
+  }
+}
+
+for (const path of PATHS) {
+  Deno.test(`VirtioBlk marks pages it read into as dirty (${path})`, () => {
+    const r = rig({ file: image() }, path);
     try {
-      const data = pattern(4096 * 3, 5);
-      // Split the data over three descriptors, one of them unaligned in guest RAM.
-      const w = r.d.submit(0, [
-        { data: header(VIRTIO_BLK_T_OUT, 8), writable: false },
-        { data: data.subarray(0, 4096), writable: false },
-        { data: data.subarray(4096), writable: false },
-        { len: 1, writable: true },
-      ]);
-      r.run();
-      assert.deepEqual(r.d.takeUsed(0), [{ id: w, len: 1 }]);
-      assert.equal(r.d.buffer(0, w, 3)[0], VIRTIO_BLK_S_OK);
-      const onDisk = Deno.readFileSync(r.blk.image.path).subarray(8 * 512, 8 * 512 + data.length);
-      assert.deepEqual(onDisk, data);
-      const rd = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 8), writable: false }, {
-        len: 8192,
+      const bitmap = new Uint32Array(r.memory.regions[0]!.dirtyWords.length);
+      r.memory.takeVmmDirty(0, bitmap);
+      bitmap.fill(0);
+      const rd = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 0), writable: false }, {
+        len: 3 * 4096,
         writable: true,
       }, {
-        len: 4096,
+        len: 1,
         writable: true,
-      }, { len: 1, writable: true }]);
+      }]);
       r.run();
-      assert.deepEqual(r.d.takeUsed(0), [{ id: rd, len: 12289 }]);
-      assert.equal(r.d.buffer(0, rd, 3)[0], VIRTIO_BLK_S_OK);
-      assert.deepEqual(r.d.buffer(0, rd, 1), data.subarray(0, 8192));
-      assert.deepEqual(r.d.buffer(0, rd, 2), data.subarray(8192));
+      r.memory.takeVmmDirty(0, bitmap);
+      const gpa = r.d.queues[0]!.buffers.get(rd)![1]!.gpa;
+      for (let p = Math.floor(gpa / PAGE_SIZE); p <= Math.floor((gpa + 3 * 4096 - 1) / PAGE_SIZE); p++) {
+        assert.ok(bitmap[p >>> 5]! & (1 << (p & 31)), `page ${p} is dirty`);
+      }
     } finally {
       r.cleanup();
     }
   });
 }
 
-Deno.test("VirtioBlk marks pages it read into as dirty", () => {
-  const r = rig({ file: image() });
-  try {
-    const bitmap = new Uint32Array(r.memory.regions[0]!.dirtyWords.length);
-    r.memory.takeVmmDirty(0, bitmap);
-    bitmap.fill(0);
-    const rd = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 0), writable: false }, {
-      len: 3 * 4096,
-      writable: true,
-    }, {
-      len: 1,
-      writable: true,
-    }]);
-    r.run();
-    r.memory.takeVmmDirty(0, bitmap);
-    const gpa = r.d.queues[0]!.buffers.get(rd)![1]!.gpa;
-    for (let p = Math.floor(gpa / PAGE_SIZE); p <= Math.floor((gpa + 3 * 4096 - 1) / PAGE_SIZE); p++) {
-      assert.ok(bitmap[p >>> 5]! & (1 << (p & 31)), `page ${p} is dirty`);
+for (const path of PATHS) {
+  Deno.test(`VirtioBlk read-only drive offers VIRTIO_BLK_F_RO and fails writes with IOERR (${path})`, () => {
+    const file = image();
+    Deno.writeFileSync(file, new Uint8Array(512).fill(0x11));
+    Deno.truncateSync(file, 1 << 20);
+    const r = rig({ file, readonly: true }, path);
+    try {
+      assert.ok(r.d.deviceFeatures() & (1n << BigInt(VIRTIO_BLK_F_RO)));
+      const w = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_OUT, 0), writable: false }, {
+        data: new Uint8Array(512),
+        writable: false,
+      }, {
+        len: 1,
+        writable: true,
+      }]);
+      r.run();
+      assert.equal(r.d.buffer(0, w, 2)[0], VIRTIO_BLK_S_IOERR);
+      assert.equal(Deno.readFileSync(file)[0], 0x11, "the image is untouched");
+      const f = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_FLUSH, 0), writable: false }, {
+        len: 1,
+        writable: true,
+      }]);
+      r.run();
+      assert.equal(r.d.buffer(0, f, 1)[0], VIRTIO_BLK_S_OK);
+    } finally {
+      r.cleanup();
     }
-  } finally {
-    r.cleanup();
-  }
-});
+  });
+}
 
-Deno.test("VirtioBlk read-only drive offers VIRTIO_BLK_F_RO and fails writes with IOERR", () => {
-  const file = image();
-  Deno.writeFileSync(file, new Uint8Array(512).fill(0x11));
-  Deno.truncateSync(file, 1 << 20);
-  const r = rig({ file, readonly: true });
-  try {
-    assert.ok(r.d.deviceFeatures() & (1n << BigInt(VIRTIO_BLK_F_RO)));
-    const w = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_OUT, 0), writable: false }, {
-      data: new Uint8Array(512),
-      writable: false,
-    }, {
-      len: 1,
-      writable: true,
-    }]);
-    r.run();
-    assert.equal(r.d.buffer(0, w, 2)[0], VIRTIO_BLK_S_IOERR);
-    assert.equal(Deno.readFileSync(file)[0], 0x11, "the image is untouched");
-    const f = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_FLUSH, 0), writable: false }, {
-      len: 1,
-      writable: true,
-    }]);
-    r.run();
-    assert.equal(r.d.buffer(0, f, 1)[0], VIRTIO_BLK_S_OK);
-  } finally {
-    r.cleanup();
-  }
-});
+for (const path of PATHS) {
+  Deno.test(`VirtioBlk GET_ID returns the serial, NUL-padded (${path})`, () => {
+    const r = rig({ file: image(), serial: "ferry-disk-1" }, path);
+    try {
+      const id = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_GET_ID, 0), writable: false }, {
+        len: 20,
+        writable: true,
+      }, {
+        len: 1,
+        writable: true,
+      }]);
+      r.run();
+      assert.deepEqual(r.d.takeUsed(0), [{ id, len: 21 }]);
+      const got = r.d.buffer(0, id, 1);
+      assert.equal(new TextDecoder().decode(got.subarray(0, 12)), "ferry-disk-1");
+      assert.ok(got.subarray(12).every((b) => b === 0));
+      assert.throws(
+        () =>
+          new VirtioBlk({
+            drive: { id: "x", file: "/nonexistent", readonly: false, direct: false, serial: "x".repeat(21) },
+          }),
+        /longer than 20 bytes/,
+      );
+    } finally {
+      r.cleanup();
+    }
+  });
+}
 
-Deno.test("VirtioBlk GET_ID returns the serial, NUL-padded", () => {
-  const r = rig({ file: image(), serial: "ferry-disk-1" });
-  try {
-    const id = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_GET_ID, 0), writable: false }, {
-      len: 20,
-      writable: true,
-    }, {
-      len: 1,
-      writable: true,
-    }]);
-    r.run();
-    assert.deepEqual(r.d.takeUsed(0), [{ id, len: 21 }]);
-    const got = r.d.buffer(0, id, 1);
-    assert.equal(new TextDecoder().decode(got.subarray(0, 12)), "ferry-disk-1");
-    assert.ok(got.subarray(12).every((b) => b === 0));
-    assert.throws(
-      () =>
-        new VirtioBlk({
-          drive: { id: "x", file: "/nonexistent", readonly: false, direct: false, serial: "x".repeat(21) },
-        }),
-      /longer than 20 bytes/,
-    );
-  } finally {
-    r.cleanup();
-  }
-});
+for (const path of PATHS) {
+  Deno.test(`VirtioBlk answers bad requests with IOERR and unknown types with UNSUPP (${path})`, () => {
+    const r = rig({ file: image(64 * 512) }, path);
+    try {
+      const past = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 63), writable: false }, {
+        len: 1024,
+        writable: true,
+      }, {
+        len: 1,
+        writable: true,
+      }]);
+      const odd = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_OUT, 0), writable: false }, {
+        data: new Uint8Array(100),
+        writable: false,
+      }, {
+        len: 1,
+        writable: true,
+      }]);
+      const unknown = r.d.submit(0, [{ data: header(77, 0), writable: false }, { len: 1, writable: true }]);
+      const short = r.d.submit(0, [{ data: new Uint8Array(8), writable: false }, { len: 1, writable: true }]);
+      r.run();
+      assert.equal(r.d.buffer(0, past, 2)[0], VIRTIO_BLK_S_IOERR);
+      assert.equal(r.d.buffer(0, odd, 2)[0], VIRTIO_BLK_S_IOERR);
+      assert.equal(r.d.buffer(0, unknown, 1)[0], VIRTIO_BLK_S_UNSUPP);
+      assert.equal(r.d.buffer(0, short, 1)[0], VIRTIO_BLK_S_IOERR);
+      assert.equal(r.d.takeUsed(0).length, 4);
+    } finally {
+      r.cleanup();
+    }
+  });
+}
 
-Deno.test("VirtioBlk answers bad requests with IOERR and unknown types with UNSUPP", () => {
-  const r = rig({ file: image(64 * 512) });
-  try {
-    const past = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 63), writable: false }, {
-      len: 1024,
-      writable: true,
-    }, {
-      len: 1,
-      writable: true,
-    }]);
-    const odd = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_OUT, 0), writable: false }, {
-      data: new Uint8Array(100),
-      writable: false,
-    }, {
-      len: 1,
-      writable: true,
-    }]);
-    const unknown = r.d.submit(0, [{ data: header(77, 0), writable: false }, { len: 1, writable: true }]);
-    const short = r.d.submit(0, [{ data: new Uint8Array(8), writable: false }, { len: 1, writable: true }]);
-    r.run();
-    assert.equal(r.d.buffer(0, past, 2)[0], VIRTIO_BLK_S_IOERR);
-    assert.equal(r.d.buffer(0, odd, 2)[0], VIRTIO_BLK_S_IOERR);
-    assert.equal(r.d.buffer(0, unknown, 1)[0], VIRTIO_BLK_S_UNSUPP);
-    assert.equal(r.d.buffer(0, short, 1)[0], VIRTIO_BLK_S_IOERR);
-    assert.equal(r.d.takeUsed(0).length, 4);
-  } finally {
-    r.cleanup();
-  }
-});
-
-Deno.test("VirtioBlk shows capacity in config space and flushes", () => {
-  const r = rig({ file: image(3 << 20) });
-  try {
-    assert.equal(r.d.read32(0x2000), (3 << 20) / 512);
-    const f = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_FLUSH, 0), writable: false }, {
-      len: 1,
-      writable: true,
-    }]);
-    r.run();
-    assert.equal(r.d.buffer(0, f, 1)[0], VIRTIO_BLK_S_OK);
-  } finally {
-    r.cleanup();
-  }
-});
+for (const path of PATHS) {
+  Deno.test(`VirtioBlk shows capacity in config space and flushes (${path})`, () => {
+    const r = rig({ file: image(3 << 20) }, path);
+    try {
+      assert.equal(r.d.read32(0x2000), (3 << 20) / 512);
+      const f = r.d.submit(0, [{ data: header(VIRTIO_BLK_T_FLUSH, 0), writable: false }, {
+        len: 1,
+        writable: true,
+      }]);
+      r.run();
+      assert.equal(r.d.buffer(0, f, 1)[0], VIRTIO_BLK_S_OK);
+    } finally {
+      r.cleanup();
+    }
+  });
+}
 
 Deno.test("BlockImage refuses a second opener of the same image, and hands the lock over", () => {
   const file = image();
@@ -285,6 +315,155 @@ Deno.test("VirtioBlk write-through mode (writeback=0) is the driver's choice and
     });
   } finally {
     for (const b of blks) b.close();
+    Deno.removeSync(file);
+  }
+});
+
+/** Guest RAM in a real page-aligned mapping (so O_DIRECT can take its buffers), with its unmap. */
+function mappedMemory(sizeBytes: number): { memory: GuestMemory; unmap: () => void } {
+  const addr = BigInt(shim().ferry_mmap(0n, BigInt(sizeBytes), 3, 0x22, -1, 0n));
+  assert.ok(addr > 0n, "mmap");
+  const memory = new GuestMemory(
+    { regions: [{ gpa: 0, sizeBytes, slot: 0, hostAddr: addr, vmmDirty: newDirtyBitmap(sizeBytes) }] },
+    (a, n) => viewAt(a, n),
+  );
+  return { memory, unmap: () => void shim().ferry_munmap(addr, BigInt(sizeBytes)) };
+}
+
+for (const direct of [false, true]) {
+  for (const writeback of [true, false]) {
+    Deno.test(
+      `BlockUringServer: 64 writes then 64 reads taken in one pass each all complete with the data ` +
+        `(direct=${direct ? "on" : "off"}, ${writeback ? "writeback" : "write-through"})`,
+      () => {
+        const file = image(4 << 20);
+        const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct } });
+        const { memory, unmap } = mappedMemory(8 << 20);
+        const t = testTransport({
+          plan: { ...testPlan(blk.info), deviceId: blk.id },
+          memory,
+          fire: () => {},
+        });
+        blk.attach(t);
+        const d = new TestDriver(memory, t.bar0);
+        d.init({ numQueues: 1, queueSizes: [256] });
+        if (!writeback) t.bar0.write(0x2000 + BLK_CFG_WRITEBACK, Uint8Array.of(0));
+        const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t });
+        try {
+          const n = 64, size = 4096;
+          const heads = [];
+          for (let i = 0; i < n; i++) {
+            heads.push(d.submit(0, [
+              { data: header(VIRTIO_BLK_T_OUT, i * 8), writable: false },
+              { data: pattern(size, i), writable: false, align: 4096 },
+              { len: 1, writable: true },
+            ]));
+          }
+          assert.equal(srv.work(), "idle");
+          srv.drain();
+          assert.equal(srv.inFlight, 0);
+          const used = d.takeUsed(0);
+          assert.deepEqual(used.map((u) => u.id).sort((a, b) => a - b), [...heads].sort((a, b) => a - b));
+          assert.ok(used.every((u) => u.len === 1));
+          for (const h of heads) assert.equal(d.buffer(0, h, 2)[0], VIRTIO_BLK_S_OK);
+          const disk = Deno.readFileSync(file);
+          for (let i = 0; i < n; i++) {
+            assert.deepEqual(disk.subarray(i * size, (i + 1) * size), pattern(size, i), `block ${i} on disk`);
+          }
+          const reads = [];
+          for (let i = 0; i < n; i++) {
+            reads.push(d.submit(0, [
+              { data: header(VIRTIO_BLK_T_IN, i * 8), writable: false },
+              { len: size, writable: true, align: 4096 },
+              { len: 1, writable: true },
+            ]));
+          }
+          srv.work();
+          srv.drain();
+          const rused = d.takeUsed(0);
+          assert.equal(rused.length, n);
+          assert.ok(rused.every((u) => u.len === size + 1));
+          reads.forEach((h, i) => {
+            assert.equal(d.buffer(0, h, 2)[0], VIRTIO_BLK_S_OK);
+            assert.deepEqual(d.buffer(0, h, 1), pattern(size, i), `block ${i} read back`);
+          });
+        } finally {
+          srv.close();
+          blk.close();
+          unmap();
+          Deno.removeSync(file);
+        }
+      },
+    );
+  }
+}
+
+Deno.test("BlockUringServer drain: requests submitted and not yet reaped complete before drain returns", () => {
+  const file = image(4 << 20);
+  const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: true } });
+  const { memory, unmap } = mappedMemory(8 << 20);
+  const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
+  blk.attach(t);
+  const d = new TestDriver(memory, t.bar0);
+  d.init({ numQueues: 1, queueSizes: [256] });
+  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t, pollUs: 0 });
+  try {
+    for (let i = 0; i < 32; i++) {
+      d.submit(0, [
+        { data: header(VIRTIO_BLK_T_OUT, i * 8), writable: false },
+        { data: pattern(4096, i), writable: false, align: 4096 },
+        { len: 1, writable: true },
+      ]);
+    }
+    srv.submitAvailable();
+    assert.equal(srv.inFlight, 32, "all 32 are in flight at once");
+    assert.equal(d.usedIdx(0), 0, "none is completed before its CQE is reaped");
+    assert.equal(srv.drain(), 32);
+    assert.equal(srv.inFlight, 0);
+    assert.equal(d.usedIdx(0), 32);
+    const q = (t.save() as { queues: { nextAvail: number; nextUsed: number }[] }).queues[0]!;
+    assert.equal(q.nextAvail, 32);
+    assert.equal(q.nextUsed, 32, "the saved queue has nothing taken and not used");
+    const disk = Deno.readFileSync(file);
+    for (let i = 0; i < 32; i++) assert.deepEqual(disk.subarray(i * 4096, (i + 1) * 4096), pattern(4096, i));
+  } finally {
+    srv.close();
+    blk.close();
+    unmap();
+    Deno.removeSync(file);
+  }
+});
+
+Deno.test("BlockUringServer: a driver reset with requests in flight completes only after them, and publishes none", () => {
+  const file = image(4 << 20);
+  const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: true } });
+  const { memory, unmap } = mappedMemory(8 << 20);
+  const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
+  blk.attach(t);
+  const d = new TestDriver(memory, t.bar0);
+  d.init({ numQueues: 1, queueSizes: [256] });
+  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t, pollUs: 0 });
+  try {
+    for (let i = 0; i < 8; i++) {
+      d.submit(0, [
+        { data: header(VIRTIO_BLK_T_IN, i * 8), writable: false },
+        { len: 4096, writable: true, align: 4096 },
+        { len: 1, writable: true },
+      ]);
+    }
+    srv.submitAvailable();
+    assert.equal(srv.inFlight, 8);
+    const before = t.resetCount;
+    d.write8(CC_STATUS, 0);
+    assert.notEqual(d.read8(CC_STATUS), 0, "the reset waits for the requests in flight");
+    srv.drain();
+    assert.equal(d.read8(CC_STATUS), 0, "then it completes");
+    assert.equal(t.resetCount, before + 1);
+    assert.equal(d.usedIdx(0), 0, "no completion reached the reset ring");
+  } finally {
+    srv.close();
+    blk.close();
+    unmap();
     Deno.removeSync(file);
   }
 });

@@ -94,3 +94,27 @@ export function tapWrite(fd: number, frame: Uint8Array): number {
     if (rc !== -EINTR) return rc;
   }
 }
+
+/**
+ * Reads one frame into the `count` buffers of `iov` (readv: zero copy into guest RAM).
+ * @returns bytes read, or 0 when none is waiting; -errno on other errors
+ */
+export function tapReadv(fd: number, iov: Uint8Array<ArrayBuffer>, count: number): number {
+  for (;;) {
+    const rc = Number(shim().ferry_readv(fd, iov, count));
+    if (rc === -EINTR) continue;
+    if (rc === -EAGAIN) return 0;
+    return rc;
+  }
+}
+
+/**
+ * Writes one frame gathered from the `count` buffers of `iov` (writev).
+ * @returns bytes written, or -errno (-EAGAIN when the tap queue is full: the frame is dropped)
+ */
+export function tapWritev(fd: number, iov: Uint8Array<ArrayBuffer>, count: number): number {
+  for (;;) {
+    const rc = Number(shim().ferry_writev(fd, iov, count));
+    if (rc !== -EINTR) return rc;
+  }
+}

@@ -1,0 +1,391 @@
+/**
+ * virtio-blk's asynchronous data path in the I/O Worker: request chains become io_uring
+ * operations (uring.ts) straight between the image and guest RAM, many in flight at once,
+ * completed in whatever order the kernel finishes them.
+ *
+ * - `VIRTIO_BLK_T_IN` / `OUT`: one `IORING_OP_READ` / `WRITE` per data segment. In write-through
+ *   mode (`writeback` = 0) the writes are linked (`IOSQE_IO_LINK`) to an fdatasync, so the
+ *   status is written only once the data is stable, as on the synchronous path.
+ * - `VIRTIO_BLK_T_FLUSH`: `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC`; it covers the writes
+ *   completed before it (virtio 1.x §5.2.6.1: the driver waits for the writes it wants flushed).
+ * - Everything else — GET_ID, read-only refusals, malformed or out-of-range requests, unknown
+ *   types, and `direct=on` buffers O_DIRECT cannot take (served through the aligned bounce
+ *   buffer) — goes to {@linkcode BlockRequestHandler} synchronously, so its answers and warnings
+ *   are exactly those of the synchronous path.
+ * - Per operation: a short transfer is finished with pread/pwrite, O_DIRECT's EINVAL is retried
+ *   on the buffered fd (as block.ts does), an operation canceled by a broken link is redone.
+ *
+ * No allocation per request on the fast path: request and operation state live in typed arrays
+ * indexed by slot, the CQE's user data is the operation index, and completions are handed to the
+ * transport in one batch per reap. {@linkcode drain} waits for every request in flight: the I/O
+ * Worker calls it before it acknowledges a pause, so migration saves device state only when no
+ * request is outstanding. While requests are in flight the server holds the transport busy
+ * (`beginWork`), so a driver reset completes only after the last of them, and drops their
+ * completions.
+ * @module
+ */
+import type { GuestMemory } from "../../../memory/guest_memory.ts";
+import { shim } from "../../../ffi/shim.ts";
+import { logger } from "../../../util/log.ts";
+import type { DescriptorChain } from "../queue.ts";
+import { HostMemory } from "../host_memory.ts";
+import { CHAIN_DEFERRED, type VirtioPciTransport } from "../pci_transport.ts";
+import {
+  BLK_CFG_WRITEBACK,
+  BLK_HEADER_BYTES,
+  BLK_QUEUE_SIZE,
+  type BlockBackendPlan,
+  BlockRequestHandler,
+  transferAll,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+} from "./block.ts";
+import { SECTOR_BYTES } from "./image.ts";
+import {
+  IORING_FSYNC_DATASYNC,
+  IORING_OP_FSYNC,
+  IORING_OP_READ,
+  IORING_OP_WRITE,
+  IOSQE_IO_LINK,
+  Uring,
+} from "./uring.ts";
+
+const EINVAL = 22, ECANCELED = 125;
+const TWO32 = 4294967296;
+const K_READ = 0, K_WRITE = 1, K_FSYNC = 2;
+/**
+ * After a queue pass ran dry, keep the driver's notifications off and poll this long for new
+ * requests while reaping completions (QEMU's iothreads poll up to 32 µs the same way): a driver
+ * that refills as requests complete then needs neither a notify exit nor an epoll wake per refill.
+ */
+export const BLK_POLL_US = 32;
+/** SQ entries of a drive's ring (completion queue: twice that). */
+export const BLK_RING_ENTRIES = 256;
+
+/** The transport calls the server needs. */
+export type BlockServerTransport = Pick<
+  VirtioPciTransport,
+  "process" | "complete" | "readDeviceConfig" | "resetCount" | "beginWork" | "endWork"
+>;
+
+/** Options for {@linkcode BlockUringServer}. */
+export interface BlockUringServerOptions {
+  plan: BlockBackendPlan;
+  memory: GuestMemory;
+  transport: BlockServerTransport;
+  /** The ring; made here with {@linkcode BLK_RING_ENTRIES} when absent (throws if io_uring is unavailable). */
+  ring?: Uring;
+  /** See {@linkcode BLK_POLL_US}. */
+  pollUs?: number;
+}
+
+/** Serves queue 0 of a drive through io_uring; see the module doc. */
+export class BlockUringServer {
+  readonly ring: Uring;
+  readonly #p: BlockBackendPlan;
+  readonly #mem: GuestMemory;
+  readonly #t: BlockServerTransport;
+  readonly #sync: BlockRequestHandler;
+  readonly #log;
+  readonly #host: HostMemory;
+  // Requests (slots).
+  readonly #slotHead = new Uint32Array(BLK_QUEUE_SIZE);
+  readonly #slotUsed = new Uint32Array(BLK_QUEUE_SIZE);
+  readonly #slotPending = new Int32Array(BLK_QUEUE_SIZE);
+  readonly #slotStatus = new Uint8Array(BLK_QUEUE_SIZE);
+  readonly #slotStatusGpa = new Float64Array(BLK_QUEUE_SIZE);
+  readonly #slotReset = new Int32Array(BLK_QUEUE_SIZE);
+  readonly #slotSector = new Float64Array(BLK_QUEUE_SIZE);
+  readonly #freeSlots = new Int32Array(BLK_QUEUE_SIZE);
+  #nFreeSlots = BLK_QUEUE_SIZE;
+  // Operations (one CQE each).
+  readonly #opSlot: Int32Array;
+  readonly #opKind: Uint8Array;
+  readonly #opFd: Int32Array;
+  readonly #opGpa: Float64Array;
+  readonly #opLen: Uint32Array;
+  readonly #opOff: Float64Array;
+  readonly #freeOps: Int32Array;
+  #nFreeOps: number;
+  // Completions of one reap, as (head, len) pairs.
+  readonly #pairs = new Uint32Array(2 * BLK_QUEUE_SIZE);
+  #nPairs = 0;
+  #writeback = true;
+  #stalled = false;
+  /** This server holds the transport busy (requests in flight). */
+  #held = false;
+  readonly #take = (c: DescriptorChain): number | undefined => this.#takeChain(c);
+  readonly #onCqe = (op: number, res: number): void => this.#complete(op, res);
+  readonly #pollUs: number;
+  /** While the queue pass polls: submit what was taken, reap what completed. */
+  readonly #pollHook = (): boolean => {
+    if (this.ring.unsubmitted > 0) this.ring.submit();
+    if (this.inFlight === 0) return false;
+    return this.#reap() > 0;
+  };
+
+  constructor(options: BlockUringServerOptions) {
+    this.#p = options.plan;
+    this.#mem = options.memory;
+    this.#t = options.transport;
+    this.#log = logger(options.plan.deviceId);
+    this.#sync = new BlockRequestHandler({ plan: this.#p, memory: this.#mem, transport: this.#t });
+    this.#host = new HostMemory(this.#mem);
+    this.ring = options.ring ?? new Uring(BLK_RING_ENTRIES);
+    this.#pollUs = options.pollUs ?? BLK_POLL_US;
+    const ops = this.ring.cqEntries;
+    this.#opSlot = new Int32Array(ops);
+    this.#opKind = new Uint8Array(ops);
+    this.#opFd = new Int32Array(ops);
+    this.#opGpa = new Float64Array(ops);
+    this.#opLen = new Uint32Array(ops);
+    this.#opOff = new Float64Array(ops);
+    this.#freeOps = new Int32Array(ops);
+    this.#nFreeOps = ops;
+    for (let i = 0; i < ops; i++) this.#freeOps[i] = ops - 1 - i;
+    for (let i = 0; i < BLK_QUEUE_SIZE; i++) this.#freeSlots[i] = BLK_QUEUE_SIZE - 1 - i;
+  }
+
+  /** Requests submitted and not yet completed. */
+  get inFlight(): number {
+    return BLK_QUEUE_SIZE - this.#nFreeSlots;
+  }
+
+  /** The queue was notified: takes every available chain, submits, reaps what is done already. */
+  work(): "idle" | "more" {
+    const r = this.submitAvailable();
+    this.#reap();
+    return r === "more" || (this.#stalled && this.#nFreeSlots > 0) ? "more" : "idle";
+  }
+
+  /** Takes the available chains (as far as slots allow) and submits them, without reaping. */
+  submitAvailable(): "idle" | "more" {
+    this.#writeback = this.#t.readDeviceConfig(BLK_CFG_WRITEBACK, 1)[0] !== 0;
+    this.#stalled = false;
+    const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#pollUs, this.#pollHook);
+    if (this.ring.unsubmitted > 0) this.ring.submit();
+    return r;
+  }
+
+  /** The ring fd is readable: completes what finished; serves the queue again if it was stalled. */
+  completions(): "idle" | "more" {
+    this.#reap();
+    return this.#stalled ? this.work() : "idle";
+  }
+
+  /**
+   * Waits until no request is in flight (before a pause is acknowledged, and at close).
+   * @returns how many requests were in flight
+   */
+  drain(): number {
+    const n = this.inFlight;
+    while (this.inFlight > 0) {
+      this.ring.submit(1);
+      this.#reap();
+    }
+    return n;
+  }
+
+  /** Drains, then frees the ring and the bounce buffer. */
+  close(): void {
+    try {
+      this.drain();
+    } finally {
+      this.ring.close();
+      this.#sync.close();
+    }
+  }
+
+  #reap(): number {
+    this.#nPairs = 0;
+    const n = this.ring.reap(this.#onCqe);
+    if (this.#nPairs > 0) this.#t.complete(0, this.#pairs, this.#nPairs);
+    this.#nPairs = 0;
+    if (this.#held && this.inFlight === 0) {
+      this.#held = false;
+      this.#t.endWork();
+    }
+    return n;
+  }
+
+  /** Decides the path of one chain; see the module doc. */
+  #takeChain(chain: DescriptorChain): number | undefined {
+    const seg0 = chain.segments[0];
+    if (
+      chain.readableBytes < BLK_HEADER_BYTES || chain.writableBytes < 1 || !seg0 || seg0.writable ||
+      seg0.len < BLK_HEADER_BYTES
+    ) return this.#sync.handle(chain);
+    const type = this.#mem.readU32(seg0.gpa);
+    const sector = this.#mem.readU32(seg0.gpa + 8) + this.#mem.readU32(seg0.gpa + 12) * TWO32;
+    const p = this.#p;
+    let len: number, kind: number;
+    if (type === VIRTIO_BLK_T_IN) {
+      len = chain.writableBytes - 1;
+      kind = K_READ;
+    } else if (type === VIRTIO_BLK_T_OUT && !p.readonly) {
+      len = chain.readableBytes - BLK_HEADER_BYTES;
+      kind = K_WRITE;
+    } else if (type === VIRTIO_BLK_T_FLUSH && !p.readonly) {
+      len = 0;
+      kind = K_FSYNC;
+    } else return this.#sync.handle(chain);
+    if (
+      kind !== K_FSYNC &&
+      (len % SECTOR_BYTES !== 0 || !Number.isSafeInteger(sector) ||
+        sector + len / SECTOR_BYTES > p.capacitySectors)
+    ) return this.#sync.handle(chain); // it answers IOERR with the warning
+    // Count the operations and check O_DIRECT alignment.
+    const segs = chain.segments;
+    let ops = 0;
+    if (kind !== K_FSYNC) {
+      let skip = kind === K_WRITE ? BLK_HEADER_BYTES : 0, left = len;
+      for (let i = 0; i < segs.length && left > 0; i++) {
+        const s = segs[i]!;
+        if (s.writable !== (kind === K_READ)) continue;
+        let gpa = s.gpa, n = s.len;
+        if (skip > 0) {
+          const k = Math.min(skip, n);
+          skip -= k;
+          gpa += k;
+          n -= k;
+        }
+        n = Math.min(n, left);
+        if (n === 0) continue;
+        if (p.direct && ((this.#host.addr(gpa, n) % SECTOR_BYTES) !== 0 || n % SECTOR_BYTES !== 0)) {
+          return this.#sync.handle(chain); // the bounce buffer
+        }
+        left -= n;
+        ops++;
+      }
+    }
+    const writeThrough = kind === K_WRITE && !this.#writeback;
+    const need = ops + (kind === K_FSYNC || writeThrough ? 1 : 0);
+    if (need === 0) return this.#sync.handle(chain);
+    if (need > this.ring.entries) return this.#sync.handle(chain);
+    if (this.#nFreeSlots === 0 || this.#nFreeOps < need) {
+      this.#stalled = true;
+      return undefined; // stays on the ring until completions free room
+    }
+    if (this.ring.sqSpace < need) this.ring.submit();
+    if (this.ring.sqSpace < need) {
+      this.#stalled = true;
+      return undefined;
+    }
+    if (this.inFlight === 0) {
+      // Hold the transport busy until the last completion: a driver reset then waits for the
+      // kernel to finish writing guest RAM (as for a synchronous pass).
+      if (!this.#t.beginWork()) return 0; // a reset is pending: it wipes the ring anyway
+      this.#held = true;
+    }
+    // The status byte: the chain's last writable byte.
+    let statusGpa = -1;
+    for (let i = segs.length - 1; i >= 0; i--) {
+      const s = segs[i]!;
+      if (s.writable) {
+        statusGpa = s.gpa + s.len - 1;
+        break;
+      }
+    }
+    const slot = this.#freeSlots[--this.#nFreeSlots]!;
+    this.#slotHead[slot] = chain.head;
+    this.#slotUsed[slot] = kind === K_READ ? len + 1 : 1;
+    this.#slotPending[slot] = need;
+    this.#slotStatus[slot] = VIRTIO_BLK_S_OK;
+    this.#slotStatusGpa[slot] = statusGpa;
+    this.#slotReset[slot] = this.#t.resetCount;
+    this.#slotSector[slot] = sector;
+    if (kind !== K_FSYNC) {
+      const opcode = kind === K_READ ? IORING_OP_READ : IORING_OP_WRITE;
+      const flags = writeThrough ? IOSQE_IO_LINK : 0;
+      let skip = kind === K_WRITE ? BLK_HEADER_BYTES : 0, left = len, off = sector * SECTOR_BYTES;
+      for (let i = 0; i < segs.length && left > 0; i++) {
+        const s = segs[i]!;
+        if (s.writable !== (kind === K_READ)) continue;
+        let gpa = s.gpa, n = s.len;
+        if (skip > 0) {
+          const k = Math.min(skip, n);
+          skip -= k;
+          gpa += k;
+          n -= k;
+        }
+        n = Math.min(n, left);
+        if (n === 0) continue;
+        const op = this.#newOp(slot, kind, p.fd, gpa, n, off);
+        this.ring.prep(opcode, p.fd, this.#host.addr(gpa, n), n, off, op, flags);
+        left -= n;
+        off += n;
+      }
+    }
+    if (kind === K_FSYNC || writeThrough) {
+      const op = this.#newOp(slot, K_FSYNC, p.fd, 0, 0, 0);
+      this.ring.prep(IORING_OP_FSYNC, p.fd, 0, 0, 0, op, 0, IORING_FSYNC_DATASYNC);
+    }
+    return CHAIN_DEFERRED;
+  }
+
+  #newOp(slot: number, kind: number, fd: number, gpa: number, len: number, off: number): number {
+    const op = this.#freeOps[--this.#nFreeOps]!;
+    this.#opSlot[op] = slot;
+    this.#opKind[op] = kind;
+    this.#opFd[op] = fd;
+    this.#opGpa[op] = gpa;
+    this.#opLen[op] = len;
+    this.#opOff[op] = off;
+    return op;
+  }
+
+  /** One CQE: finishes the operation (fix-ups on the synchronous path) and, when last, its request. */
+  #complete(op: number, res: number): void {
+    const slot = this.#opSlot[op]!;
+    const kind = this.#opKind[op]!;
+    this.#freeOps[this.#nFreeOps++] = op;
+    const failed = this.#slotStatus[slot] !== VIRTIO_BLK_S_OK;
+    if (!(failed && res === -ECANCELED)) {
+      const rc = kind === K_FSYNC ? this.#fsyncResult(res) : this.#transferResult(op, kind, res);
+      if (rc < 0 && !failed) {
+        this.#slotStatus[slot] = VIRTIO_BLK_S_IOERR;
+        this.#slotUsed[slot] = 1;
+        this.#log.warnLimited(
+          "Request at sector %d failed: %s errno %d",
+          this.#slotSector[slot]!,
+          kind === K_FSYNC ? "fdatasync" : kind === K_READ ? "read" : "write",
+          -rc,
+        );
+      }
+    }
+    if (--this.#slotPending[slot]! > 0) return;
+    this.#freeSlots[this.#nFreeSlots++] = slot;
+    if (this.#slotReset[slot] !== this.#t.resetCount) return; // the driver reset the device meanwhile
+    this.#mem.writeU8(this.#slotStatusGpa[slot]!, this.#slotStatus[slot]!);
+    this.#pairs[2 * this.#nPairs] = this.#slotHead[slot]!;
+    this.#pairs[2 * this.#nPairs + 1] = this.#slotUsed[slot]!;
+    this.#nPairs++;
+  }
+
+  #fsyncResult(res: number): number {
+    if (res !== -ECANCELED) return res;
+    return Number(shim().ferry_fsync(this.#p.fd)); // its link broke: do it here
+  }
+
+  /** @returns bytes moved, or -errno */
+  #transferResult(op: number, kind: number, res: number): number {
+    const gpa = this.#opGpa[op]!, len = this.#opLen[op]!, off = this.#opOff[op]!;
+    const dir = kind === K_READ ? "read" : "write";
+    let rc = res;
+    if (res === -EINVAL && this.#p.direct) {
+      this.#sync.noteDirectFallback();
+      rc = transferAll(dir, this.#p.bufferedFd, this.#mem.slice(gpa, len), off);
+    } else if (res === -ECANCELED) {
+      rc = transferAll(dir, this.#opFd[op]!, this.#mem.slice(gpa, len), off);
+    } else if (res >= 0 && res < len) {
+      const more = transferAll(dir, this.#opFd[op]!, this.#mem.slice(gpa + res, len - res), off + res);
+      rc = more < 0 ? more : len;
+    }
+    // The kernel wrote guest RAM behind GuestMemory's back: mark the pages (STYLE.md c.10).
+    if (rc >= 0 && kind === K_READ) this.#mem.markDirty(gpa, len);
+    return rc;
+  }
+}
