@@ -109,6 +109,16 @@ export class FakeVm implements MigrationVm {
     this.resumeCount++;
     this.paused = false;
   }
+  /** The vCPU throttle in force (auto-converge); the dirtier skips that share of its ticks. */
+  cpuThrottle = 0;
+  /** Every throttle change, in order. */
+  readonly throttleHistory: number[] = [];
+  async setCpuThrottle(percent: number): Promise<void> {
+    await Promise.resolve();
+    if (percent === this.cpuThrottle) return;
+    this.cpuThrottle = percent;
+    this.throttleHistory.push(percent);
+  }
   async saveState(): Promise<Section[]> {
     await Promise.resolve();
     if (!this.paused) throw new Error("saveState called on a running VM");
@@ -165,8 +175,11 @@ export class FakeVm implements MigrationVm {
 
   /** While running, writes `pages` random pages every `intervalMs` (a dirtying guest). */
   startDirtying(intervalMs: number, pages: number): void {
+    let tick = 0;
     this.#dirtier = setInterval(() => {
       if (this.paused) return;
+      // Throttled: no guest time in that share of the ticks (spread over each 100 ticks).
+      if ((tick++ * 37) % 100 < this.cpuThrottle) return;
       for (let i = 0; i < pages; i++) {
         const r = this.memory.regions[this.#rand() % this.memory.regions.length]!;
         const p = this.#rand() % (r.sizeBytes / PAGE_SIZE);
