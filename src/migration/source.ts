@@ -6,9 +6,14 @@
  * pause → switchover hook → last dirty pass → save state → send state → complete → wait for the
  * destination's `resumed` → `completed` (the source stays paused: the caller keeps it `postmigrate`).
  *
- * Any failure or `cancel()` before `complete` is sent rolls back: stop dirty logging, the rollback
- * hook, resume the vCPUs if this migration paused them, status `failed` (with `error-desc`) or
- * `canceled`. The source keeps running exactly as before.
+ * With capability `auto-converge`, a dirty pass that did not shrink the dirty set enough throttles
+ * the vCPUs ({@linkcode AutoConverge}); the throttle is off again before the pause and in every
+ * rollback. `migrate-set-parameters` applies to the running migration ({@linkcode MigrationHandle.setParameters}).
+ *
+ * Any failure or `cancel()` before `complete` is sent rolls back: unthrottle, stop dirty logging,
+ * the rollback hook, status `failed` (with `error-desc`) or `canceled`, then resume the vCPUs if
+ * this migration paused them (QEMU's order: `MIGRATION failed`, then `RESUME`). The source keeps
+ * running exactly as before.
  * @module
  */
 import { logger } from "../util/log.ts";
