@@ -4,10 +4,10 @@
  * changed during the migration, `ram.remaining` in the first pass, and auto-converge.
  */
 import assert from "node:assert/strict";
+import { QmpClient } from "./_fixture/qmp_client.ts";
 import {
   assertGuestRuns,
   FINAL,
-  type QmpClient,
   type QmpMessage,
   ram,
   runState,
@@ -35,11 +35,17 @@ for (const then of ["resumed", "nack"] as const) {
     const dir = tempDir();
     let src: Vm | undefined;
     const states: string[] = [];
-    // The scripted destination holds the switch-over open while a client polls the source.
+    // The scripted destination holds the switch-over open while a second client polls the source
+    // (one QmpClient carries one command at a time).
     const dst = scriptedDestination(`${dir}/fake.sock`, then, async () => {
-      for (let i = 0; i < 5; i++) {
-        states.push(await runState(src!.qmp));
-        await sleep(20);
+      const poller = await QmpClient.connect(src!.qmpPath);
+      try {
+        for (let i = 0; i < 5; i++) {
+          states.push(await runState(poller));
+          await sleep(20);
+        }
+      } finally {
+        await poller.close();
       }
     });
     try {
@@ -82,7 +88,9 @@ Deno.test("query-status during the pause of a paused source is finish-migrate, w
   let src: Vm | undefined;
   const states: string[] = [];
   const dst = scriptedDestination(`${dir}/fake.sock`, "nack", async () => {
-    states.push(await runState(src!.qmp));
+    const poller = await QmpClient.connect(src!.qmpPath);
+    states.push(await runState(poller));
+    await poller.close();
   });
   try {
     src = await startVm({ dir, name: "src", append: "mode=pattern mib=8 interval_ms=50" });
