@@ -137,6 +137,10 @@ for (
             if (v.throttle) {
               // Passes slower than the guest re-reads its 4 MiB: the DMA writes ferry makes into guest
               // RAM must be in the dirty log, or the destination's read-back finds stale buffers.
+              // No vCPU throttle: auto-converge would converge it in fewer passes than this test needs.
+              await src.qmp.call("migrate-set-capabilities", {
+                capabilities: [{ capability: "auto-converge", state: false }],
+              });
               await src.qmp.call("migrate-set-parameters", {
                 "max-bandwidth": 48 << 20,
                 "downtime-limit": 10,

@@ -23,6 +23,7 @@ import { logger } from "../util/log.ts";
 import { loadKernel } from "./boot/mod.ts";
 import { ramRegions } from "./boot/layout.ts";
 import { KICK_SIGNAL, VcpuControl } from "./vcpu_control.ts";
+import { VcpuThrottle } from "./vcpu_throttle.ts";
 import type { VcpuEvent, VcpuInit, VcpuReady } from "./vcpu_worker.ts";
 import { Platform, type SerialSink } from "./platform.ts";
 import type { Migratable, StateValue } from "../devices/device.ts";
@@ -124,6 +125,8 @@ export class Vm {
   readonly layout: MemoryLayout;
   readonly memory: GuestMemory;
   readonly control: VcpuControl;
+  /** Migration's auto-converge throttle over {@linkcode control}; every pause stops it first. */
+  readonly throttle: VcpuThrottle;
   readonly platform: Platform;
   readonly msrIndices: number[];
   /** `KVM_GET_MSR_INDEX_LIST`: MSRs KVM itself may refuse to set without it mattering. */
@@ -157,6 +160,7 @@ export class Vm {
     this.vcpus = vcpus;
     this.platform = platform;
     this.control = new VcpuControl(vcpus);
+    this.throttle = new VcpuThrottle(this.control);
     this.#kvmMsrs = new Set(kvm.msrIndexList());
     this.msrIndices = [...this.#kvmMsrs, ...(vcpus[0] ? platformMsrs(vcpus[0]) : [])];
   }
@@ -337,6 +341,7 @@ export class Vm {
    * completed; returns when all are quiet.
    */
   async pause(): Promise<void> {
+    await this.throttle.stop();
     await this.control.pause();
     await this.#io?.pause();
     this.#paused = true;
@@ -507,6 +512,7 @@ export class Vm {
   async destroy(): Promise<void> {
     if (this.#destroyed) return;
     this.#destroyed = true;
+    await this.throttle.stop();
     await this.control.stop();
     for (const w of this.#workers) w.terminate();
     this.control.release();

@@ -87,6 +87,7 @@ export class FakeVm implements MigrationVm {
     for (const r of this.memory.regions) new Int32Array(r.vmmDirty).fill(0);
   }
   syncDirtyLog(): Uint32Array[] {
+    this.#catchUpDirtying();
     return this.#kvmLog.map((l, i) => {
       const out = l.slice();
       l.fill(0);
@@ -108,6 +109,16 @@ export class FakeVm implements MigrationVm {
     await Promise.resolve();
     this.resumeCount++;
     this.paused = false;
+  }
+  /** The vCPU throttle in force (auto-converge); the dirtier skips that share of its ticks. */
+  cpuThrottle = 0;
+  /** Every throttle change, in order. */
+  readonly throttleHistory: number[] = [];
+  async setCpuThrottle(percent: number): Promise<void> {
+    await Promise.resolve();
+    if (percent === this.cpuThrottle) return;
+    this.cpuThrottle = percent;
+    this.throttleHistory.push(percent);
   }
   async saveState(): Promise<Section[]> {
     await Promise.resolve();
@@ -165,8 +176,11 @@ export class FakeVm implements MigrationVm {
 
   /** While running, writes `pages` random pages every `intervalMs` (a dirtying guest). */
   startDirtying(intervalMs: number, pages: number): void {
+    let tick = 0;
     this.#dirtier = setInterval(() => {
       if (this.paused) return;
+      // Throttled: no guest time in that share of the ticks (spread over each 100 ticks).
+      if ((tick++ * 37) % 100 < this.cpuThrottle) return;
       for (let i = 0; i < pages; i++) {
         const r = this.memory.regions[this.#rand() % this.memory.regions.length]!;
         const p = this.#rand() % (r.sizeBytes / PAGE_SIZE);
@@ -181,7 +195,37 @@ export class FakeVm implements MigrationVm {
     }, intervalMs);
   }
 
+  #pagesPerSec = 0;
+  #dirtiedAtMs = 0;
+
+  /**
+   * A guest that dirties `pagesPerSec` random pages per second of wall time while running, less
+   * the throttle's share; the pages are written at each sync, for the time since the previous
+   * one. Unlike {@linkcode startDirtying} its rate does not depend on timers firing on a loaded host.
+   */
+  dirtyAtRate(pagesPerSec: number): void {
+    this.#pagesPerSec = pagesPerSec;
+    this.#dirtiedAtMs = performance.now();
+  }
+
+  #catchUpDirtying(): void {
+    if (this.#pagesPerSec === 0) return;
+    const now = performance.now();
+    const seconds = (now - this.#dirtiedAtMs) / 1000;
+    this.#dirtiedAtMs = now;
+    if (this.paused) return;
+    const n = Math.floor(this.#pagesPerSec * seconds * (1 - this.cpuThrottle / 100));
+    const v = new Uint8Array(8);
+    for (let i = 0; i < n; i++) {
+      const r = this.memory.regions[this.#rand() % this.memory.regions.length]!;
+      const p = this.#rand() % (r.sizeBytes / PAGE_SIZE);
+      new DataView(v.buffer).setUint32(0, this.#rand() | 1, true);
+      this.guestWrite(r.gpa + p * PAGE_SIZE + (this.#rand() % 512) * 8, v);
+    }
+  }
+
   stopDirtying(): void {
+    this.#pagesPerSec = 0;
     clearInterval(this.#dirtier);
     this.#dirtier = undefined;
   }

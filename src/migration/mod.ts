@@ -20,7 +20,8 @@
  *
  * Files, one concern each: `status.ts` (states and the transition table), `stream.ts` (wire
  * format), `ram.ts` (pages on the wire), `transport.ts` (URIs and sockets), `compat.ts`
- * (attribute check), `state_codec.ts` (device state to bytes), `parameters.ts` (tunables),
+ * (attribute check), `state_codec.ts` (device state to bytes), `parameters.ts` (tunables and capabilities),
+ * `auto_converge.ts` (when to throttle the vCPUs),
  * `source.ts` and `destination.ts` (the two pipelines). Wire table and diagram: docs/migration.md.
  * @module
  */
@@ -35,10 +36,16 @@ export {
 export type { MigrationInfo, RamInfo } from "./stats.ts";
 export {
   type ConvergencePolicy,
+  DEFAULT_MIGRATION_CAPABILITIES,
   DEFAULT_MIGRATION_PARAMETERS,
+  listMigrationCapabilities,
+  type MigrationCapabilities,
+  type MigrationCapabilityStatus,
   type MigrationParameters,
+  updateMigrationCapabilities,
   updateMigrationParameters,
 } from "./parameters.ts";
+export { AutoConverge } from "./auto_converge.ts";
 export { checkCompatibility, ConfigMismatchError, type VmAttributes } from "./compat.ts";
 export { decodeState, encodeState, STATE_CODEC_VERSION } from "./state_codec.ts";
 export { type MigrationUri, parseMigrationUri } from "./transport.ts";

@@ -1,6 +1,7 @@
 /**
- * Migration parameters (QMP `migrate-set-parameters` / `query-migrate-parameters`), with defaults
- * and validation.
+ * Migration parameters (QMP `migrate-set-parameters` / `query-migrate-parameters`) and
+ * capabilities (`migrate-set-capabilities` / `query-migrate-capabilities`), with defaults and
+ * validation. Names, units and ranges are QEMU's where QEMU has the knob.
  * @module
  */
 
@@ -37,6 +38,34 @@ export interface MigrationParameters {
    * @default {"cancel"}
    */
   "convergence-policy": ConvergencePolicy;
+  /**
+   * auto-converge: the first vCPU throttle in percent, once a pass does not shrink the dirty set
+   * enough.
+   * @default {20}
+   */
+  "cpu-throttle-initial": number;
+  /**
+   * auto-converge: how many percent the throttle rises each time a pass still dirties too much.
+   * @default {10}
+   */
+  "cpu-throttle-increment": number;
+  /**
+   * auto-converge: near the end, raise the throttle only as far as the measured dirty rate needs
+   * (at most `cpu-throttle-increment`) instead of by the full increment.
+   * @default {false}
+   */
+  "cpu-throttle-tailslow": boolean;
+  /**
+   * auto-converge: the highest throttle in percent.
+   * @default {99}
+   */
+  "max-cpu-throttle": number;
+  /**
+   * auto-converge: throttle when the bytes dirtied since the last sync exceed this percentage of
+   * the bytes sent in that time.
+   * @default {50}
+   */
+  "throttle-trigger-threshold": number;
 }
 
 /** The defaults. */
@@ -46,6 +75,11 @@ export const DEFAULT_MIGRATION_PARAMETERS: Readonly<MigrationParameters> = Objec
   "max-iterations": 30,
   "max-precopy-time": 0,
   "convergence-policy": "cancel",
+  "cpu-throttle-initial": 20,
+  "cpu-throttle-increment": 10,
+  "cpu-throttle-tailslow": false,
+  "max-cpu-throttle": 99,
+  "throttle-trigger-threshold": 50,
 });
 
 const INTEGER_LIMITS: Record<string, [number, number]> = {
@@ -53,6 +87,10 @@ const INTEGER_LIMITS: Record<string, [number, number]> = {
   "max-bandwidth": [0, Number.MAX_SAFE_INTEGER],
   "max-iterations": [1, 100_000],
   "max-precopy-time": [0, 86_400_000],
+  "cpu-throttle-initial": [1, 99],
+  "cpu-throttle-increment": [1, 99],
+  "max-cpu-throttle": [1, 99],
+  "throttle-trigger-threshold": [1, 100],
 };
 
 /**
@@ -77,6 +115,13 @@ export function updateMigrationParameters(
       next[k] = v;
       continue;
     }
+    if (k === "cpu-throttle-tailslow") {
+      if (typeof v !== "boolean") {
+        throw new TypeError(`Cannot set migration parameter '${k}' to '${String(v)}': not a boolean`);
+      }
+      next[k] = v;
+      continue;
+    }
     const limits = INTEGER_LIMITS[k];
     if (!limits) throw new TypeError(`Cannot set migration parameter '${k}': no such parameter`);
     if (typeof v !== "number" || !Number.isInteger(v)) {
@@ -90,4 +135,59 @@ export function updateMigrationParameters(
     (next as unknown as Record<string, number>)[k] = v;
   }
   return next;
+}
+
+/** Optional features of a migration (QMP `migrate-set-capabilities`). Names are QEMU's. */
+export interface MigrationCapabilities {
+  /**
+   * Throttle the vCPUs when the dirty passes do not converge (see the `cpu-throttle-*`
+   * parameters). On by default in ferry (QEMU: off), so that a guest that dirties memory faster
+   * than the link moves it still converges within `downtime-limit`.
+   * @default {true}
+   */
+  "auto-converge": boolean;
+}
+
+/** The default capabilities. */
+export const DEFAULT_MIGRATION_CAPABILITIES: Readonly<MigrationCapabilities> = Object.freeze({
+  "auto-converge": true,
+});
+
+/** One entry of `migrate-set-capabilities` / `query-migrate-capabilities`. */
+export interface MigrationCapabilityStatus {
+  capability: string;
+  state: boolean;
+}
+
+/**
+ * Applies a `migrate-set-capabilities` list to `current`, all or nothing.
+ * @param current the capabilities in force
+ * @param update untrusted QMP `capabilities` entries
+ * @returns new capabilities (`current` is not changed)
+ * @throws {TypeError} for an unknown capability or a malformed entry
+ */
+export function updateMigrationCapabilities(
+  current: Readonly<MigrationCapabilities>,
+  update: readonly unknown[],
+): MigrationCapabilities {
+  const next: MigrationCapabilities = { ...current };
+  for (const entry of update) {
+    const e = entry as Partial<MigrationCapabilityStatus> | null;
+    if (typeof e !== "object" || e === null || typeof e.capability !== "string") {
+      throw new TypeError("Cannot set migration capabilities: each entry needs 'capability' and 'state'");
+    }
+    if (!Object.hasOwn(DEFAULT_MIGRATION_CAPABILITIES, e.capability)) {
+      throw new TypeError(`Cannot set migration capability '${e.capability}': no such capability`);
+    }
+    if (typeof e.state !== "boolean") {
+      throw new TypeError(`Cannot set migration capability '${e.capability}': 'state' must be a boolean`);
+    }
+    next[e.capability as keyof MigrationCapabilities] = e.state;
+  }
+  return next;
+}
+
+/** The `query-migrate-capabilities` reply. */
+export function listMigrationCapabilities(c: Readonly<MigrationCapabilities>): MigrationCapabilityStatus[] {
+  return Object.entries(c).map(([capability, state]) => ({ capability, state }));
 }

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { DEFAULT_MIGRATION_PARAMETERS, updateMigrationParameters } from "./parameters.ts";
+import {
+  DEFAULT_MIGRATION_CAPABILITIES,
+  DEFAULT_MIGRATION_PARAMETERS,
+  listMigrationCapabilities,
+  updateMigrationCapabilities,
+  updateMigrationParameters,
+} from "./parameters.ts";
 
 Deno.test("updateMigrationParameters applies valid values and keeps the rest", () => {
   const p = updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, {
@@ -36,4 +42,25 @@ Deno.test("updateMigrationParameters rejects unknown names, wrong types and rang
     () => updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, { "convergence-policy": "maybe" }),
     /force or cancel/,
   );
+});
+
+Deno.test("updateMigrationCapabilities applies known capabilities all or nothing and names an unknown one", () => {
+  const c = DEFAULT_MIGRATION_CAPABILITIES;
+  assert.equal(c["auto-converge"], true);
+  assert.deepEqual(updateMigrationCapabilities(c, [{ capability: "auto-converge", state: false }]), {
+    "auto-converge": false,
+  });
+  assert.throws(
+    () =>
+      updateMigrationCapabilities(c, [{ capability: "auto-converge", state: false }, {
+        capability: "xbzrle",
+        state: true,
+      }]),
+    /^TypeError: Cannot set migration capability 'xbzrle': no such capability$/,
+  );
+  assert.throws(
+    () => updateMigrationCapabilities(c, [{ capability: "auto-converge", state: 1 }]),
+    /must be a boolean/,
+  );
+  assert.deepEqual(listMigrationCapabilities(c), [{ capability: "auto-converge", state: true }]);
 });

@@ -28,6 +28,9 @@ export const DEFAULT_BATCH_BYTES = 4 * 1024 * 1024;
 /** Most guest pages (zero or raw) one RAM message covers: 16 MiB. */
 const MAX_COVER_PAGES = 4096;
 
+/** The longest sleep of {@linkcode RateLimiter.consume} before it looks at the limit again. */
+const LIMIT_SLICE_MS = 50;
+
 /** Keeps the average send rate of a pass at or below `bytesPerSec` (0 = unlimited). */
 export class RateLimiter {
   #bytesPerSec: number;
@@ -43,6 +46,12 @@ export class RateLimiter {
     return this.#bytesPerSec;
   }
 
+  /** Changes the limit at once (QMP `max-bandwidth` during a migration); a new window starts. */
+  set bytesPerSec(v: number) {
+    this.#bytesPerSec = v;
+    this.reset();
+  }
+
   /** Starts a new window (each pass), so idle time between passes earns no credit. */
   reset(): void {
     this.#windowStart = performance.now();
@@ -54,9 +63,13 @@ export class RateLimiter {
     if (this.#bytesPerSec <= 0) return;
     if (this.#windowStart === 0) this.reset();
     this.#sent += bytes;
-    const due = this.#windowStart + (this.#sent / this.#bytesPerSec) * 1000;
-    const wait = due - performance.now();
-    if (wait > 1) await sleep(wait, signal);
+    // Sleep in short slices, so that a changed limit takes effect at once.
+    while (this.#bytesPerSec > 0) {
+      const due = this.#windowStart + (this.#sent / this.#bytesPerSec) * 1000;
+      const wait = due - performance.now();
+      if (wait <= 1) return;
+      await sleep(Math.min(wait, LIMIT_SLICE_MS), signal);
+    }
   }
 }
 
@@ -164,11 +177,7 @@ export class RamSender {
     this.#counters = counters;
     this.#words = memory.regions.map(wordsOf);
     this.#limiter = options.limiter;
-    let batch = options.batchBytes ?? DEFAULT_BATCH_BYTES;
-    const bps = options.limiter?.bytesPerSec ?? 0;
-    // Under a bandwidth limit, keep batches to ~50 ms of sending so throttling stays smooth.
-    if (bps > 0) batch = Math.min(batch, Math.max(PAGE_SIZE, Math.floor(bps / 20 / PAGE_SIZE) * PAGE_SIZE));
-    this.#batchBytes = batch;
+    this.#batchBytes = options.batchBytes ?? DEFAULT_BATCH_BYTES;
     this.#signal = options.signal;
     this.#residency = options.residency;
   }
@@ -231,7 +240,7 @@ export class RamSender {
     // A message covers at most MAX_COVER_PAGES of guest RAM (zero or not), so the destination
     // works on one batch while the source scans the next instead of lagging behind at switchover.
     const full = this.#zeroPages + this.#rawPages >= MAX_COVER_PAGES ||
-      (!zero && this.#rawBytes + PAGE_SIZE > this.#batchBytes);
+      (!zero && this.#rawBytes + PAGE_SIZE > this.#batchLimit());
     if (full) return this.#flush().then(() => this.#start(ri, zero, region, gpa, off));
     const last = this.#runs[this.#runs.length - 1];
     if (last && this.#lastRi === ri && last.zero === zero && last.gpa + last.pageCount * PAGE_SIZE === gpa) {
@@ -248,6 +257,13 @@ export class RamSender {
       return this.#flush().then(() => this.#start(ri, zero, region, gpa, off));
     }
     this.#start(ri, zero, region, gpa, off);
+  }
+
+  /** Raw bytes per message; under a bandwidth limit ~50 ms of sending, so throttling stays smooth. */
+  #batchLimit(): number {
+    const bps = this.#limiter?.bytesPerSec ?? 0;
+    if (bps <= 0) return this.#batchBytes;
+    return Math.min(this.#batchBytes, Math.max(PAGE_SIZE, Math.floor(bps / 20 / PAGE_SIZE) * PAGE_SIZE));
   }
 
   #start(ri: number, zero: boolean, region: Region, gpa: number, off: number): void {
@@ -275,6 +291,7 @@ export class RamSender {
     const c = this.#counters;
     c.zeroPages += this.#zeroPages;
     c.normalPages += this.#rawPages;
+    c.remainingBytes = Math.max(0, c.remainingBytes - pages * PAGE_SIZE);
     this.#runs = [];
     this.#parts = [];
     this.#rawBytes = 0;

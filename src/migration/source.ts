@@ -6,9 +6,14 @@
  * pause → switchover hook → last dirty pass → save state → send state → complete → wait for the
  * destination's `resumed` → `completed` (the source stays paused: the caller keeps it `postmigrate`).
  *
- * Any failure or `cancel()` before `complete` is sent rolls back: stop dirty logging, the rollback
- * hook, resume the vCPUs if this migration paused them, status `failed` (with `error-desc`) or
- * `canceled`. The source keeps running exactly as before.
+ * With capability `auto-converge`, a dirty pass that did not shrink the dirty set enough throttles
+ * the vCPUs ({@linkcode AutoConverge}); the throttle is off again before the pause and in every
+ * rollback. `migrate-set-parameters` applies to the running migration ({@linkcode MigrationHandle.setParameters}).
+ *
+ * Any failure or `cancel()` before `complete` is sent rolls back: unthrottle, stop dirty logging,
+ * the rollback hook, status `failed` (with `error-desc`) or `canceled`, then resume the vCPUs if
+ * this migration paused them (QEMU's order: `MIGRATION failed`, then `RESUME`). The source keeps
+ * running exactly as before.
  * @module
  */
 import { logger } from "../util/log.ts";
@@ -16,7 +21,13 @@ import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import type { MigrationVm } from "./vm_port.ts";
 import { type MigrationStatus, MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
-import { DEFAULT_MIGRATION_PARAMETERS, type MigrationParameters } from "./parameters.ts";
+import {
+  DEFAULT_MIGRATION_CAPABILITIES,
+  DEFAULT_MIGRATION_PARAMETERS,
+  type MigrationCapabilities,
+  type MigrationParameters,
+} from "./parameters.ts";
+import { AutoConverge } from "./auto_converge.ts";
 import { connectMigration, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
 import {
   decodeReason,
@@ -48,6 +59,12 @@ export interface MigrationHandle {
   cancel(): void;
   /** The QMP `query-migrate` reply. */
   queryMigrate(): MigrationInfo;
+  /**
+   * QMP `migrate-set-parameters` during the migration: `max-bandwidth` applies to the next
+   * batch (within 50 ms), `downtime-limit` and the iteration caps at the next dirty sync, a
+   * lowered `max-cpu-throttle` at once and the other throttle parameters at the next throttle step.
+   */
+  setParameters(params: Readonly<MigrationParameters>): void;
 }
 
 /** Options of {@linkcode startMigration}. */
@@ -61,6 +78,13 @@ export interface StartMigrationOptions {
    * long, e.g. a cut link. @default {STALL_TIMEOUT_MS}
    */
   stallTimeoutMs?: number;
+  /** Capabilities, e.g. `auto-converge`. @default {DEFAULT_MIGRATION_CAPABILITIES} */
+  capabilities?: Readonly<MigrationCapabilities>;
+  /**
+   * Called once the source is paused for the switch-over (QEMU's run state `finish-migrate`),
+   * before the last RAM and the device state are sent.
+   */
+  onPaused?: () => void;
 }
 
 /** A failure of one named step; the message is `Cannot <step>: <cause>`. */
@@ -134,11 +158,13 @@ class OutgoingMigration {
   #vm: MigrationVm;
   #uri: string;
   #params: Readonly<MigrationParameters>;
+  #capabilities: Readonly<MigrationCapabilities>;
   #status: MigrationStatusTracker;
   #options: StartMigrationOptions;
   #abort = new AbortController();
   #conn: Deno.Conn | undefined;
   #writer: MessageWriter | undefined;
+  #limiter: RateLimiter | undefined;
   #guard: StallGuard | undefined;
   #replies: Promise<void> | undefined;
   #peerError: string | undefined;
@@ -146,6 +172,7 @@ class OutgoingMigration {
   // What the rollback must undo.
   #dirtyLogging = false;
   #paused = false;
+  #throttled = false;
   #switchedOver = false;
   #committed = false;
   #finished = false;
@@ -159,6 +186,9 @@ class OutgoingMigration {
   #lastSyncMs = 0;
   /** True once a pass of at least 1 MiB measured the bandwidth. */
   #measured = false;
+  #autoConverge = new AutoConverge();
+  /** `transferredBytes` at the previous dirty sync. */
+  #sentAtSync = 0;
   #done: Promise<MigrationStatus>;
 
   constructor(
@@ -171,6 +201,7 @@ class OutgoingMigration {
     this.#vm = vm;
     this.#uri = uri;
     this.#params = params;
+    this.#capabilities = options.capabilities ?? DEFAULT_MIGRATION_CAPABILITIES;
     this.#status = status;
     this.#options = options;
     this.#counters.totalBytes = vm.memory.sizeBytes;
@@ -184,7 +215,39 @@ class OutgoingMigration {
       done: this.#done,
       cancel: () => this.#cancel(),
       queryMigrate: () => this.#status.queryMigrate(),
+      setParameters: (p) => this.#setParameters(p),
     };
+  }
+
+  #setParameters(p: Readonly<MigrationParameters>): void {
+    if (this.#finished) return;
+    const old = this.#params;
+    this.#params = p;
+    if (this.#limiter && p["max-bandwidth"] !== old["max-bandwidth"]) {
+      log.info("max-bandwidth %d -> %d B/s during the migration", old["max-bandwidth"], p["max-bandwidth"]);
+      this.#limiter.bytesPerSec = p["max-bandwidth"];
+    }
+    const pct = this.#autoConverge.percentage;
+    if (this.#throttled && this.#autoConverge.clamp(p) !== pct) {
+      void this.#applyThrottle(this.#autoConverge.percentage);
+    }
+  }
+
+  async #applyThrottle(percent: number): Promise<void> {
+    const set = this.#vm.setCpuThrottle;
+    if (!set) return;
+    if (percent > 0) this.#throttled = true;
+    try {
+      await set.call(this.#vm, percent);
+    } catch (e) {
+      log.error("Cannot throttle the vCPUs to %d%%: %s", percent, (e as Error).message);
+    }
+    if (percent === 0) this.#throttled = false;
+  }
+
+  async #unthrottle(): Promise<void> {
+    this.#autoConverge.reset();
+    if (this.#throttled) await this.#applyThrottle(0);
   }
 
   #info(): Omit<MigrationInfo, "status" | "error-desc"> {
@@ -199,6 +262,9 @@ class OutgoingMigration {
       info["expected-downtime"] = Math.round(this.#counters.remainingBytes / bw * 1000);
     }
     info.ram = this.#counters.toInfo();
+    if (this.#capabilities["auto-converge"]) {
+      info["cpu-throttle-percentage"] = this.#autoConverge.percentage;
+    }
     return info;
   }
 
@@ -266,7 +332,9 @@ class OutgoingMigration {
       const message = canceled ? "Migration canceled" : (e as Error).message;
       if (!canceled) log.error("Migration to %s failed: %s", this.#uri, message);
       await this.#rollback(canceled ? "migrate_cancel" : `source failed: ${message}`);
+      // QEMU's order: `MIGRATION failed|cancelled`, then the vCPUs run again (`RESUME`).
       this.#finish(canceled ? "canceled" : "failed", message);
+      await this.#resumeSource();
     }
     return this.#status.status;
   }
@@ -283,7 +351,9 @@ class OutgoingMigration {
     this.#status.transition(to, errorDesc);
   }
 
+  /** Undoes everything but the pause: throttle, connection, dirty logging, switchover hook. */
   async #rollback(reason: string): Promise<void> {
+    await this.#unthrottle();
     this.#closeConn(reason);
     const vm = this.#vm;
     if (this.#dirtyLogging) {
@@ -301,6 +371,10 @@ class OutgoingMigration {
         log.error("Rollback: rollback hook failed: %s", (e as Error).message);
       }
     }
+  }
+
+  async #resumeSource(): Promise<void> {
+    const vm = this.#vm;
     // Resume only what this migration paused: a VM the operator had stopped stays stopped.
     if (this.#paused && vm.pausedByMigration !== false) {
       try {
@@ -314,7 +388,6 @@ class OutgoingMigration {
 
   async #pipeline(): Promise<void> {
     const vm = this.#vm;
-    const p = this.#params;
     const signal = this.#abort.signal;
     const c = this.#counters;
 
@@ -369,7 +442,8 @@ class OutgoingMigration {
     this.#setupMs = performance.now() - this.#startMs;
     this.#status.transition("active");
 
-    const limiter = new RateLimiter(p["max-bandwidth"]);
+    const limiter = new RateLimiter(this.#params["max-bandwidth"]);
+    this.#limiter = limiter;
     const sender = new RamSender(writer, vm.memory, c, {
       limiter,
       signal,
@@ -383,6 +457,9 @@ class OutgoingMigration {
     let pending: Uint32Array[];
     for (let pass = 1;; pass++) {
       const bitmaps = await this.#step("sync the dirty log", () => this.#sync(), false);
+      const sentBytes = c.transferredBytes - this.#sentAtSync;
+      this.#sentAtSync = c.transferredBytes;
+      const p = this.#params; // read at every pass: migrate-set-parameters applies live
       const thresholdBytes = this.#bandwidth() * p["downtime-limit"] / 1000;
       if (c.remainingBytes <= thresholdBytes) {
         log.info("Converged after %d dirty passes: %d bytes left", pass - 1, c.remainingBytes);
@@ -403,13 +480,28 @@ class OutgoingMigration {
         pending = bitmaps;
         break;
       }
+      if (this.#capabilities["auto-converge"] && vm.setCpuThrottle) {
+        const before = this.#autoConverge.percentage;
+        const pct = this.#autoConverge.afterSync(c.remainingBytes, sentBytes, p);
+        if (pct !== before) {
+          log.info(
+            "auto-converge: throttling the vCPUs at %d%% (%d bytes dirtied, %d sent)",
+            pct,
+            c.remainingBytes,
+            sentBytes,
+          );
+          await this.#step("throttle the vCPUs", () => this.#applyThrottle(pct), false);
+        }
+      }
       this.#measure(await this.#step(`send dirty RAM (pass ${pass})`, () => sender.sendDirty(bitmaps)));
     }
+    await this.#step("stop throttling the vCPUs", () => this.#unthrottle(), false);
 
     await this.#step("pause the source VM", async () => {
       this.#pausedAtMs = performance.now();
       this.#paused = true; // set first: a pause that fails half-way is still resumed by the rollback
       await vm.pause();
+      this.#options.onPaused?.();
     }, false);
     await this.#step("run the switchover hook", async () => {
       this.#switchedOver = true;

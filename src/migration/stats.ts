@@ -9,7 +9,10 @@ import type { MigrationStatus } from "./status.ts";
 export interface RamInfo {
   /** Bytes sent (source) or received (destination), framing included. */
   transferred: number;
-  /** Bytes still dirty at the last sync (source). */
+  /**
+   * Bytes still to send (source): the dirty set of the last sync (every page during the first
+   * pass) minus the pages sent since.
+   */
   remaining: number;
   /** Guest RAM size in bytes. */
   total: number;
@@ -41,6 +44,11 @@ export interface MigrationInfo {
   /** While active: remaining bytes / measured bandwidth. */
   "expected-downtime"?: number;
   ram?: RamInfo;
+  /**
+   * With capability `auto-converge` (source): the vCPU throttle in force in percent, 0 when none
+   * (and again 0 once the migration ended: the guest runs at full speed).
+   */
+  "cpu-throttle-percentage"?: number;
   /** Why the migration failed. */
   "error-desc"?: string;
 }

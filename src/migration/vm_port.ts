@@ -52,13 +52,19 @@ export interface MigrationVm {
   saveState(): Promise<Section[]>;
   /** Destination: validates and applies; throws an error naming the section and field. */
   restoreState(sections: Section[]): Promise<void>;
-  /** Source, paused, before the last state is sent (e.g. release disk locks). */
+  /**
+   * Optional, source (auto-converge): keeps the vCPUs out of `KVM_RUN` for `percent` % of each
+   * period; 0 lets them run free. Takes effect at once; resolves once applied (for 0: once every
+   * vCPU may run again). Absent: the VM cannot be throttled and auto-converge does nothing.
+   */
+  setCpuThrottle?(percent: number): Promise<void>;
   /**
    * Optional: which pages of `[gpa, gpa + pageCount pages)` the host ever backed with memory, one
    * byte per page (bit 0 = resident). A page never resident reads as zero, so the source need not
    * scan it and the destination need not check it. Undefined when unknown.
    */
   residency?(gpa: number, pageCount: number): Uint8Array | undefined;
+  /** Source, paused, before the last state is sent (e.g. release disk locks). */
   onSwitchover?(): Promise<void>;
   /** Source, after a failure or cancel that happened after `onSwitchover` (e.g. re-take locks). */
   onRollback?(): Promise<void>;

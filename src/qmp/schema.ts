@@ -10,12 +10,12 @@ import { QmpError } from "./protocol.ts";
 
 /**
  * Argument types: `str`, `bool`, `int` (safe integer), `uint` (non-negative safe integer), `number`,
- * `object` (a JSON object), `str[]` (an array of strings).
+ * `object` (a JSON object), `str[]` (an array of strings), `object[]` (an array of JSON objects).
  *
  * `int` and `uint` take integer literals only: `300.0` or `3e2` ({@link JsonFloat} from the parser) is
  * refused with QEMU's words (`Parameter 'x' expects uint64`); `number` takes both.
  */
-export type ArgType = "str" | "bool" | "int" | "uint" | "number" | "object" | "str[]";
+export type ArgType = "str" | "bool" | "int" | "uint" | "number" | "object" | "str[]" | "object[]";
 
 /** One argument of a command. */
 export interface ArgSpec {
@@ -40,6 +40,7 @@ type ValueOf<S extends ArgSpec> = S extends { readonly enum: readonly (infer E)[
   : S["type"] extends "int" | "uint" | "number" ? number
   : S["type"] extends "object" ? Record<string, unknown>
   : S["type"] extends "str[]" ? string[]
+  : S["type"] extends "object[]" ? Record<string, unknown>[]
   : never;
 
 type RequiredKeys<S extends ArgSchema> = {
@@ -60,6 +61,7 @@ const TYPE_NAMES: Record<ArgType, string> = {
   number: "number",
   object: "object",
   "str[]": "array of strings",
+  "object[]": "array of objects",
 };
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -131,6 +133,9 @@ function checkValue(name: string, spec: ArgSpec, v: unknown): void {
       return;
     case "str[]":
       if (!Array.isArray(v) || !v.every((e) => typeof e === "string")) throw wrongType(name, spec);
+      return;
+    case "object[]":
+      if (!Array.isArray(v) || !v.every(isPlainObject)) throw wrongType(name, spec);
       return;
   }
 }

@@ -158,6 +158,11 @@ export class VmMigrationAdapter implements MigrationVm {
   stopDirtyLog(): void {
     this.#vm.stopDirtyLog();
   }
+  async setCpuThrottle(percent: number): Promise<void> {
+    // Only a running guest is throttled: the throttle resumes what it paused.
+    if (percent > 0 && !this.#vm.paused) this.#vm.throttle.set(percent);
+    else await this.#vm.throttle.stop();
+  }
   async pause(): Promise<void> {
     this.#pausedByMigration = !this.#vm.paused;
     await this.#vm.pause();

@@ -1,22 +1,30 @@
 /**
  * The VMM process: one {@linkcode Vm}, its QMP sockets and its migrations. Owns the run state
- * (`running`, `paused`, `inmigrate`, `postmigrate`, `shutdown`) and the rules that tie QMP,
+ * (`running`, `paused`, `inmigrate`, `finish-migrate`, `postmigrate`, `shutdown`) and the rules that
+ * tie QMP,
  * the machine and migration together:
  * - lifecycle commands are refused while a migration is active;
  * - a failed or canceled migration leaves the source exactly as it was (running or paused);
- * - a completed migration leaves the source paused (`postmigrate`) until `quit`;
+ * - a source paused for the switch-over is `finish-migrate` (`STOP` goes out then, before
+ *   `MIGRATION completed`); a completed migration leaves it paused (`postmigrate`) until `quit`; a
+ *   rollback after the pause restores the state before (`MIGRATION failed`, then `RESUME`);
  * - a destination answers QMP while it receives, resumes only after the whole state loaded, and
  *   exits non-zero when the incoming migration fails.
  * @module
  */
 import { Vm, type VmExit, type VmSpec } from "../machine/vm.ts";
 import {
+  DEFAULT_MIGRATION_CAPABILITIES,
   DEFAULT_MIGRATION_PARAMETERS,
+  listMigrationCapabilities,
+  type MigrationCapabilities,
+  type MigrationCapabilityStatus,
   type MigrationHandle,
   type MigrationParameters,
   MigrationStatusTracker,
   receiveMigration,
   startMigration,
+  updateMigrationCapabilities,
   updateMigrationParameters,
 } from "../migration/mod.ts";
 import {
@@ -80,6 +88,7 @@ export class Vmm implements MachineControl, MigrationControl {
   readonly #migration = new MigrationStatusTracker();
   readonly #adapter: VmMigrationAdapter;
   #params: MigrationParameters = { ...DEFAULT_MIGRATION_PARAMETERS };
+  #capabilities: MigrationCapabilities = { ...DEFAULT_MIGRATION_CAPABILITIES };
   #state: RunState = "prelaunch";
   #active: MigrationHandle | undefined;
   #incoming: Promise<void> | undefined;
@@ -281,7 +290,11 @@ export class Vmm implements MachineControl, MigrationControl {
     }
     let handle: MigrationHandle;
     try {
-      handle = startMigration(this.#adapter, uri, this.#params, this.#migration);
+      handle = startMigration(this.#adapter, uri, this.#params, this.#migration, {
+        capabilities: this.#capabilities,
+        // QEMU's switch-over run state; leaving `running` emits STOP before MIGRATION completed.
+        onPaused: () => this.#setState("finish-migrate"),
+      });
     } catch (e) {
       if (e instanceof MigrationBlockedError) throw new QmpError("GenericError", e.message);
       throw new QmpError("GenericError", (e as Error).message);
@@ -292,8 +305,10 @@ export class Vmm implements MachineControl, MigrationControl {
       if (this.#active === handle) this.#active = undefined;
       if (final === "completed") {
         // The guest runs on the destination now: stay paused until quit.
-        this.#state = wasRunning ? "running" : "paused";
         this.#setState("postmigrate");
+      } else if (this.#state === "finish-migrate") {
+        // Rolled back after the pause: as before (RESUME when it ran).
+        this.#setState(wasRunning ? "running" : "paused");
       }
     });
   }
@@ -314,12 +329,30 @@ export class Vmm implements MachineControl, MigrationControl {
     return this.#migration.queryMigrate() as unknown as Record<string, unknown>;
   }
 
+  /** `migrate-set-parameters`; during a migration the new values apply to it at once. */
   setParameters(p: Record<string, unknown>): void {
     try {
       this.#params = updateMigrationParameters(this.#params, p);
     } catch (e) {
       throw new QmpError("GenericError", (e as Error).message);
     }
+    this.#active?.setParameters(this.#params);
+  }
+
+  /** `migrate-set-capabilities`; refused during a migration, as QEMU does. */
+  setCapabilities(caps: unknown[]): void {
+    if (this.#migration.isActive) {
+      throw new QmpError("GenericError", "Cannot set migration capabilities: a migration is in progress");
+    }
+    try {
+      this.#capabilities = updateMigrationCapabilities(this.#capabilities, caps);
+    } catch (e) {
+      throw new QmpError("GenericError", (e as Error).message);
+    }
+  }
+
+  capabilities(): MigrationCapabilityStatus[] {
+    return listMigrationCapabilities(this.#capabilities);
   }
 
   parameters(): Record<string, unknown> {

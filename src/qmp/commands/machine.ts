@@ -13,7 +13,14 @@ import { QmpError } from "../protocol.ts";
 import type { QmpEventSink, QmpServer } from "../server.ts";
 
 /** A VM run state as QMP reports it. */
-export type RunState = "running" | "paused" | "inmigrate" | "postmigrate" | "shutdown" | "prelaunch";
+export type RunState =
+  | "running"
+  | "paused"
+  | "inmigrate"
+  | "finish-migrate"
+  | "postmigrate"
+  | "shutdown"
+  | "prelaunch";
 
 /** What the machine commands need from the VM. */
 export interface MachineControl {

@@ -1,6 +1,7 @@
 /**
  * Migration commands (`migrate`, `migrate_cancel`, `query-migrate`, `migrate-set-parameters`,
- * `query-migrate-parameters`, and `migrate-incoming` when the backend supports it) over a
+ * `query-migrate-parameters`, `migrate-set-capabilities`, `query-migrate-capabilities`, and
+ * `migrate-incoming` when the backend supports it) over a
  * {@link MigrationControl}. This file only checks arguments; the migration code owns state and
  * decides what to refuse.
  * @module
@@ -24,6 +25,14 @@ export interface MigrationControl {
   /** The `query-migrate-parameters` return object. */
   parameters(): Record<string, unknown>;
   /**
+   * Applies `migrate-set-capabilities` entries (`{capability, state}`), all or nothing; throws a
+   * {@link QmpError} to refuse (an unknown capability, a migration in progress). Optional, with
+   * {@link capabilities}: both commands are registered only when present.
+   */
+  setCapabilities?(capabilities: Record<string, unknown>[]): void;
+  /** The `query-migrate-capabilities` return list. */
+  capabilities?(): { capability: string; state: boolean }[];
+  /**
    * Starts listening for an incoming migration (`-incoming defer` + `migrate-incoming`). Optional:
    * the command is registered only when present.
    */
@@ -42,6 +51,16 @@ export interface MigrationParameters {
   "convergence-policy"?: "cancel" | "force";
   /** ferry extension: wall-time cap of the dirty passes in ms (0 = none) before the policy applies. */
   "max-precopy-time"?: number;
+  /** auto-converge: first vCPU throttle, percent (QEMU's name, 1..99). */
+  "cpu-throttle-initial"?: number;
+  /** auto-converge: throttle step, percent (QEMU's name, 1..99). */
+  "cpu-throttle-increment"?: number;
+  /** auto-converge: smaller steps near the needed throttle (QEMU's name). */
+  "cpu-throttle-tailslow"?: boolean;
+  /** auto-converge: highest throttle, percent (QEMU's name, 1..99). */
+  "max-cpu-throttle"?: number;
+  /** auto-converge: dirtied/sent percentage that triggers a step (QEMU's name, 1..100). */
+  "throttle-trigger-threshold"?: number;
 }
 
 /** QEMU's ceiling for `downtime-limit`: 2000 s. */
@@ -53,6 +72,11 @@ const PARAMETER_ARGS = {
   "max-iterations": { type: "uint", required: false, min: 1 },
   "convergence-policy": { type: "str", required: false, enum: ["cancel", "force"] },
   "max-precopy-time": { type: "uint", required: false, max: 86_400_000 },
+  "cpu-throttle-initial": { type: "uint", required: false, min: 1, max: 99 },
+  "cpu-throttle-increment": { type: "uint", required: false, min: 1, max: 99 },
+  "cpu-throttle-tailslow": { type: "bool", required: false },
+  "max-cpu-throttle": { type: "uint", required: false, min: 1, max: 99 },
+  "throttle-trigger-threshold": { type: "uint", required: false, min: 1, max: 100 },
 } as const;
 
 /**
@@ -99,6 +123,9 @@ export function registerMigrationCommands(server: QmpServer, migration: Migratio
     },
   });
   server.register("query-migrate-parameters", { args: {}, handler: () => migration.parameters() });
+  const setCapabilities = migration.setCapabilities?.bind(migration);
+  const capabilities = migration.capabilities?.bind(migration);
+  if (setCapabilities && capabilities) registerCapabilityCommands(server, setCapabilities, capabilities);
   const incoming = migration.incoming?.bind(migration);
   if (incoming) {
     server.register("migrate-incoming", {
@@ -109,4 +136,35 @@ export function registerMigrationCommands(server: QmpServer, migration: Migratio
       },
     });
   }
+}
+
+function registerCapabilityCommands(
+  server: QmpServer,
+  set: (capabilities: Record<string, unknown>[]) => void,
+  list: () => { capability: string; state: boolean }[],
+): void {
+  server.register("migrate-set-capabilities", {
+    args: { capabilities: { type: "object[]", required: true } },
+    handler: ({ capabilities }) => {
+      for (const c of capabilities) {
+        for (const k of Object.keys(c)) {
+          if (k !== "capability" && k !== "state") {
+            throw new QmpError("GenericError", `Parameter 'capabilities.${k}' is unexpected`);
+          }
+        }
+        if (typeof c.capability !== "string") {
+          throw new QmpError(
+            "GenericError",
+            "Parameter 'capabilities.capability' is missing or not a string",
+          );
+        }
+        if (typeof c.state !== "boolean") {
+          throw new QmpError("GenericError", "Parameter 'capabilities.state' is missing or not a boolean");
+        }
+      }
+      set(capabilities);
+      return {};
+    },
+  });
+  server.register("query-migrate-capabilities", { args: {}, handler: () => list() });
 }

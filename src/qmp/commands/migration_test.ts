@@ -181,3 +181,56 @@ Deno.test("migrate-incoming is registered only when the backend has incoming()",
     await u.done();
   }
 });
+
+Deno.test("migrate-set-capabilities checks its entries, passes them on, and query-migrate-capabilities lists them", async () => {
+  let caps = [{ capability: "auto-converge", state: true }];
+  const seen: Record<string, unknown>[][] = [];
+  const withCaps: MigrationControl = {
+    migrate() {},
+    cancel() {},
+    query: () => ({}),
+    setParameters() {},
+    parameters: () => ({}),
+    setCapabilities(c) {
+      seen.push(c);
+      caps = c.map((e) => ({ capability: e.capability as string, state: e.state as boolean }));
+    },
+    capabilities: () => caps,
+  };
+  const t = await setup(withCaps);
+  try {
+    const bad = [
+      [{}, "Parameter 'capabilities' is missing"],
+      [
+        { capabilities: "auto-converge" },
+        "Invalid parameter type for 'capabilities', expected: array of objects",
+      ],
+      [
+        { capabilities: [{ capability: "auto-converge" }] },
+        "Parameter 'capabilities.state' is missing or not a boolean",
+      ],
+      [
+        { capabilities: [{ capability: 1, state: true }] },
+        "Parameter 'capabilities.capability' is missing or not a string",
+      ],
+      [
+        { capabilities: [{ capability: "auto-converge", state: true, x: 1 }] },
+        "Parameter 'capabilities.x' is unexpected",
+      ],
+    ] as const;
+    for (const [args, desc] of bad) {
+      assert.deepEqual(await t.client.execute("migrate-set-capabilities", args), {
+        error: { class: "GenericError", desc },
+      });
+    }
+    assert.deepEqual(seen, [], "nothing reached the migration code");
+    const off = [{ capability: "auto-converge", state: false }];
+    assert.deepEqual(await t.client.execute("migrate-set-capabilities", { capabilities: off }), {
+      return: {},
+    });
+    assert.deepEqual(seen, [off]);
+    assert.deepEqual(await t.client.execute("query-migrate-capabilities"), { return: off });
+  } finally {
+    await t.done();
+  }
+});
