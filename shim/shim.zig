@@ -7,6 +7,11 @@
 const std = @import("std");
 const linux = std.os.linux;
 const abi = @import("abi.zig");
+// Topic files export their own ferry_* functions; importing them here links them in.
+const crc32c = @import("crc32c.zig");
+comptime {
+    _ = crc32c;
+}
 
 inline fn ret(r: usize) isize {
     return @bitCast(r);
@@ -180,4 +185,5 @@ export fn ferry_abi_name(i: c_uint) ?[*:0]const u8 {
 
 test {
     _ = abi;
+    _ = crc32c;
 }

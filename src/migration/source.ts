@@ -33,6 +33,7 @@ import {
 } from "./stream.ts";
 import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
+import { encodeDigest, MigrationDigest } from "./digest.ts";
 import { MigrationBlockedError } from "../devices/device.ts";
 
 const log = logger("migration");
@@ -370,9 +371,11 @@ class OutgoingMigration {
     this.#status.transition("active");
 
     const limiter = new RateLimiter(p["max-bandwidth"]);
+    const digest = new MigrationDigest(vm.memory);
     const sender = new RamSender(writer, vm.memory, c, {
       limiter,
       signal,
+      digest,
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
     });
     const iterStartMs = performance.now();
@@ -433,8 +436,15 @@ class OutgoingMigration {
         seen.add(s.id);
         const b = encodeSection(s);
         await writer.send("state", b);
+        digest.recordSection(b);
         c.transferredBytes += 24 + b.length;
       }
+    });
+    await this.#step("send the switch-over digest", async () => {
+      const t0 = performance.now();
+      const d = digest.finish();
+      log.debug("Switch-over digest of %d pages in %s ms", d.pages, (performance.now() - t0).toFixed(2));
+      await writer.send("digest", encodeDigest(d));
     });
     await this.#step("send complete", async () => {
       await writer.send("complete", encodeComplete(sections.length));
