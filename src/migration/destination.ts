@@ -40,7 +40,14 @@ import {
 } from "./stream.ts";
 import { receiveRamBatch } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
-import { compareDigests, decodeDigest, DIGEST_BYTES, MigrationDigest, type SwitchoverDigest } from "./digest.ts";
+import type { TlsCreds } from "./tls.ts";
+import {
+  compareDigests,
+  decodeDigest,
+  DIGEST_BYTES,
+  MigrationDigest,
+  type SwitchoverDigest,
+} from "./digest.ts";
 
 const log = logger("migration:incoming");
 
@@ -55,6 +62,8 @@ export interface ReceiveMigrationOptions {
    * cut link. Waiting for the connection itself has no limit. @default {STALL_TIMEOUT_MS}
    */
   stallTimeoutMs?: number;
+  /** Speak TLS with these server credentials (tls.ts); plaintext when absent. */
+  tls?: TlsCreds;
 }
 
 /** Largest total of all section payloads. */
@@ -87,7 +96,7 @@ export async function receiveMigration(
   let listener: MigrationListener | undefined;
   let conn: Deno.Conn | undefined;
   try {
-    listener = new MigrationListener(target);
+    listener = await MigrationListener.open(target, options.tls);
     options.onListening?.(listener.addr);
     conn = await listener.acceptOne(options.signal);
     const c = conn;
@@ -290,14 +299,14 @@ class IncomingMigration {
         continue;
       }
       expect(h, "complete", "after RAM and state");
-      if (!sourceDigest) {
-        throw new ProtocolError("Cannot receive migration: 'complete' without the switch-over 'digest'");
-      }
       const count = decodeComplete(await reader.readPayload(h, 4));
       if (count !== sections.length) {
         throw new ProtocolError(
           `Cannot receive migration: source sent ${sections.length} sections but announced ${count}`,
         );
+      }
+      if (!sourceDigest) {
+        throw new ProtocolError("Cannot receive migration: 'complete' without the switch-over 'digest'");
       }
       const t0 = performance.now();
       const mismatch = compareDigests(sourceDigest, digest.finish());

@@ -74,7 +74,9 @@ export class MigrationDigest {
   recordRuns(runs: readonly RamRun[]): void {
     for (const r of runs) {
       const region = this.#memory.regionOf(r.gpa, r.pageCount * PAGE_SIZE);
-      if (!region) throw new RangeError(`Cannot record RAM run at 0x${r.gpa.toString(16)}: outside guest RAM`);
+      if (!region) {
+        throw new RangeError(`Cannot record RAM run at 0x${r.gpa.toString(16)}: outside guest RAM`);
+      }
       this.recordRun(region, r.gpa - region.gpa, r.pageCount, r.zero);
     }
   }
@@ -142,8 +144,15 @@ export function decodeDigest(b: Uint8Array): SwitchoverDigest {
     throw new ProtocolError(`Cannot decode digest: unknown algorithm ${algorithm}`);
   }
   const pages = v.getBigUint64(16, true);
-  if (pages > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError("Cannot decode digest: page count too big");
-  return { ram: v.getUint32(4, true), state: v.getUint32(8, true), sections: v.getUint32(12, true), pages: Number(pages) };
+  if (pages > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new ProtocolError("Cannot decode digest: page count too big");
+  }
+  return {
+    ram: v.getUint32(4, true),
+    state: v.getUint32(8, true),
+    sections: v.getUint32(12, true),
+    pages: Number(pages),
+  };
 }
 
 /**
@@ -156,12 +165,14 @@ export function compareDigests(source: SwitchoverDigest, here: SwitchoverDigest)
     return `guest RAM digest covers ${source.pages} pages on the source, ${here.pages} here`;
   }
   if (source.ram !== here.ram) {
-    return `guest RAM differs from the source's: digest ${hex(here.ram)} here, ${hex(source.ram)} on the source`;
+    return `guest RAM differs from the source's: digest ${hex(here.ram)} here, ${
+      hex(source.ram)
+    } on the source`;
   }
   if (source.sections !== here.sections || source.state !== here.state) {
-    return `device and vCPU state differs from the source's: digest ${hex(here.state)} over ${here.sections} sections here, ${
-      hex(source.state)
-    } over ${source.sections} on the source`;
+    return `device and vCPU state differs from the source's: digest ${
+      hex(here.state)
+    } over ${here.sections} sections here, ${hex(source.state)} over ${source.sections} on the source`;
   }
   return undefined;
 }

@@ -37,6 +37,10 @@ export interface MigrationParameters {
    * @default {"cancel"}
    */
   "convergence-policy": ConvergencePolicy;
+  /** Id of a `-object tls-creds-x509` to speak TLS with; `""` = plaintext (QEMU's name). @default {""} */
+  "tls-creds": string;
+  /** Host name the destination's certificate must carry; `""` = the uri's host (QEMU). @default {""} */
+  "tls-hostname": string;
 }
 
 /** The defaults. */
@@ -46,6 +50,8 @@ export const DEFAULT_MIGRATION_PARAMETERS: Readonly<MigrationParameters> = Objec
   "max-iterations": 30,
   "max-precopy-time": 0,
   "convergence-policy": "cancel",
+  "tls-creds": "",
+  "tls-hostname": "",
 });
 
 const INTEGER_LIMITS: Record<string, [number, number]> = {
@@ -73,6 +79,13 @@ export function updateMigrationParameters(
         throw new TypeError(
           `Cannot set migration parameter 'convergence-policy' to '${String(v)}': want force or cancel`,
         );
+      }
+      next[k] = v;
+      continue;
+    }
+    if (k === "tls-creds" || k === "tls-hostname") {
+      if (typeof v !== "string") {
+        throw new TypeError(`Cannot set migration parameter '${k}' to '${String(v)}': not a string`);
       }
       next[k] = v;
       continue;

@@ -17,7 +17,13 @@ import type { MigrationVm } from "./vm_port.ts";
 import { type MigrationStatus, MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import { DEFAULT_MIGRATION_PARAMETERS, type MigrationParameters } from "./parameters.ts";
-import { connectMigration, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import {
+  connectMigration,
+  type MigrationTls,
+  parseMigrationUri,
+  STALL_TIMEOUT_MS,
+  StallGuard,
+} from "./transport.ts";
 import {
   decodeReason,
   encodeComplete,
@@ -62,6 +68,8 @@ export interface StartMigrationOptions {
    * long, e.g. a cut link. @default {STALL_TIMEOUT_MS}
    */
   stallTimeoutMs?: number;
+  /** Speak TLS with these client credentials and expected host name (transport.ts). */
+  tls?: MigrationTls;
 }
 
 /** A failure of one named step; the message is `Cannot <step>: <cause>`. */
@@ -325,6 +333,7 @@ class OutgoingMigration {
         connectMigration(parseMigrationUri(this.#uri), {
           timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
           signal,
+          ...(this.#options.tls ? { tls: this.#options.tls } : {}),
         }),
     );
     this.#conn = conn;

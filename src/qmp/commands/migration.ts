@@ -42,6 +42,10 @@ export interface MigrationParameters {
   "convergence-policy"?: "cancel" | "force";
   /** ferry extension: wall-time cap of the dirty passes in ms (0 = none) before the policy applies. */
   "max-precopy-time"?: number;
+  /** Id of a `-object tls-creds-x509`, `""` for plaintext (QEMU's name). */
+  "tls-creds"?: string;
+  /** Name the destination's certificate must carry, `""` for the uri's host (QEMU's name). */
+  "tls-hostname"?: string;
 }
 
 /** QEMU's ceiling for `downtime-limit`: 2000 s. */
@@ -53,6 +57,8 @@ const PARAMETER_ARGS = {
   "max-iterations": { type: "uint", required: false, min: 1 },
   "convergence-policy": { type: "str", required: false, enum: ["cancel", "force"] },
   "max-precopy-time": { type: "uint", required: false, max: 86_400_000 },
+  "tls-creds": { type: "str", required: false },
+  "tls-hostname": { type: "str", required: false },
 } as const;
 
 /**
