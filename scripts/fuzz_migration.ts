@@ -4,7 +4,8 @@
  * round after round (240 cases a round over 14 classes, a new seed each round) and feeds every case
  * to ferry's real receive code into a real KVM VM. Every input that ran the VM or failed in an
  * unexpected way is kept in DIR (`<class>-<n>.bin` + `.txt`), and a per-class count is printed.
- * Exit status 1 when a case outside the sequence-number classes ran the VM.
+ * Exit status 1 when a case outside the sequence-number classes ran the VM, or any case ran it with
+ * RAM or state different from the unmutated stream's.
  */
 import { parseArgs } from "node:util";
 import {
@@ -35,6 +36,11 @@ say(`capturing a migration stream (seed ${seed}, ${want} cases, failures in ${ou
 const capture = await captureStream();
 say(`captured ${capture.bytes.length} bytes in ${capture.messages.length} messages`);
 const dst = await InProcessDestination.create(capture);
+const control = await dst.run(
+  { klass: "garbage", what: "unmutated", bytes: capture.bytes, stall: false },
+  stallMs,
+);
+if (!control.ran) throw new Error(`the unmutated stream does not run: ${control.error}`);
 const counts = new Map<string, { cases: number; refused: number; ran: number; odd: number }>();
 let done = 0;
 let kept = 0;
@@ -61,7 +67,8 @@ try {
           `${name}.txt`,
           `${c.klass}: ${c.what}\n${r.ran ? "ran the VM" : `refused oddly: ${r.error}`}\nstall: ${c.stall}\n`,
         );
-        if (r.ran && !(SEQUENCE_CLASSES as readonly string[]).includes(c.klass)) bad++;
+        const wrong = r.ran && (r.ramCrc !== control.ramCrc || r.stateCrc !== control.stateCrc);
+        if (wrong || (r.ran && !(SEQUENCE_CLASSES as readonly string[]).includes(c.klass))) bad++;
       }
     }
   }

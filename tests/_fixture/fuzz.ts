@@ -16,7 +16,13 @@ import { parseArgs } from "../../src/config/parse_args.ts";
 import { vmmOptions } from "../../src/vmm/run.ts";
 import { Vm } from "../../src/machine/vm.ts";
 import { VmMigrationAdapter } from "../../src/vmm/migration_adapter.ts";
-import { MigrationStatusTracker, type MigrationVm, receiveMigration } from "../../src/migration/mod.ts";
+import {
+  MigrationStatusTracker,
+  type MigrationVm,
+  receiveMigration,
+  type Section,
+} from "../../src/migration/mod.ts";
+import { crc32c } from "../../src/migration/digest.ts";
 
 export { PROBE, ROOT };
 
@@ -112,13 +118,15 @@ export const FUZZ_CLASSES = [
 export type FuzzClass = typeof FUZZ_CLASSES[number];
 
 /**
- * Classes that only wt-h1a's per-message sequence numbers and CRC can refuse on this branch:
- * the destination's RAM and state still end up exactly as the source's (the switch-over digest
- * matches), e.g. a duplicated identical RAM message, a removed or damaged RAM copy whose pages are
- * sent again later, two RAM messages with disjoint pages swapped.
+ * Classes that only wt-h1a's per-message sequence numbers and CRC can refuse on this branch, and
+ * only where the mutation is harmless: the destination's RAM and state still end up exactly as the
+ * source's (the switch-over digest matches, and the fuzzer checks the RAM and state themselves),
+ * e.g. a duplicated identical RAM message, two RAM messages with disjoint pages swapped, a damaged
+ * or misplaced RAM copy whose pages are sent again later.
  */
 export const SEQUENCE_CLASSES: readonly FuzzClass[] = [
   "ram-superseded-copy",
+  "run-table",
   "duplicate",
   "remove",
   "reorder",
@@ -246,19 +254,18 @@ class Stream {
 }
 
 /** Makes `perClass[k]` cases of every class from `capture`, deterministic for `seed`. */
-export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_CLASS): FuzzCase[] {
+export function* makeCases(capture: Capture, seed: number, perClass = CASES_PER_CLASS): Generator<FuzzCase> {
   const s = new Stream(capture);
   const rng = new Rng(seed);
-  const out: FuzzCase[] = [];
   const all = s.messages.map((_, i) => i);
   const finalPages = s.pages.filter((p) => !p.superseded);
   const supersededPages = s.pages.filter((p) => p.superseded);
   const states = s.indexes(WIRE_KIND.state);
   const digest = s.indexes(WIRE_KIND.digest);
-  const flip = (at: number, mask: number, klass: FuzzClass, what: string) => {
+  const flip = (at: number, mask: number, klass: FuzzClass, what: string): FuzzCase => {
     const b = s.bytes.slice();
     b[at]! ^= mask;
-    out.push({ klass, what: `${what}: xor 0x${mask.toString(16)} at byte ${at}`, bytes: b, stall: false });
+    return { klass, what: `${what}: xor 0x${mask.toString(16)} at byte ${at}`, bytes: b, stall: false };
   };
   const inPage = (list: RawPage[]) => {
     const p = rng.pick(list);
@@ -269,25 +276,30 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
       switch (klass) {
         case "ram-byte": {
           const { i, at } = inPage(finalPages);
-          flip(at, 1 + rng.below(255), klass, `page byte of message ${i} (ram, last copy of the page)`);
+          yield flip(at, 1 + rng.below(255), klass, `page byte of message ${i} (ram, last copy of the page)`);
           break;
         }
         case "ram-bit": {
           const { i, at } = inPage(finalPages);
-          flip(at, 1 << rng.below(8), klass, `page bit of message ${i} (ram, last copy of the page)`);
+          yield flip(at, 1 << rng.below(8), klass, `page bit of message ${i} (ram, last copy of the page)`);
           break;
         }
         case "ram-superseded-copy": {
           if (supersededPages.length === 0) break;
           const { i, at } = inPage(supersededPages);
-          flip(at, 1 << rng.below(8), klass, `page bit of message ${i} (ram, the page is sent again later)`);
+          yield flip(
+            at,
+            1 << rng.below(8),
+            klass,
+            `page bit of message ${i} (ram, the page is sent again later)`,
+          );
           break;
         }
         case "state": {
           const i = rng.pick(states);
           const m = s.messages[i]!;
           const at = m.offset + 24 + rng.below(m.length);
-          flip(at, n % 2 === 0 ? 1 << rng.below(8) : 1 + rng.below(255), klass, `message ${i} (state)`);
+          yield flip(at, n % 2 === 0 ? 1 << rng.below(8) : 1 + rng.below(255), klass, `message ${i} (state)`);
           break;
         }
         case "header": {
@@ -295,33 +307,38 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
           const m = s.messages[i]!;
           // magic, version, kind, flags, length: any header byte.
           const at = m.offset + rng.below(24);
-          flip(at, n % 2 === 0 ? 1 << rng.below(8) : 1 + rng.below(255), klass, `header of message ${i}`);
+          yield flip(
+            at,
+            n % 2 === 0 ? 1 << rng.below(8) : 1 + rng.below(255),
+            klass,
+            `header of message ${i}`,
+          );
           break;
         }
         case "run-table": {
           const i = rng.pick([...s.ram.keys()]);
           const r = s.ram.get(i)!;
           const at = r.tableStart + rng.below(r.start - r.tableStart);
-          flip(at, 1 << rng.below(8), klass, `run table of message ${i} (ram)`);
+          yield flip(at, 1 << rng.below(8), klass, `run table of message ${i} (ram)`);
           break;
         }
         case "digest": {
           const i = rng.pick(digest);
           const m = s.messages[i]!;
-          flip(m.offset + 24 + rng.below(m.length), 1 << rng.below(8), klass, `message ${i} (digest)`);
+          yield flip(m.offset + 24 + rng.below(m.length), 1 << rng.below(8), klass, `message ${i} (digest)`);
           break;
         }
         case "truncate": {
           const cut = n % 3 === 0
             ? s.messages[rng.below(s.messages.length)]!.offset
             : rng.below(s.bytes.length);
-          out.push({ klass, what: `cut at byte ${cut}`, bytes: s.bytes.slice(0, cut), stall: false });
+          yield ({ klass, what: `cut at byte ${cut}`, bytes: s.bytes.slice(0, cut), stall: false });
           break;
         }
         case "duplicate": {
           const i = 2 + rng.below(s.messages.length - 2);
           const order = [...all.slice(0, i + 1), i, ...all.slice(i + 1)];
-          out.push({
+          yield ({
             klass,
             what: `message ${i} (kind ${s.messages[i]!.kind}) twice`,
             bytes: s.assemble(order),
@@ -332,7 +349,7 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
         case "remove": {
           const i = rng.below(s.messages.length);
           const order = all.filter((x) => x !== i);
-          out.push({
+          yield ({
             klass,
             what: `message ${i} (kind ${s.messages[i]!.kind}) removed`,
             bytes: s.assemble(order),
@@ -345,7 +362,7 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
           const j = i + 1 + rng.below(Math.min(4, s.messages.length - 1 - i));
           const order = all.slice();
           [order[i], order[j]] = [order[j]!, order[i]!];
-          out.push({ klass, what: `messages ${i} and ${j} swapped`, bytes: s.assemble(order), stall: false });
+          yield ({ klass, what: `messages ${i} and ${j} swapped`, bytes: s.assemble(order), stall: false });
           break;
         }
         case "huge-length": {
@@ -363,10 +380,10 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
           // The header's length, or a length inside the payload (run page count, section length).
           if (n % 3 === 2 && m.kind === WIRE_KIND.ram) {
             v.setUint32(m.offset + 24 + 8 + 8, 0xffff_ffff, true);
-            out.push({ klass, what: `page count 0xffffffff in message ${i}`, bytes: b, stall: false });
+            yield ({ klass, what: `page count 0xffffffff in message ${i}`, bytes: b, stall: false });
           } else {
             v.setBigUint64(m.offset + 16, huge, true);
-            out.push({ klass, what: `length ${huge} in message ${i}`, bytes: b, stall: false });
+            yield ({ klass, what: `length ${huge} in message ${i}`, bytes: b, stall: false });
           }
           break;
         }
@@ -375,7 +392,7 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
           const junk = new Uint8Array(len).map(() => rng.next() & 0xff);
           const at = n % 3 === 0 ? 0 : s.messages[1 + rng.below(s.messages.length - 1)]!.offset;
           const tail = n % 3 === 2 ? s.bytes.subarray(at) : new Uint8Array(0);
-          out.push({
+          yield ({
             klass,
             what: `${len} random bytes at ${at}${tail.length ? " before the rest" : ""}`,
             bytes: concat([s.bytes.subarray(0, at), junk, tail]),
@@ -387,7 +404,7 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
           const cut = n === 0
             ? s.messages[2]!.offset
             : s.messages[s.messages.length - 1]!.offset - rng.below(1000);
-          out.push({
+          yield ({
             klass,
             what: `the first ${cut} bytes, then silence`,
             bytes: s.bytes.slice(0, cut),
@@ -398,13 +415,18 @@ export function makeCases(capture: Capture, seed: number, perClass = CASES_PER_C
       }
     }
   }
-  return out;
 }
 
 /** What a destination did with one case. */
 export interface FuzzOutcome {
   /** The destination would have run the guest (resume was called / the process ran it). */
   ran: boolean;
+  /**
+   * When it ran in-process: CRC32C of all guest RAM and of the restored sections, to compare with
+   * the unmutated stream's.
+   */
+  ramCrc?: number;
+  stateCrc?: number;
   /** Its error, when it refused. */
   error?: string;
 }
@@ -452,7 +474,7 @@ async function feedSocket(
 export class InProcessDestination {
   #vm: Vm;
   #port: MigrationVm;
-  #count = { resumed: 0 };
+  #count = { resumed: 0, restored: [] as Section[] };
   #dir = tempDir();
   #n = 0;
 
@@ -476,7 +498,10 @@ export class InProcessDestination {
         return Promise.resolve();
       },
       saveState: () => adapter.saveState(),
-      restoreState: (s) => adapter.restoreState(s),
+      restoreState(s) {
+        count.restored = s;
+        return adapter.restoreState(s);
+      },
       residency: (gpa, n) => adapter.residency(gpa, n),
     };
   }
@@ -499,7 +524,16 @@ export class InProcessDestination {
     await feedSocket(path, c.bytes, c.stall, result);
     try {
       await result;
-      return { ran: this.#count.resumed > before };
+      const ran = this.#count.resumed > before;
+      if (!ran) return { ran };
+      let ramCrc = 0;
+      for (const r of this.#vm.memory.regions) ramCrc = crc32c(r.bytes, ramCrc);
+      let stateCrc = 0;
+      for (const x of this.#count.restored) {
+        stateCrc = crc32c(new TextEncoder().encode(`${x.id}:${x.version}`), stateCrc);
+        stateCrc = crc32c(x.payload, stateCrc);
+      }
+      return { ran, ramCrc, stateCrc };
     } catch (e) {
       return { ran: this.#count.resumed > before, error: (e as Error).message };
     }
