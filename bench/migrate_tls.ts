@@ -32,6 +32,8 @@ interface TlsRun {
   ok: boolean;
   error?: string;
   mbps: number;
+  /** MiB moved per CPU second of source + destination (robust when the host is busy). */
+  mibPerCpuS: number;
   totalMs: number;
   bytes: number;
 }
@@ -54,12 +56,19 @@ function args(vmm: "ferry" | "qemu", qmp: string, extra: string[]): { cmd: strin
   };
 }
 
+/** utime + stime of a process (all threads) in seconds, from /proc/PID/stat. */
+function cpuSeconds(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100; // fields 14, 15 in clock ticks (USER_HZ 100)
+}
+
 async function once(
   variant: Variant,
   qemu: string | undefined,
   pki: { server: string; client: string },
 ): Promise<TlsRun> {
-  const run: TlsRun = { ok: false, mbps: NaN, totalMs: NaN, bytes: NaN };
+  const run: TlsRun = { ok: false, mbps: NaN, mibPerCpuS: NaN, totalMs: NaN, bytes: NaN };
   const vmm = variant.startsWith("ferry") ? "ferry" : "qemu";
   const tls = variant.endsWith("tls");
   const dir = Deno.makeTempDirSync({ prefix: "ferry-bench-tls-" });
@@ -90,6 +99,7 @@ async function once(
       "downtime-limit": 300,
       ...(tls ? { "tls-creds": "tls0", "tls-hostname": "localhost" } : {}),
     });
+    const cpu0 = cpuSeconds(src.child.pid) + cpuSeconds(dst.child.pid);
     const t0 = performance.now();
     await sq.call("migrate", { uri });
     let info: Record<string, unknown>;
@@ -106,8 +116,10 @@ async function once(
     // Wall time from `migrate` to `completed` seen (20 ms polls), the same clock for both VMMs:
     // QEMU 7.2 reports total-time 0 for a stopped guest.
     run.totalMs = performance.now() - t0;
+    const cpu = cpuSeconds(src.child.pid) + cpuSeconds(dst.child.pid) - cpu0;
     run.bytes = ram.transferred!;
     run.mbps = run.bytes / MIB / (run.totalMs / 1000);
+    run.mibPerCpuS = run.bytes / MIB / cpu;
     if (run.bytes < FILL_MIB * MIB) throw new Error(`${variant}: only ${run.bytes} bytes sent`);
     // The guest continues on the destination.
     await new Promise((r) => setTimeout(r, 100));
@@ -151,23 +163,27 @@ export async function benchMigrateTls(
   } finally {
     Deno.removeSync(work, { recursive: true });
   }
-  const med = (v: Variant) => {
+  const med = (v: Variant, k: "mbps" | "mibPerCpuS" = "mbps") => {
     const ok = runs.get(v)!.filter((r) => r.ok);
-    return ok.length ? median(ok.map((r) => r.mbps)) : NaN;
+    return ok.length ? median(ok.map((r) => r[k])) : NaN;
   };
   const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : "–");
-  out("  variant        ok   MiB/s (median)   each run MiB/s");
+  out("  variant        ok   MiB/s (median)  MiB per CPU-s (median)   each run MiB/s");
   for (const v of variants) {
     const rs = runs.get(v)!;
     out(
       `  ${v.padEnd(13)} ${`${rs.filter((r) => r.ok).length}/${rs.length}`.padEnd(4)} ${
         med(v).toFixed(0).padStart(10)
-      }         ${rs.map((r) => (r.ok ? r.mbps.toFixed(0) : "✗")).join(" ")}`,
+      }  ${med(v, "mibPerCpuS").toFixed(0).padStart(16)}         ${
+        rs.map((r) => (r.ok ? r.mbps.toFixed(0) : "✗")).join(" ")
+      }`,
     );
   }
   const tlsVsPlain = med("ferry tls") / med("ferry plain");
   const ferryVsQemu = o.qemu ? med("ferry tls") / med("qemu tls") : NaN;
   const qemuCost = o.qemu ? med("qemu tls") / med("qemu plain") : NaN;
+  const cpuTls = med("ferry tls", "mibPerCpuS") / med("ferry plain", "mibPerCpuS");
+  const cpuVsQemu = o.qemu ? med("ferry tls", "mibPerCpuS") / med("qemu tls", "mibPerCpuS") : NaN;
   out(
     `  ratios: ferry tls / ferry plain ${f2(tlsVsPlain)} (TLS costs ${
       Number.isFinite(tlsVsPlain) ? ((1 - tlsVsPlain) * 100).toFixed(0) : "–"
@@ -176,6 +192,10 @@ export async function benchMigrateTls(
     } (goal ≥ 2: ${ferryVsQemu >= 2 ? "met" : o.qemu ? "NOT met" : "n/a"}); qemu tls / qemu plain ${
       f2(qemuCost)
     }`,
+  );
+  out(
+    `  per CPU second: ferry tls / ferry plain ${f2(cpuTls)}, ferry tls / qemu tls ${f2(cpuVsQemu)} ` +
+      "(wall-clock ratios suffer when other work shares the host; CPU ratios less so)",
   );
   if (variants.some((v) => runs.get(v)!.some((r) => !r.ok))) Deno.exitCode = 1;
   return [{
@@ -186,6 +206,8 @@ export async function benchMigrateTls(
       ? { qemu_tls_mibps: Math.round(med("qemu tls")), qemu_plain_mibps: Math.round(med("qemu plain")) }
       : {}),
     tls_vs_plain_ratio: f2(tlsVsPlain),
+    tls_vs_plain_cpu_ratio: f2(cpuTls),
+    ferry_tls_vs_qemu_tls_cpu_ratio: f2(cpuVsQemu),
     ferry_tls_vs_qemu_tls_ratio: f2(ferryVsQemu),
     goal_tls_cost: tlsVsPlain >= 0.75 ? "met" : "NOT met",
     goal_vs_qemu: ferryVsQemu >= 2 ? "met" : "NOT met",
