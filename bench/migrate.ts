@@ -21,6 +21,7 @@
 import { BenchVm, freePort } from "./_migrate_vm.ts";
 import { lineChart, type Panel, type Series } from "./_svg_chart.ts";
 import { ferryCommand, median, out, PROBE, qemuBaseArgs, qemuBinary, ROOT } from "./_util.ts";
+import { benchMigrateTls } from "./migrate_tls.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MIB = 1024 * 1024;
@@ -387,9 +388,12 @@ function chart(sums: Summary[], rate: number): string | undefined {
 export async function benchMigrate(o: MigrateOptions): Promise<Record<string, string | number>[]> {
   const qemu = o.qemu;
   const list = scenarios(o);
-  if (list.length === 0) {
+  // The TLS rows (migrate_tls.ts) run with the rest, or alone with --only tls.
+  const tls = o.only.every((w) => "tls-fill-448M-tcp".includes(w));
+  if (list.length === 0 && !tls) {
     throw new Error(`Cannot run migrate: --only '${o.only.join(",")}' matches no scenario`);
   }
+  if (list.length === 0) return await benchMigrateTls(o);
   out(`migrate: probe guest, 1 vCPU, ${o.runs} runs per VMM and scenario, interleaved, median`);
   out(
     "  guest runs native=0 (emulated ring 0): in native mode it needs the PVM MSR 0x4b564d10, which " +
@@ -514,6 +518,10 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
   if (failed) {
     out("  some runs failed (see ERROR lines): their numbers are left out of the medians");
     Deno.exitCode = 1;
+  }
+  if (tls) {
+    out();
+    rows.push(...await benchMigrateTls(o));
   }
   return rows;
 }

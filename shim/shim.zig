@@ -7,6 +7,11 @@
 const std = @import("std");
 const linux = std.os.linux;
 const abi = @import("abi.zig");
+// Topic files export their own ferry_* functions; importing them here links them in.
+const crc32c = @import("crc32c.zig");
+comptime {
+    _ = crc32c;
+}
 
 comptime {
     _ = @import("vcpu_thread.zig");
@@ -189,4 +194,5 @@ test {
     _ = @import("vcpu_thread.zig");
     _ = @import("uring.zig");
     _ = @import("vectored.zig");
+    _ = crc32c;
 }

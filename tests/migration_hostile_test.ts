@@ -17,6 +17,7 @@ import {
   type Vm,
   waitMigration,
 } from "./_fixture/migration.ts";
+import { crc32c } from "../src/migration/digest.ts";
 
 const APPEND = "mode=idle interval_ms=50";
 const MEM = 256 << 20;
@@ -78,6 +79,31 @@ function u32(n: number): Uint8Array {
   const b = new Uint8Array(4);
   new DataView(b.buffer).setUint32(0, n, true);
   return b;
+}
+
+const GARBAGE_KERNEL_SECTION = concat(
+  new Uint8Array([9, 0]),
+  new TextEncoder().encode("vm:kernel"),
+  u32(1),
+  u32(3),
+  new Uint8Array([1, 9, 9]),
+);
+
+/**
+ * A `digest` message (kind 10: u32 algorithm 1, u32 RAM, u32 state, u32 sections, u64 pages) that
+ * matches a destination that received no RAM (every page's entry is 0) and `sections`: a forger
+ * can compute it, so the checks behind it must still hold.
+ */
+function digest(sections: Uint8Array[]): Uint8Array {
+  const pages = MEM / 4096;
+  const b = new Uint8Array(24);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 1, true);
+  v.setUint32(4, crc32c(new Uint8Array(pages * 4)), true);
+  v.setUint32(8, sections.reduce((c, s) => crc32c(s, c), 0), true);
+  v.setUint32(12, sections.length, true);
+  v.setBigUint64(16, BigInt(pages), true);
+  return message(10, b);
 }
 
 /**
@@ -279,7 +305,7 @@ const CASES: Case[] = [
   {
     name: "complete without any vCPU state",
     accepted: true,
-    bytes: () => message(KIND.complete, u32(0)),
+    bytes: () => concat(digest([]), message(KIND.complete, u32(0))),
     error: /Cannot restore device state: .*section 'vm:kernel' is missing/,
   },
   {
@@ -287,16 +313,8 @@ const CASES: Case[] = [
     accepted: true,
     bytes: () =>
       concat(
-        message(
-          KIND.state,
-          concat(
-            new Uint8Array([9, 0]),
-            new TextEncoder().encode("vm:kernel"),
-            u32(1),
-            u32(3),
-            new Uint8Array([1, 9, 9]),
-          ),
-        ),
+        message(KIND.state, GARBAGE_KERNEL_SECTION),
+        digest([GARBAGE_KERNEL_SECTION]),
         message(KIND.complete, u32(1)),
       ),
     error: /Cannot restore device state: /,

@@ -1,8 +1,8 @@
 /**
  * `-incoming tcp:HOST:PORT | unix:PATH` (StratoVirt `incoming.rs`: `parse_incoming_uri`).
  * StratoVirt takes only an IPv4 address; ferry also takes a host name and `[IPv6]`, and port 0
- * (listen on an ephemeral port, for tests). `file:` (snapshot restore) and QEMU's `defer` are not
- * supported yet.
+ * (listen on an ephemeral port, for tests), and QEMU's `defer` (listen only on QMP
+ * `migrate-incoming`). `file:` (snapshot restore) is not supported yet.
  * @module
  */
 import type { OptionInfo } from "./_kv.ts";
@@ -13,7 +13,7 @@ export const INCOMING_OPTION: OptionInfo = {
   name: "-incoming",
   arity: "one",
   repeat: false,
-  form: "tcp:HOST:PORT | unix:PATH",
+  form: "tcp:HOST:PORT | unix:PATH | defer",
   help: "wait for a live migration on this address instead of booting",
   status: "supported",
 };
@@ -57,7 +57,8 @@ export function parseIncoming(text: string): IncomingConfig {
     }
     return { kind: "tcp", host, port: Number(portText) };
   }
-  if (text.startsWith("file:") || text === "defer" || text.startsWith("exec:") || text.startsWith("fd:")) {
+  if (text === "defer") return { kind: "defer" };
+  if (text.startsWith("file:") || text.startsWith("exec:") || text.startsWith("fd:")) {
     throw new TypeError(`Cannot use -incoming '${text}': ${text.split(":")[0]} is not supported yet`);
   }
   throw bad(text, "unknown transport");
@@ -69,6 +70,7 @@ export function parseIncoming(text: string): IncomingConfig {
  */
 export function formatIncoming(incoming: IncomingConfig): string {
   if (incoming.kind === "unix") return `unix:${incoming.path}`;
+  if (incoming.kind === "defer") return "defer";
   const host = incoming.host.includes(":") ? `[${incoming.host}]` : incoming.host;
   return `tcp:${host}:${incoming.port}`;
 }

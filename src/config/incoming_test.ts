@@ -30,7 +30,7 @@ Deno.test("parseIncoming refuses a missing or bad uri naming the accepted form",
       () => parseIncoming(t),
       TypeError,
       "-incoming",
-      /expected -incoming tcp:HOST:PORT \| unix:PATH/,
+      /expected -incoming tcp:HOST:PORT \| unix:PATH \| defer/,
     );
   }
   assertConfigError(
@@ -39,7 +39,11 @@ Deno.test("parseIncoming refuses a missing or bad uri naming the accepted form",
     "-incoming",
     /file is not supported yet/,
   );
-  assertConfigError(() => parseIncoming("defer"), TypeError, "-incoming", /defer is not supported yet/);
+});
+
+Deno.test("parseIncoming reads QEMU's defer (listen on QMP migrate-incoming)", () => {
+  assert.deepEqual(parseIncoming("defer"), { kind: "defer" });
+  assert.equal(formatIncoming({ kind: "defer" }), "defer");
 });
 
 Deno.test("formatIncoming brackets an IPv6 host", () => {

@@ -48,7 +48,18 @@ export type IncomingConfig =
   /** `tcp:HOST:PORT` (HOST without brackets; port 0 asks for an ephemeral port). */
   | { kind: "tcp"; host: string; port: number }
   /** `unix:PATH`. */
-  | { kind: "unix"; path: string };
+  | { kind: "unix"; path: string }
+  /** `defer` (QEMU): wait for QMP `migrate-incoming`, e.g. after `migrate-set-parameters`. */
+  | { kind: "defer" };
+
+/** `-object tls-creds-x509,...`: TLS credentials for migration (QEMU's file names in `dir`). */
+export interface TlsCredsObjectConfig {
+  type: "tls-creds-x509";
+  id: string;
+  dir: string;
+  endpoint: "server" | "client";
+  verifyPeer: boolean;
+}
 
 /** `-drive id=ID,file=PATH,...`: a raw image a `-device virtio-blk-pci,drive=ID` uses. */
 export interface DriveConfig {
@@ -113,6 +124,10 @@ export interface MachineConfig {
   /** QMP listeners from `-qmp` and `-chardev socket` + `-mon`, in command-line order. */
   qmp: QmpConfig[];
   incoming?: IncomingConfig;
+  /** `-object tls-creds-x509` in command-line order. */
+  objects?: TlsCredsObjectConfig[];
+  /** `-global migration.tls-creds=ID` / `migration.tls-hostname=NAME`. */
+  migrationGlobals?: { "tls-creds"?: string; "tls-hostname"?: string };
   /** In command-line order. */
   drives: DriveConfig[];
   /** In command-line order. */

@@ -105,8 +105,6 @@ export const LATER_OPTIONS: readonly OptionInfo[] = [
   later("-mem-path", "one", "PATH", "back guest RAM with a file or hugetlbfs"),
   later("-mem-prealloc", "none", "", "preallocate guest RAM"),
   later("-numa", "many", "node,... | dist,...", "NUMA nodes"),
-  later("-object", "many", "iothread,id=ID | memory-backend-*,... | rng-random,...", "backend objects"),
-  later("-global", "many", "pcie-root-port.fast-unplug=0|1", "global device properties"),
   later("-no-shutdown", "optional", "", "pause instead of exiting when the guest powers off"),
   later("-battery", "none", "", "ACPI battery and power adapter"),
   later("-trace", "one", "file=PATH|type=all|events|scopes", "trace events"),

@@ -27,10 +27,12 @@ import type {
   MachineTypeConfig,
   NetdevConfig,
   QmpConfig,
+  TlsCredsObjectConfig,
 } from "./machine_config.ts";
 import { DEFAULT_MEMORY_BYTES, MEMORY_OPTION, parseMemory } from "./memory.ts";
 import { HELP_OPTION, IGNORED_OPTIONS, LATER_OPTIONS, LOG_OPTION, NAME_OPTION, parseName } from "./misc.ts";
 import { NETDEV_OPTION, parseNetdev } from "./netdev.ts";
+import { GLOBAL_OPTION, type MigrationGlobals, OBJECT_OPTION, parseGlobal, parseObject } from "./object.ts";
 import { MON_OPTION, type MonRequest, parseMon, parseQmp, QMP_OPTION, resolveMon } from "./qmp.ts";
 import { DEFAULT_SERIAL, parseSerial, resolveSerial, SERIAL_OPTION, type SerialRequest } from "./serial.ts";
 import { DEFAULT_CPUS, parseSmp, SMP_OPTION } from "./smp.ts";
@@ -53,6 +55,8 @@ export const OPTIONS: readonly OptionInfo[] = [
   QMP_OPTION,
   MON_OPTION,
   INCOMING_OPTION,
+  OBJECT_OPTION,
+  GLOBAL_OPTION,
   NAME_OPTION,
   LOG_OPTION,
   HELP_OPTION,
@@ -74,6 +78,8 @@ interface Collected {
   chardevs: Map<string, Chardev>;
   qmp: QmpEntry[];
   incoming?: IncomingConfig;
+  objects: TlsCredsObjectConfig[];
+  globals: MigrationGlobals;
   drives: DriveConfig[];
   devices: DeviceConfig[];
   netdevs: NetdevConfig[];
@@ -139,6 +145,12 @@ function collect(occ: Occurrence, c: Collected): void {
     case INCOMING_OPTION:
       c.incoming = parseIncoming(value);
       return;
+    case OBJECT_OPTION:
+      for (const v of occ.values) addUnique(c.objects, parseObject(v), "-object");
+      return;
+    case GLOBAL_OPTION:
+      for (const v of occ.values) parseGlobal(v, c.globals);
+      return;
     case DRIVE_OPTION:
       for (const v of occ.values) addUnique(c.drives, parseDrive(v), "-drive");
       return;
@@ -195,6 +207,8 @@ export function parseArgs(argv: readonly string[]): MachineConfig {
     appends: [],
     chardevs: new Map(),
     qmp: [],
+    objects: [],
+    globals: {},
     drives: [],
     devices: [],
     netdevs: [],
@@ -238,6 +252,12 @@ export function parseArgs(argv: readonly string[]): MachineConfig {
   if (kernel) config.kernel = kernel;
   if (c.incoming) config.incoming = c.incoming;
   if (notices.length > 0) config.notices = notices;
+  const creds = c.globals["tls-creds"];
+  if (creds && !c.objects.some((o) => o.id === creds)) {
+    throw new TypeError(`Cannot use -global migration.tls-creds=${creds}: no -object has id '${creds}'`);
+  }
+  if (c.objects.length > 0) config.objects = c.objects;
+  if (Object.keys(c.globals).length > 0) config.migrationGlobals = c.globals;
   if (c.name !== undefined) config.name = c.name;
   if (c.logFile !== undefined) config.logFile = c.logFile;
   return config;

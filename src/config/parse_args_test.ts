@@ -187,7 +187,12 @@ Deno.test("parseArgs error cases give one-line messages naming the option", () =
     [["-daemonize"], TypeError, "-daemonize", "Option -daemonize is not supported yet"],
     [["-pidfile", "/run/f.pid"], TypeError, "-pidfile", "Option -pidfile is not supported yet"],
     [["-S"], TypeError, "-S", "Option -S is not supported yet"],
-    [["-object", "iothread,id=io0"], TypeError, "-object", "Option -object is not supported yet"],
+    [
+      ["-object", "iothread,id=io0"],
+      TypeError,
+      "-object",
+      "Cannot use -object 'iothread,id=io0': object type 'iothread' is not supported yet",
+    ],
     [["-mem-path", "/dev/hugepages"], TypeError, "-mem-path", /not supported yet/],
     [["-no-shutdown"], TypeError, "-no-shutdown", /not supported yet/],
     [["-m", "1G", "-m", "2G"], TypeError, "-m", /given more than once/],

@@ -55,6 +55,8 @@ export const symbols = {
   // ---- ABI table ----
   ferry_abi: { parameters: ["u32"], result: "i64" }, // entry index → size/offset, -1 past the end
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
+  // ---- CRC32C (shim/crc32c.zig) ----
+  ferry_crc32c: { parameters: ["buffer", "u64", "u32"], result: "u32" }, // const u8 *ptr, u64 len, u32 crc → crc
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** `RunBlock` (shim/vcpu_thread.zig): byte offsets and size, pinned by its Zig test. */

@@ -40,6 +40,14 @@ import {
 } from "./stream.ts";
 import { receiveRamBatch } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
+import type { TlsCreds } from "./tls.ts";
+import {
+  compareDigests,
+  decodeDigest,
+  DIGEST_BYTES,
+  MigrationDigest,
+  type SwitchoverDigest,
+} from "./digest.ts";
 
 const log = logger("migration:incoming");
 
@@ -54,6 +62,8 @@ export interface ReceiveMigrationOptions {
    * cut link. Waiting for the connection itself has no limit. @default {STALL_TIMEOUT_MS}
    */
   stallTimeoutMs?: number;
+  /** Speak TLS with these server credentials (tls.ts); plaintext when absent. */
+  tls?: TlsCreds;
 }
 
 /** Largest total of all section payloads. */
@@ -86,7 +96,7 @@ export async function receiveMigration(
   let listener: MigrationListener | undefined;
   let conn: Deno.Conn | undefined;
   try {
-    listener = new MigrationListener(target);
+    listener = await MigrationListener.open(target, options.tls);
     options.onListening?.(listener.addr);
     conn = await listener.acceptOne(options.signal);
     const c = conn;
@@ -241,12 +251,17 @@ class IncomingMigration {
     this.#setupMs = performance.now() - this.#startMs;
     status.transition("active");
 
-    // ram* state* complete
+    // ram* state* digest complete
+    const digest = new MigrationDigest(vm.memory);
+    let sourceDigest: SwitchoverDigest | undefined;
     const sections: Section[] = [];
     const ids = new Set<string>();
     let stateBytes = 0;
     for (;;) {
       h = await next("before complete");
+      if (sourceDigest && h.kind !== "complete") {
+        throw new ProtocolError(`Cannot receive migration: '${h.kind}' after 'digest'`);
+      }
       if (h.kind === "ram") {
         if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
         const r = await receiveRamBatch(
@@ -254,6 +269,7 @@ class IncomingMigration {
           h,
           vm.memory,
           vm.residency ? (gpa, n) => vm.residency!(gpa, n) : undefined,
+          digest,
         );
         c.transferredBytes += h.length;
         c.zeroPages += r.zeroPages;
@@ -261,7 +277,9 @@ class IncomingMigration {
         continue;
       }
       if (h.kind === "state") {
-        const s = decodeSection(await reader.readPayload(h, MAX_SECTION_BYTES + MAX_SECTION_ID_BYTES + 10));
+        const payload = await reader.readPayload(h, MAX_SECTION_BYTES + MAX_SECTION_ID_BYTES + 10);
+        const s = decodeSection(payload);
+        digest.recordSection(payload);
         c.transferredBytes += h.length;
         if (ids.has(s.id)) throw new ProtocolError(`Cannot receive migration: section '${s.id}' sent twice`);
         if (sections.length >= MAX_SECTIONS) {
@@ -275,6 +293,11 @@ class IncomingMigration {
         sections.push(s);
         continue;
       }
+      if (h.kind === "digest") {
+        sourceDigest = decodeDigest(await reader.readPayload(h, DIGEST_BYTES));
+        c.transferredBytes += h.length;
+        continue;
+      }
       expect(h, "complete", "after RAM and state");
       const count = decodeComplete(await reader.readPayload(h, 4));
       if (count !== sections.length) {
@@ -282,6 +305,13 @@ class IncomingMigration {
           `Cannot receive migration: source sent ${sections.length} sections but announced ${count}`,
         );
       }
+      if (!sourceDigest) {
+        throw new ProtocolError("Cannot receive migration: 'complete' without the switch-over 'digest'");
+      }
+      const t0 = performance.now();
+      const mismatch = compareDigests(sourceDigest, digest.finish());
+      log.debug("Switch-over digest checked in %s ms", (performance.now() - t0).toFixed(2));
+      if (mismatch) throw new Error(`Cannot verify the switch-over digest: ${mismatch}`);
       break;
     }
 

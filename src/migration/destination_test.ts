@@ -13,6 +13,7 @@ import {
   type MessageKindName,
   type RamRun,
 } from "./stream.ts";
+import { encodeDigest, MigrationDigest } from "./digest.ts";
 
 const REGIONS = [{ gpa: 0, sizeBytes: 64 * 4096 }, { gpa: 0x10_0000, sizeBytes: 16 * 4096 }];
 
@@ -38,14 +39,40 @@ const HELLO = msg("hello", encodeHello({ pageSize: 4096, product: "ferry test" }
 const CONFIG = msg("config", encodeConfig({ config: FAKE_CONFIG, host: FAKE_HOST }));
 const SECTION = { id: "serial:ttyS0", version: 2, payload: new Uint8Array([9, 8, 7]) };
 
+/**
+ * The `digest` message a source would send after these batches and sections: the same runs
+ * applied to a scratch VM's RAM, checksummed the way the source does.
+ */
+function digestMessage(batches: [RamRun[], number][], sections: Uint8Array[]): Uint8Array {
+  const scratch = new FakeVm({ regions: REGIONS });
+  const d = new MigrationDigest(scratch.memory);
+  for (const [runs, fill] of batches) {
+    for (const r of runs) {
+      const region = scratch.memory.regionOf(r.gpa, r.pageCount * 4096)!;
+      const off = r.gpa - region.gpa;
+      region.bytes.fill(r.zero ? 0 : fill, off, off + r.pageCount * 4096);
+    }
+    d.recordRuns(runs);
+  }
+  for (const s of sections) d.recordSection(s);
+  return msg("digest", encodeDigest(d.finish()));
+}
+
+/** Every page of REGIONS as one zero run per region (a full pass of an all-zero source). */
+const ALL_ZERO: RamRun[] = REGIONS.map((r) => ({ gpa: r.gpa, pageCount: r.sizeBytes / 4096, zero: true }));
+const BATCH_1: RamRun[] = [{ gpa: 0, pageCount: 1, zero: true }, { gpa: 4096, pageCount: 2, zero: false }];
+const BATCH_2: RamRun[] = [{ gpa: 0x10_0000 + 4096, pageCount: 3, zero: false }];
+
 /** A valid stream and the offsets where each message starts. */
 function validStream(): { bytes: Uint8Array; boundaries: number[] } {
   const msgs = [
     HELLO,
     CONFIG,
-    ram([{ gpa: 0, pageCount: 1, zero: true }, { gpa: 4096, pageCount: 2, zero: false }]),
-    ram([{ gpa: 0x10_0000 + 4096, pageCount: 3, zero: false }], 0x77),
+    ram(ALL_ZERO),
+    ram(BATCH_1),
+    ram(BATCH_2, 0x77),
     msg("state", encodeSection(SECTION)),
+    digestMessage([[ALL_ZERO, 0], [BATCH_1, 0x5a], [BATCH_2, 0x77]], [encodeSection(SECTION)]),
     msg("complete", encodeComplete(1)),
   ];
   const boundaries: number[] = [];
@@ -132,7 +159,28 @@ Deno.test("receiveMigration accepts a valid hand-built stream and answers ack th
   assert.ok(r0.subarray(0, 4096).every((b) => b === 0), "zero run filled zeros");
   assert.ok(r0.subarray(4096, 3 * 4096).every((b) => b === 0x5a));
   assert.ok(vm.memory.slice(0x10_1000, 3 * 4096).every((b) => b === 0x77));
-  assert.ok(untouchedExcept(vm, [[0, 3 * 4096], [0x10_1000, 3 * 4096]]));
+  assert.ok(vm.memory.slice(0x10_0000, 4096).every((b) => b === 0), "the full pass zeroed the rest");
+});
+
+Deno.test("receiveMigration refuses a stream whose RAM or state does not match the switch-over digest", async () => {
+  const { bytes, boundaries } = validStream();
+  // One bit of a raw page (the first 0x5a byte: BATCH_1's bytes) and the last byte of the section.
+  const flips: [string, number][] = [
+    ["ram", bytes.indexOf(0x5a)],
+    ["state", boundaries[5]! + HEADER_BYTES + encodeSection(SECTION).length - 1],
+  ];
+  for (const [what, at] of flips) {
+    const bad = bytes.slice();
+    bad[at]! ^= 0x10;
+    const { error, replies, vm } = await feed(bad);
+    assert.ok(error, `${what}: a flipped bit must fail`);
+    assert.match(error.message, what === "ram" ? /guest RAM differs/ : /device and vCPU state differs/);
+    assert.ok(!replies.includes("resumed"));
+    assert.equal(vm.resumeCount, 0);
+  }
+  // Without the digest message the destination refuses too.
+  const noDigest = concat(bytes.subarray(0, boundaries[6]), bytes.subarray(boundaries[7]!));
+  assert.match((await feed(noDigest)).error!.message, /'complete' without the switch-over 'digest'/);
 });
 
 Deno.test("receiveMigration rejects a stream truncated at any message boundary or inside a message", async () => {
@@ -251,7 +299,11 @@ Deno.test("receiveMigration rejects messages out of order", async () => {
     [concat(HELLO, CONFIG, HELLO), /expected 'complete' after RAM and state, got 'hello'/],
     [concat(HELLO, CONFIG, state, okRam), /'ram' after 'state'/],
     [concat(HELLO, CONFIG, state, state), /section 'serial:ttyS0' sent twice/],
-    [concat(HELLO, CONFIG, state, msg("complete", encodeComplete(2))), /sent 1 sections but announced 2/],
+    [
+      concat(HELLO, CONFIG, state, digestMessage([], []), msg("complete", encodeComplete(2))),
+      /sent 1 sections but announced 2/,
+    ],
+    [concat(HELLO, CONFIG, digestMessage([], []), okRam), /'ram' after 'digest'/],
     [concat(HELLO, CONFIG, msg("resumed")), /got 'resumed'/],
     [
       concat(HELLO, CONFIG, okRam, msg("cancel", encodeReason("operator said so"))),

@@ -66,6 +66,10 @@ export interface MigrationParameters {
    * @default {50}
    */
   "throttle-trigger-threshold": number;
+  /** Id of a `-object tls-creds-x509` to speak TLS with; `""` = plaintext (QEMU's name). @default {""} */
+  "tls-creds": string;
+  /** Host name the destination's certificate must carry; `""` = the uri's host (QEMU). @default {""} */
+  "tls-hostname": string;
 }
 
 /** The defaults. */
@@ -80,6 +84,8 @@ export const DEFAULT_MIGRATION_PARAMETERS: Readonly<MigrationParameters> = Objec
   "cpu-throttle-tailslow": false,
   "max-cpu-throttle": 99,
   "throttle-trigger-threshold": 50,
+  "tls-creds": "",
+  "tls-hostname": "",
 });
 
 const INTEGER_LIMITS: Record<string, [number, number]> = {
@@ -118,6 +124,13 @@ export function updateMigrationParameters(
     if (k === "cpu-throttle-tailslow") {
       if (typeof v !== "boolean") {
         throw new TypeError(`Cannot set migration parameter '${k}' to '${String(v)}': not a boolean`);
+      }
+      next[k] = v;
+      continue;
+    }
+    if (k === "tls-creds" || k === "tls-hostname") {
+      if (typeof v !== "string") {
+        throw new TypeError(`Cannot set migration parameter '${k}' to '${String(v)}': not a string`);
       }
       next[k] = v;
       continue;

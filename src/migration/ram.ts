@@ -21,6 +21,7 @@ import {
   RUN_BYTES,
 } from "./stream.ts";
 import type { RamCounters } from "./stats.ts";
+import type { MigrationDigest } from "./digest.ts";
 import { sleep } from "./_async.ts";
 
 /** Default raw bytes per RAM message. */
@@ -130,6 +131,8 @@ export interface RamSenderOptions {
   signal?: AbortSignal;
   /** `MigrationVm.residency`: lets the full pass skip reading pages the host never backed. */
   residency?: (gpa: number, pageCount: number) => Uint8Array | undefined;
+  /** The switch-over digest: every sent run is recorded in it. */
+  digest?: MigrationDigest;
 }
 
 /** What one pass sent. */
@@ -165,6 +168,7 @@ export class RamSender {
   #residency: RamSenderOptions["residency"];
   /** During a full pass: the region's residency vector (a never-resident page is zero). */
   #resident: Uint8Array | undefined;
+  #digest: MigrationDigest | undefined;
 
   constructor(
     writer: MessageWriter,
@@ -180,6 +184,7 @@ export class RamSender {
     this.#batchBytes = options.batchBytes ?? DEFAULT_BATCH_BYTES;
     this.#signal = options.signal;
     this.#residency = options.residency;
+    this.#digest = options.digest;
   }
 
   /**
@@ -284,7 +289,8 @@ export class RamSender {
   async #flush(): Promise<void> {
     if (this.#runs.length === 0) return;
     if (this.#signal?.aborted) throw this.#signal.reason;
-    const table = encodeRunTable(this.#runs);
+    const runs = this.#runs;
+    const table = encodeRunTable(runs);
     const parts = this.#parts;
     const bytes = HEADER_BYTES + table.length + this.#rawBytes;
     const pages = this.#zeroPages + this.#rawPages;
@@ -299,6 +305,8 @@ export class RamSender {
     this.#rawPages = 0;
     const t0 = performance.now();
     await this.#writer.send("ram", table, ...parts);
+    // After the write: a page the guest changes meanwhile is dirty and is sent (and recorded) again.
+    this.#digest?.recordRuns(runs);
     c.transferredBytes += bytes;
     this.#pass.bytes += bytes;
     this.#pass.pages += pages;
@@ -384,6 +392,7 @@ export async function receiveRamBatch(
   header: MessageHeader,
   memory: GuestMemory,
   residency?: (gpa: number, pageCount: number) => Uint8Array | undefined,
+  digest?: MigrationDigest,
 ): Promise<BatchResult> {
   if (header.length < RAM_PREFIX_BYTES + RUN_BYTES) {
     throw new ProtocolError(`Cannot decode RAM message: ${header.length} bytes is too short`);
@@ -426,5 +435,6 @@ export async function receiveRamBatch(
     if (t.zero) zeroFill(t.region, t.off, t.len, residency?.(t.region.gpa + t.off, t.len / PAGE_SIZE));
     else await reader.readExact(t.region.bytes.subarray(t.off, t.off + t.len), "RAM pages");
   }
+  digest?.recordRuns(runs);
   return { zeroPages, rawPages };
 }

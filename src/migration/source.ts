@@ -28,7 +28,13 @@ import {
   type MigrationParameters,
 } from "./parameters.ts";
 import { AutoConverge } from "./auto_converge.ts";
-import { connectMigration, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import {
+  connectMigration,
+  type MigrationTls,
+  parseMigrationUri,
+  STALL_TIMEOUT_MS,
+  StallGuard,
+} from "./transport.ts";
 import {
   decodeReason,
   encodeComplete,
@@ -44,6 +50,7 @@ import {
 } from "./stream.ts";
 import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
+import { encodeDigest, MigrationDigest } from "./digest.ts";
 import { MigrationBlockedError } from "../devices/device.ts";
 
 const log = logger("migration");
@@ -85,6 +92,8 @@ export interface StartMigrationOptions {
    * before the last RAM and the device state are sent.
    */
   onPaused?: () => void;
+  /** Speak TLS with these client credentials and expected host name (transport.ts). */
+  tls?: MigrationTls;
 }
 
 /** A failure of one named step; the message is `Cannot <step>: <cause>`. */
@@ -397,6 +406,7 @@ class OutgoingMigration {
         connectMigration(parseMigrationUri(this.#uri), {
           timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
           signal,
+          ...(this.#options.tls ? { tls: this.#options.tls } : {}),
         }),
     );
     this.#conn = conn;
@@ -444,9 +454,11 @@ class OutgoingMigration {
 
     const limiter = new RateLimiter(this.#params["max-bandwidth"]);
     this.#limiter = limiter;
+    const digest = new MigrationDigest(vm.memory);
     const sender = new RamSender(writer, vm.memory, c, {
       limiter,
       signal,
+      digest,
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
     });
     const iterStartMs = performance.now();
@@ -525,8 +537,15 @@ class OutgoingMigration {
         seen.add(s.id);
         const b = encodeSection(s);
         await writer.send("state", b);
+        digest.recordSection(b);
         c.transferredBytes += 24 + b.length;
       }
+    });
+    await this.#step("send the switch-over digest", async () => {
+      const t0 = performance.now();
+      const d = digest.finish();
+      log.debug("Switch-over digest of %d pages in %s ms", d.pages, (performance.now() - t0).toFixed(2));
+      await writer.send("digest", encodeDigest(d));
     });
     await this.#step("send complete", async () => {
       await writer.send("complete", encodeComplete(sections.length));

@@ -68,6 +68,8 @@ export const MessageKind = {
   cancel: 8,
   /** D→S: the guest runs on the destination. */
   resumed: 9,
+  /** S→D, after the last `state`: the switch-over digest of RAM and state (digest.ts). */
+  digest: 10,
 } as const;
 /** A message kind name. */
 export type MessageKindName = keyof typeof MessageKind;

@@ -1,8 +1,16 @@
 /**
  * Migration URIs (`tcp:HOST:PORT`, `unix:PATH`) and the connections behind them: the source
- * connects, the destination listens and accepts exactly one connection.
+ * connects, the destination listens and accepts exactly one connection. With TLS credentials
+ * (tls.ts) both sides speak TLS over tcp; a plaintext side refuses a TLS peer at its first read.
  * @module
  */
+import {
+  connectTlsMigration,
+  listenTlsMigration,
+  sniffTls,
+  type TlsCreds,
+  type TlsMigrationListener,
+} from "./tls.ts";
 
 /** A parsed migration URI. */
 export type MigrationUri =
@@ -46,6 +54,63 @@ export function parseMigrationUri(uri: string, options: { listen?: boolean } = {
   throw new TypeError(`Cannot parse migration uri '${uri}': want tcp:HOST:PORT or unix:PATH`);
 }
 
+/** TLS for one migration: the credentials and the name the destination's certificate must carry. */
+export interface MigrationTls {
+  creds: TlsCreds;
+  /** `tls-hostname`; empty or absent: the uri's host. */
+  hostname?: string;
+}
+
+/**
+ * A plaintext connection that refuses a TLS peer at its first read: the bytes of a TLS record
+ * where a migration header belongs mean the other side was given tls-creds and this one was not.
+ */
+class PlainConn {
+  #conn: Deno.Conn;
+  #peer: "source" | "destination";
+  #first = true;
+
+  constructor(conn: Deno.Conn, peer: "source" | "destination") {
+    this.#conn = conn;
+    this.#peer = peer;
+  }
+
+  async read(p: Uint8Array): Promise<number | null> {
+    const n = await this.#conn.read(p);
+    if (this.#first && n !== null && n > 0) {
+      this.#first = false;
+      if (sniffTls(p.subarray(0, n))) {
+        const hint = this.#peer === "destination"
+          ? "set the tls-creds migration parameter on this source too"
+          : "this destination has no tls-creds (set them with migrate-set-parameters before migrate-incoming)";
+        throw new Error(`the ${this.#peer} speaks TLS and this side does not: ${hint}`);
+      }
+    }
+    return n;
+  }
+
+  write(p: Uint8Array): Promise<number> {
+    return this.#conn.write(p);
+  }
+
+  closeWrite(): Promise<void> {
+    return this.#conn.closeWrite();
+  }
+
+  close(): void {
+    this.#conn.close();
+  }
+
+  setNoDelay(on = true): void {
+    if ("setNoDelay" in this.#conn) (this.#conn as Deno.TcpConn).setNoDelay(on);
+  }
+}
+
+/** Wraps a plaintext connection in {@linkcode PlainConn}; migration uses only read/write/close. */
+function plainConn(conn: Deno.Conn, peer: "source" | "destination"): Deno.Conn {
+  return new PlainConn(conn, peer) as unknown as Deno.Conn;
+}
+
 /** Default time allowed for the source's connect. */
 export const CONNECT_TIMEOUT_MS = 10_000;
 
@@ -56,11 +121,19 @@ export const CONNECT_TIMEOUT_MS = 10_000;
  */
 export async function connectMigration(
   target: MigrationUri,
-  options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  options: { timeoutMs?: number; signal?: AbortSignal; tls?: MigrationTls } = {},
 ): Promise<Deno.Conn> {
-  const connecting: Promise<Deno.Conn> = target.kind === "tcp"
-    ? Deno.connect({ hostname: target.host, port: target.port })
-    : Deno.connect({ transport: "unix", path: target.path });
+  const tls = options.tls;
+  if (tls && target.kind !== "tcp") {
+    throw new TypeError(
+      `Cannot migrate to '${target.uri}' with tls-creds '${tls.creds.id}': TLS needs a tcp: uri`,
+    );
+  }
+  const connecting: Promise<Deno.Conn> = tls && target.kind === "tcp"
+    ? connectTlsMigration(target.host, target.port, tls.creds, tls.hostname || target.host)
+    : target.kind === "tcp"
+    ? Deno.connect({ hostname: target.host, port: target.port }).then((c) => plainConn(c, "destination"))
+    : Deno.connect({ transport: "unix", path: target.path }).then((c) => plainConn(c, "destination"));
   const timeoutMs = options.timeoutMs ?? CONNECT_TIMEOUT_MS;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let onAbort: (() => void) | undefined;
@@ -90,21 +163,43 @@ export async function connectMigration(
 
 /** A destination's listening socket that accepts exactly one connection. */
 export class MigrationListener {
-  #listener: Deno.Listener;
+  #listener: Deno.Listener | TlsMigrationListener;
   #target: MigrationUri;
   #closed = false;
+  #tls: boolean;
 
   /**
-   * Listens on `target`.
+   * Listens on `target` in plaintext.
    * @throws {Error} naming the uri (address in use, path missing, …)
    */
-  constructor(target: MigrationUri) {
+  constructor(target: MigrationUri, tlsListener?: TlsMigrationListener) {
     this.#target = target;
+    this.#tls = tlsListener !== undefined;
     try {
-      this.#listener = target.kind === "tcp"
-        ? Deno.listen({ hostname: target.host, port: target.port })
-        : Deno.listen({ transport: "unix", path: target.path });
+      this.#listener = tlsListener ??
+        (target.kind === "tcp"
+          ? Deno.listen({ hostname: target.host, port: target.port })
+          : Deno.listen({ transport: "unix", path: target.path }));
     } catch (e) {
+      throw new Error(`Cannot listen on '${target.uri}': ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /**
+   * Listens on `target`, speaking TLS with `creds` when given (server endpoint, tcp only).
+   * @throws {Error} naming the uri; {TypeError} for TLS over unix: or client credentials
+   */
+  static async open(target: MigrationUri, creds?: TlsCreds): Promise<MigrationListener> {
+    if (!creds) return new MigrationListener(target);
+    if (target.kind !== "tcp") {
+      throw new TypeError(
+        `Cannot receive a migration on '${target.uri}' with tls-creds '${creds.id}': TLS needs a tcp: uri`,
+      );
+    }
+    try {
+      return new MigrationListener(target, await listenTlsMigration(target.host, target.port, creds));
+    } catch (e) {
+      if (e instanceof TypeError) throw e;
       throw new Error(`Cannot listen on '${target.uri}': ${(e as Error).message}`, { cause: e });
     }
   }
@@ -124,8 +219,9 @@ export class MigrationListener {
     try {
       if (signal?.aborted) throw signal.reason;
       const conn = await this.#listener.accept();
+      if (this.#tls) return conn;
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-      return conn;
+      return plainConn(conn, "source");
     } catch (e) {
       if (signal?.aborted) throw signal.reason;
       throw new Error(`Cannot accept a migration on '${this.#target.uri}': ${(e as Error).message}`, {

@@ -86,6 +86,8 @@ export async function vmmOptions(config: MachineConfig): Promise<VmmOptions> {
     spec,
     qmp: config.qmp.map((q) => ({ path: q.path, wait: q.wait })),
     ...(incoming !== undefined ? { incoming } : {}),
+    ...(config.objects ? { tlsCreds: config.objects } : {}),
+    ...(config.migrationGlobals ? { migrationParameters: config.migrationGlobals } : {}),
     configAttributes: migrationAttributes(config, digest),
   };
 }

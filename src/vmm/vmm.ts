@@ -40,6 +40,7 @@ import {
 } from "../qmp/mod.ts";
 import { logger } from "../util/log.ts";
 import { VmMigrationAdapter } from "./migration_adapter.ts";
+import { loadTlsCreds, type TlsCreds, type TlsCredsConfig } from "../migration/tls.ts";
 import { MigrationBlockedError } from "../devices/device.ts";
 
 const log = logger("vmm");
@@ -48,8 +49,12 @@ const log = logger("vmm");
 export interface VmmOptions {
   spec: VmSpec;
   qmp: { path: string; wait: boolean }[];
-  /** `tcp:HOST:PORT` / `unix:PATH` for a migration destination. */
+  /** `tcp:HOST:PORT` / `unix:PATH` for a migration destination, or `defer` (QMP `migrate-incoming`). */
   incoming?: string;
+  /** `-object tls-creds-x509` (their files are read at start). */
+  tlsCreds?: TlsCredsConfig[];
+  /** Migration parameters from the command line (`-global migration.tls-creds=ID`). */
+  migrationParameters?: Record<string, unknown>;
   /** Canonical configuration attributes a migration peer must match. */
   configAttributes: Record<string, string>;
   /** Ids of configured devices that cannot migrate. */
@@ -89,6 +94,7 @@ export class Vmm implements MachineControl, MigrationControl {
   readonly #adapter: VmMigrationAdapter;
   #params: MigrationParameters = { ...DEFAULT_MIGRATION_PARAMETERS };
   #capabilities: MigrationCapabilities = { ...DEFAULT_MIGRATION_CAPABILITIES };
+  readonly #tlsCreds = new Map<string, TlsCreds>();
   #state: RunState = "prelaunch";
   #active: MigrationHandle | undefined;
   #incoming: Promise<void> | undefined;
@@ -113,8 +119,13 @@ export class Vmm implements MachineControl, MigrationControl {
 
   /** Builds the VM, opens the QMP sockets and starts the guest (or waits for the incoming state). */
   static async start(opts: VmmOptions): Promise<Vmm> {
+    // Credentials and parameters first: a bad file fails before any VM exists.
+    const creds = (opts.tlsCreds ?? []).map(loadTlsCreds);
+    const params = updateMigrationParameters(DEFAULT_MIGRATION_PARAMETERS, opts.migrationParameters ?? {});
     const vm = await Vm.create(opts.spec, { boot: opts.incoming === undefined });
     const vmm = new Vmm(vm, opts);
+    for (const c of creds) vmm.#tlsCreds.set(c.id, c);
+    vmm.#params = params;
     try {
       for (const q of opts.qmp) {
         const server = new QmpServer({ path: q.path, wait: q.wait });
@@ -137,7 +148,14 @@ export class Vmm implements MachineControl, MigrationControl {
     }
     if (opts.incoming !== undefined) {
       vmm.#setState("inmigrate");
-      vmm.#receive(opts.incoming);
+      if (opts.incoming !== "defer") {
+        try {
+          vmm.#receive(opts.incoming);
+        } catch (e) {
+          await vmm.#teardown();
+          throw e;
+        }
+      }
     } else {
       await vm.resume();
       vmm.#setState("running");
@@ -146,10 +164,30 @@ export class Vmm implements MachineControl, MigrationControl {
     return vmm;
   }
 
+  /** The credentials `tls-creds` names, checked for `endpoint`; undefined when TLS is off. */
+  #tls(endpoint: "server" | "client"): TlsCreds | undefined {
+    const id = this.#params["tls-creds"];
+    if (id === "") return undefined;
+    const creds = this.#tlsCreds.get(id);
+    if (!creds) throw new TypeError(`Cannot use tls-creds '${id}': no -object tls-creds-x509 has that id`);
+    if (creds.endpoint !== endpoint) {
+      throw new TypeError(
+        `Cannot use tls-creds '${id}' ${
+          endpoint === "server" ? "to receive" : "to migrate"
+        }: its endpoint is ${creds.endpoint}, want ${endpoint}`,
+      );
+    }
+    return creds;
+  }
+
   #receive(uri: string): void {
+    const tls = this.#tls("server");
     const abort = new AbortController();
     this.#incomingAbort = abort;
-    this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, { signal: abort.signal }).then(
+    this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, {
+      signal: abort.signal,
+      ...(tls ? { tls } : {}),
+    }).then(
       () => {
         const running = this.#adapter.guestRunning;
         this.#setState(running ? "running" : "paused");
@@ -290,10 +328,13 @@ export class Vmm implements MachineControl, MigrationControl {
     }
     let handle: MigrationHandle;
     try {
+      const creds = this.#tls("client");
+      const hostname = this.#params["tls-hostname"];
       handle = startMigration(this.#adapter, uri, this.#params, this.#migration, {
         capabilities: this.#capabilities,
         // QEMU's switch-over run state; leaving `running` emits STOP before MIGRATION completed.
         onPaused: () => this.#setState("finish-migrate"),
+        ...(creds ? { tls: { creds, ...(hostname ? { hostname } : {}) } } : {}),
       });
     } catch (e) {
       if (e instanceof MigrationBlockedError) throw new QmpError("GenericError", e.message);
@@ -317,6 +358,26 @@ export class Vmm implements MachineControl, MigrationControl {
     this.#active?.cancel();
   }
 
+  /** QMP `migrate-incoming`, only after `-incoming defer` (QEMU's rule). */
+  incoming(uri: string): void {
+    if (this.#opts.incoming !== "defer") {
+      throw new QmpError(
+        "GenericError",
+        this.#opts.incoming === undefined
+          ? "Cannot start an incoming migration: '-incoming' was not specified on the command line"
+          : "Cannot start an incoming migration: it was started by -incoming already",
+      );
+    }
+    if (this.#incoming) {
+      throw new QmpError("GenericError", "Cannot start an incoming migration: it was started already");
+    }
+    try {
+      this.#receive(uri);
+    } catch (e) {
+      throw new QmpError("GenericError", (e as Error).message);
+    }
+  }
+
   /**
    * `query-migrate`. Before any migration the status follows StratoVirt's meaning: `setup` when
    * the VM is set up and ready to migrate (running or paused), `none` while it is not (prelaunch,
@@ -332,6 +393,12 @@ export class Vmm implements MachineControl, MigrationControl {
   /** `migrate-set-parameters`; during a migration the new values apply to it at once. */
   setParameters(p: Record<string, unknown>): void {
     try {
+      const id = p["tls-creds"];
+      if (typeof id === "string" && id !== "" && !this.#tlsCreds.has(id)) {
+        throw new TypeError(
+          `Cannot set migration parameter 'tls-creds' to '${id}': no -object tls-creds-x509 has that id`,
+        );
+      }
       this.#params = updateMigrationParameters(this.#params, p);
     } catch (e) {
       throw new QmpError("GenericError", (e as Error).message);

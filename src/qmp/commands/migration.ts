@@ -61,6 +61,10 @@ export interface MigrationParameters {
   "max-cpu-throttle"?: number;
   /** auto-converge: dirtied/sent percentage that triggers a step (QEMU's name, 1..100). */
   "throttle-trigger-threshold"?: number;
+  /** Id of a `-object tls-creds-x509`, `""` for plaintext (QEMU's name). */
+  "tls-creds"?: string;
+  /** Name the destination's certificate must carry, `""` for the uri's host (QEMU's name). */
+  "tls-hostname"?: string;
 }
 
 /** QEMU's ceiling for `downtime-limit`: 2000 s. */
@@ -77,6 +81,8 @@ const PARAMETER_ARGS = {
   "cpu-throttle-tailslow": { type: "bool", required: false },
   "max-cpu-throttle": { type: "uint", required: false, min: 1, max: 99 },
   "throttle-trigger-threshold": { type: "uint", required: false, min: 1, max: 100 },
+  "tls-creds": { type: "str", required: false },
+  "tls-hostname": { type: "str", required: false },
 } as const;
 
 /**
