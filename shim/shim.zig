@@ -7,6 +7,10 @@
 const std = @import("std");
 const linux = std.os.linux;
 const abi = @import("abi.zig");
+// Migration data path (issue 9): page scanning.
+comptime {
+    _ = @import("scan.zig");
+}
 
 inline fn ret(r: usize) isize {
     return @bitCast(r);
@@ -180,4 +184,5 @@ export fn ferry_abi_name(i: c_uint) ?[*:0]const u8 {
 
 test {
     _ = abi;
+    _ = @import("scan.zig");
 }

@@ -37,6 +37,21 @@ export const symbols = {
   ferry_now_ns: { parameters: [], result: "u64" }, // CLOCK_MONOTONIC ns
   ferry_abi: { parameters: ["u32"], result: "i64" }, // entry index → size/offset, -1 past the end
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
+
+  // ---- migration data path (issue 9)
+  // ferry_madvise on a blocking-pool thread: the destination backs guest RAM ahead of the landing.
+  // ferry_scan_runs(base, u32 *bitmap|NULL, u8 *resident|NULL, first, end, u32 *out, max_runs,
+  // max_raw, max_visit, u32 *next) → runs: zero/raw page runs as (first, count, zero) triples.
+  ferry_scan_runs: {
+    parameters: ["buffer", "buffer", "buffer", "u32", "u32", "buffer", "u32", "u32", "u32", "buffer"],
+    result: "i64",
+  },
+  ferry_madvise_async: {
+    name: "ferry_madvise",
+    parameters: ["u64", "u64", "i32"],
+    result: "isize",
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded library's symbols. */

@@ -249,12 +249,10 @@ class IncomingMigration {
       h = await next("before complete");
       if (h.kind === "ram") {
         if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
-        const r = await receiveRamBatch(
-          reader,
-          h,
-          vm.memory,
-          vm.residency ? (gpa, n) => vm.residency!(gpa, n) : undefined,
-        );
+        const r = await receiveRamBatch(reader, h, vm.memory, {
+          ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
+          ...(vm.populate ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) } : {}),
+        });
         c.transferredBytes += h.length;
         c.zeroPages += r.zeroPages;
         c.normalPages += r.rawPages;
