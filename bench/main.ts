@@ -1,7 +1,7 @@
 /**
  * `deno task bench [NAME...]`: ferry beside QEMU, ratios only (absolute times on these shared
  * machines are noise). Names: boot, native (the probe guest's own native-vs-emulated loop),
- * migrate (live migration; options `--runs N --rate PAGES_PER_S --bandwidth 1G,128M --only WORDS`,
+ * migrate (live migration; options `--runs N --scenario idle,dirty,filled --rate PAGES_PER_S --fill-rate N --bandwidth 1G,128M --only WORDS`,
  * see migrate.ts), io (virtio-blk and virtio-net throughput; options `--runs N --cache writeback,direct
  * --only WORDS`, see io.ts). With no name, runs all. Writes bench/report.md: the rows of the benchmarks run
  * replace theirs, the other benchmarks' rows from the previous report are kept.

@@ -101,7 +101,7 @@ fn wr(comptime T: type, addr: u64, v: T) void {
 }
 
 // ---------------------------------------------------------------- configuration (cmdline)
-const Mode = enum { idle, dirty, pattern, bench, blk, net, exits };
+const Mode = enum { idle, dirty, pattern, fill, bench, blk, net, exits };
 const Exit = enum { none, poweroff, reset, triplefault, halt };
 
 pub const Config = struct {
@@ -117,6 +117,7 @@ pub const Config = struct {
     ap_wait_ms: u64 = 100,
     bench_ms: u64 = 500,
     serial_rep: bool = false,
+    fill_qwords: u64 = 0, // mode=fill: qwords written per page (0 = 512 native, 8 emulated)
     // mode=blk / mode=net (see blk.zig, net.zig)
     blk_mib: u64 = 8,
     blk_req_kib: u64 = 64,
@@ -325,6 +326,7 @@ fn parseCmdline() void {
             if (eql(v, "idle")) cfg.mode = .idle;
             if (eql(v, "dirty")) cfg.mode = .dirty;
             if (eql(v, "pattern")) cfg.mode = .pattern;
+            if (eql(v, "fill")) cfg.mode = .fill;
             if (eql(v, "bench")) cfg.mode = .bench;
             if (eql(v, "blk")) cfg.mode = .blk;
             if (eql(v, "net")) cfg.mode = .net;
@@ -348,6 +350,7 @@ fn parseCmdline() void {
             if (eql(k, "cpus")) cfg.cpus = num;
             if (eql(k, "ap_wait_ms")) cfg.ap_wait_ms = num;
             if (eql(k, "bench_ms")) cfg.bench_ms = @max(num, 1);
+            if (eql(k, "fill_qwords")) cfg.fill_qwords = std.math.clamp(num, 1, 512);
             if (eql(k, "blk_mib")) cfg.blk_mib = num;
             if (eql(k, "blk_req_kib")) cfg.blk_req_kib = std.math.clamp(num, 1, 1024);
             if (eql(k, "blk_depth")) cfg.blk_depth = std.math.clamp(num, 1, 64);
@@ -834,6 +837,122 @@ fn runExits() noreturn {
     idle();
 }
 
+// ---------------------------------------------------------------- mode=fill
+/// The content of page `p` in generation `gen`: a xorshift64 stream seeded by the page index and
+/// generation, one value per written qword (never zero, never the same for two pages).
+const FillStream = struct {
+    x: u64,
+    fn init(p: u64, gen: u64) FillStream {
+        const seed = mix(p ^ (gen << 40));
+        return .{ .x = if (seed == 0) 0x9e3779b97f4a7c15 else seed };
+    }
+    fn next(self: *FillStream) u64 {
+        var x = self.x;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.x = x;
+        return x;
+    }
+};
+
+var fill_stride: u64 = 8; // bytes between written qwords
+
+fn fillPage(p: u64, gen: u64) void {
+    var st = FillStream.init(p, gen);
+    const base = WORK_BASE + p * 4096;
+    var o: u64 = 0;
+    while (o < 4096) : (o += fill_stride) wr(u64, base + o, st.next());
+}
+
+/// Index of the first written qword of page `p` that does not hold generation `gen`, or null.
+fn checkPage(p: u64, gen: u64) ?u64 {
+    var st = FillStream.init(p, gen);
+    const base = WORK_BASE + p * 4096;
+    var o: u64 = 0;
+    while (o < 4096) : (o += fill_stride) {
+        if (rd(u64, base + o) != st.next()) return o / 8;
+    }
+    return null;
+}
+
+/// Writes every page of the area once (generation 0), prints `FILLED`, then rewrites pages in order
+/// at `rate` pages/s (0: never; each full pass is the next generation) while a verify cursor sweeps
+/// the area checking every page against the generation it must hold.
+fn runFill() noreturn {
+    const npages = cfg.mib << 8;
+    const qwords = if (cfg.fill_qwords != 0) cfg.fill_qwords else if (sse_ok) @as(u64, 512) else 8;
+    fill_stride = 4096 / qwords;
+    var b = Bsp{};
+    b.init();
+    for (0..npages) |p| fillPage(p, 0);
+    var f = Line{};
+    f.s("PROBE FILLED pages=");
+    f.d(npages);
+    f.s(" qwords=");
+    f.d(4096 / fill_stride);
+    _ = emit(&f);
+    var count: u64 = npages; // pages written + pages verified
+    var idx: u64 = 0; // next page to rewrite
+    var gen: u64 = 1; // generation being written at idx
+    var cursor: u64 = 0; // next page to verify
+    var round: u64 = 0;
+    var failed_round: u64 = 0;
+    const hz = tsc_khz * 1000;
+    const burst: u64 = @max(cfg.rate / 50, 1);
+    var credit: u64 = 0;
+    var last = rdtsc();
+    while (true) {
+        if (cfg.rate != 0 and npages != 0) {
+            const now = rdtsc();
+            const dt = if (now > last) now - last else 0;
+            credit = @min(credit +| dt *| cfg.rate, burst *| hz);
+            last = now;
+            var chunk = @min(@as(u64, 64), credit / hz);
+            credit -= chunk * hz;
+            while (chunk > 0) : (chunk -= 1) {
+                fillPage(idx, gen);
+                count += 1;
+                idx += 1;
+                if (idx == npages) {
+                    idx = 0;
+                    gen += 1;
+                }
+            }
+        }
+        var k: u64 = 0;
+        while (k < 16 and npages != 0) : (k += 1) {
+            const want = if (cursor < idx) gen else gen - 1;
+            if (checkPage(cursor, want)) |q| {
+                var l = Line{};
+                l.s("PROBE VERIFY FAIL page=");
+                l.d(cursor);
+                l.s(" want=");
+                l.d(want);
+                l.s(" got=qword");
+                l.d(q);
+                l.s(" round=");
+                l.d(round + 1);
+                _ = emit(&l);
+                failed_round = round + 1;
+                fillPage(cursor, want); // resynchronise: report one corruption once
+            }
+            cursor += 1;
+            count += 1;
+            if (cursor == npages) {
+                cursor = 0;
+                round += 1;
+                if (cfg.rounds != 0 and round >= cfg.rounds) {
+                    if (failed_round != round) verifyOk(round);
+                    _ = progress(0, count);
+                    doExit();
+                }
+            }
+        }
+        if (b.tick(count) and round > 0 and failed_round != round) verifyOk(round);
+    }
+}
+
 /// The BSP's fallback when a driver gives up: the idle worker loop (progress, register checks, and
 /// `rounds` progress lines then exit, as in mode=idle).
 pub fn idle() noreturn {
@@ -917,6 +1036,7 @@ export fn probe_main(kind: u64, ptr: u64) callconv(.C) noreturn {
         .pattern => runPattern(),
         .exits => runExits(),
         .dirty => runDirty(),
+        .fill => runFill(),
         .blk, .net => {
             // Rings and buffers: the work area (16 MiB on), up to the end of its RAM region.
             virtio.dma_next = WORK_BASE;

@@ -17,6 +17,7 @@ comptime {
     _ = @import("vcpu_thread.zig");
     _ = @import("uring.zig"); // io_uring primitives (virtio-blk)
     _ = @import("vectored.zig"); // readv/writev (virtio-net)
+    _ = @import("scan.zig"); // migration data path: page scanning
 }
 
 inline fn ret(r: usize) isize {
@@ -195,4 +196,5 @@ test {
     _ = @import("uring.zig");
     _ = @import("vectored.zig");
     _ = crc32c;
+    _ = @import("scan.zig");
 }

@@ -212,3 +212,26 @@ Deno.test("migrate_cancel while active leaves the source running, and a new migr
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+for (const transport of ["tcp", "unix"] as const) {
+  Deno.test(`migration over ${transport} of a filled guest rewriting pages: every page verifies on the destination`, async () => {
+    const p = await pair({ transport, append: "mode=fill mib=48 rate=2000 interval_ms=50", mem: "128M" });
+    try {
+      await p.src.waitLine(/PROBE FILLED pages=12288/, 30000);
+      await p.src.waitLine(/PROBE VERIFY ok round=/, 30000);
+      assert.deepEqual(await p.sq.execute("migrate", { uri: p.uri }), { return: {} });
+      const r = await waitMigration(p.sq, ["completed", "failed", "canceled"]);
+      assert.equal(r.status, "completed", JSON.stringify(r) + "\n" + p.src.transcript() + p.dst.transcript());
+      // ≥ 48 MiB of distinct pages went over the wire as raw pages.
+      assert.ok((r.ram as QmpMessage).normal as number >= 12288, JSON.stringify(r.ram));
+      const srcRound = Number(
+        [...p.src.lines].reverse().find((l) => /VERIFY ok round=/.test(l))?.match(/round=(\d+)/)?.[1] ?? 0,
+      );
+      // A whole sweep done on the destination: the round after the one in flight at switch-over.
+      await p.dst.waitLine(new RegExp(`PROBE VERIFY ok round=(${srcRound + 2}|${srcRound + 3})\\b`), 30000);
+      assert.ok(!p.dst.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), p.dst.transcript());
+    } finally {
+      await cleanup(p);
+    }
+  });
+}

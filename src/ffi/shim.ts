@@ -57,6 +57,21 @@ export const symbols = {
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
   // ---- CRC32C (shim/crc32c.zig) ----
   ferry_crc32c: { parameters: ["buffer", "u64", "u32"], result: "u32" }, // const u8 *ptr, u64 len, u32 crc → crc
+
+  // ---- migration data path (issue 9)
+  // ferry_madvise on a blocking-pool thread: the destination backs guest RAM ahead of the landing.
+  // ferry_scan_runs(base, u32 *bitmap|NULL, u8 *resident|NULL, first, end, u32 *out, max_runs,
+  // max_raw, max_visit, u32 *next) → runs: zero/raw page runs as (first, count, zero) triples.
+  ferry_scan_runs: {
+    parameters: ["buffer", "buffer", "buffer", "u32", "u32", "buffer", "u32", "u32", "u32", "buffer"],
+    result: "i64",
+  },
+  ferry_madvise_async: {
+    name: "ferry_madvise",
+    parameters: ["u64", "u64", "i32"],
+    result: "isize",
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** `RunBlock` (shim/vcpu_thread.zig): byte offsets and size, pinned by its Zig test. */

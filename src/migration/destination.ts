@@ -264,13 +264,11 @@ class IncomingMigration {
       }
       if (h.kind === "ram") {
         if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
-        const r = await receiveRamBatch(
-          reader,
-          h,
-          vm.memory,
-          vm.residency ? (gpa, n) => vm.residency!(gpa, n) : undefined,
+        const r = await receiveRamBatch(reader, h, vm.memory, {
+          ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
+          ...(vm.populate ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) } : {}),
           digest,
-        );
+        });
         c.transferredBytes += h.length;
         c.zeroPages += r.zeroPages;
         c.normalPages += r.rawPages;

@@ -23,6 +23,7 @@ import {
 import type { RamCounters } from "./stats.ts";
 import type { MigrationDigest } from "./digest.ts";
 import { sleep } from "./_async.ts";
+import { shim } from "../ffi/shim.ts";
 
 /** Default raw bytes per RAM message. */
 export const DEFAULT_BATCH_BYTES = 4 * 1024 * 1024;
@@ -72,26 +73,6 @@ export class RateLimiter {
       await sleep(Math.min(wait, LIMIT_SLICE_MS), signal);
     }
   }
-}
-
-/** True when the 4 KiB page at word `w` (of 1024 words) is all zero. */
-function isZeroPage(words: Int32Array, w: number): boolean {
-  const end = w + PAGE_SIZE / 4;
-  for (let i = w; i < end; i += 4) {
-    if ((words[i]! | words[i + 1]! | words[i + 2]! | words[i + 3]!) !== 0) return false;
-  }
-  return true;
-}
-
-function wordsOf(r: Region): Int32Array | undefined {
-  const b = r.bytes;
-  if (b.byteOffset % 4 !== 0 || b.byteLength % PAGE_SIZE !== 0) return undefined;
-  return new Int32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-}
-
-function isZeroPageBytes(b: Uint8Array, off: number): boolean {
-  for (let i = off; i < off + PAGE_SIZE; i++) if (b[i] !== 0) return false;
-  return true;
 }
 
 /** Counts set bits in a page bitmap. */
@@ -152,7 +133,6 @@ export class RamSender {
   #writer: MessageWriter;
   #memory: GuestMemory;
   #counters: RamCounters;
-  #words: (Int32Array | undefined)[];
   #limiter: RateLimiter | undefined;
   #batchBytes: number;
   #signal: AbortSignal | undefined;
@@ -166,9 +146,10 @@ export class RamSender {
   #throttle = true;
   #pass: PassResult = { bytes: 0, pages: 0, elapsedMs: 0, sendMs: 0 };
   #residency: RamSenderOptions["residency"];
-  /** During a full pass: the region's residency vector (a never-resident page is zero). */
-  #resident: Uint8Array | undefined;
   #digest: MigrationDigest | undefined;
+  /** `ferry_scan_runs` output: (first page, count, zero) triples, and where it stopped. */
+  #scanOut = new Uint32Array(MAX_RUNS_PER_MESSAGE * 3);
+  #scanNext = new Uint32Array(1);
 
   constructor(
     writer: MessageWriter,
@@ -179,7 +160,6 @@ export class RamSender {
     this.#writer = writer;
     this.#memory = memory;
     this.#counters = counters;
-    this.#words = memory.regions.map(wordsOf);
     this.#limiter = options.limiter;
     this.#batchBytes = options.batchBytes ?? DEFAULT_BATCH_BYTES;
     this.#signal = options.signal;
@@ -192,15 +172,10 @@ export class RamSender {
    * @returns bytes and pages sent and the time taken
    */
   sendAll(): Promise<PassResult> {
-    return this.#pass_(true, async (ri, visit) => {
+    return this.#pass_(true, (ri) => {
       const region = this.#memory.regions[ri]!;
-      const pages = region.sizeBytes / PAGE_SIZE;
-      this.#resident = this.#residency?.(region.gpa, pages);
-      try {
-        await visitRange(0, pages, visit);
-      } finally {
-        this.#resident = undefined;
-      }
+      const resident = this.#residency?.(region.gpa, region.sizeBytes / PAGE_SIZE);
+      return this.#sendRegion(ri, null, resident);
     });
   }
 
@@ -210,58 +185,94 @@ export class RamSender {
    * @param throttle false for the final pass (the guest is paused: do not stretch the downtime)
    */
   sendDirty(bitmaps: readonly Uint32Array[], throttle = true): Promise<PassResult> {
-    return this.#pass_(throttle, (ri, visit) => {
+    return this.#pass_(throttle, (ri) => {
       const bm = bitmaps[ri];
-      if (!bm) return Promise.resolve();
-      const pages = this.#memory.regions[ri]!.sizeBytes / PAGE_SIZE;
-      return visitBitmap(bm, pages, visit);
+      return bm ? this.#sendRegion(ri, bm, undefined) : Promise.resolve();
     });
   }
 
-  async #pass_(
-    throttle: boolean,
-    walk: (ri: number, visit: (page: number) => Promise<void> | void) => Promise<void>,
-  ): Promise<PassResult> {
+  async #pass_(throttle: boolean, walk: (ri: number) => Promise<void>): Promise<PassResult> {
     this.#throttle = throttle;
     this.#pass = { bytes: 0, pages: 0, elapsedMs: 0, sendMs: 0 };
     const t0 = performance.now();
     this.#limiter?.reset();
-    for (let ri = 0; ri < this.#memory.regions.length; ri++) {
-      await walk(ri, (page) => this.#add(ri, page));
-    }
+    for (let ri = 0; ri < this.#memory.regions.length; ri++) await walk(ri);
     await this.#flush();
     this.#pass.elapsedMs = performance.now() - t0;
     return this.#pass;
   }
 
-  #add(ri: number, page: number): Promise<void> | void {
+  /**
+   * The send path of one region: the shim's `ferry_scan_runs` classifies the pages (all, or those
+   * set in `bitmap`) into zero and raw runs; raw runs go out as views of guest RAM (zero-copy).
+   * Yields to the event loop every {@linkcode YIELD_EVERY_PAGES} pages visited.
+   */
+  async #sendRegion(ri: number, bitmap: Uint32Array | null, resident: Uint8Array | undefined): Promise<void> {
     const region = this.#memory.regions[ri]!;
-    const words = this.#words[ri];
-    const off = page * PAGE_SIZE;
-    const res = this.#resident;
-    const zero = (res !== undefined && (res[page]! & 1) === 0) ||
-      (words ? isZeroPage(words, off >>> 2) : isZeroPageBytes(region.bytes, off));
-    const gpa = region.gpa + off;
-    // A message covers at most MAX_COVER_PAGES of guest RAM (zero or not), so the destination
-    // works on one batch while the source scans the next instead of lagging behind at switchover.
-    const full = this.#zeroPages + this.#rawPages >= MAX_COVER_PAGES ||
-      (!zero && this.#rawBytes + PAGE_SIZE > this.#batchLimit());
-    if (full) return this.#flush().then(() => this.#start(ri, zero, region, gpa, off));
+    let pages = region.sizeBytes / PAGE_SIZE;
+    if (bitmap) pages = Math.min(pages, bitmap.length * 32);
+    const out = this.#scanOut;
+    const next = this.#scanNext;
+    const scan = shim().ferry_scan_runs;
+    const batchPages = Math.max(1, Math.floor(this.#batchLimit() / PAGE_SIZE));
+    let p = 0;
+    let sinceYield = 0;
+    while (p < pages) {
+      const covered = this.#zeroPages + this.#rawPages;
+      const n = Number(scan(
+        region.bytes,
+        bitmap,
+        resident ?? null,
+        p,
+        pages,
+        out,
+        MAX_RUNS_PER_MESSAGE - this.#runs.length,
+        batchPages - this.#rawPages,
+        Math.min(MAX_COVER_PAGES - covered, YIELD_EVERY_PAGES - sinceYield),
+        next,
+      ));
+      for (let i = 0; i < n; i++) {
+        this.#addRun(ri, region, out[i * 3]!, out[i * 3 + 1]!, out[i * 3 + 2] === 1);
+      }
+      sinceYield += this.#zeroPages + this.#rawPages - covered;
+      const stoppedAt = next[0]!;
+      if (stoppedAt >= pages) break;
+      p = stoppedAt;
+      // Stopped by a limit: a full message goes out, a long scan lets QMP in.
+      if (
+        this.#runs.length >= MAX_RUNS_PER_MESSAGE || this.#rawPages >= batchPages ||
+        this.#zeroPages + this.#rawPages >= MAX_COVER_PAGES || n === 0
+      ) {
+        await this.#flush();
+      }
+      if (sinceYield >= YIELD_EVERY_PAGES) {
+        sinceYield = 0;
+        await yieldToEventLoop();
+      }
+    }
+  }
+
+  /** Adds a run of `count` pages from page `first` of region `ri` to the message being built. */
+  #addRun(ri: number, region: Region, first: number, count: number, zero: boolean): void {
+    const gpa = region.gpa + first * PAGE_SIZE;
     const last = this.#runs[this.#runs.length - 1];
+    if (zero) this.#zeroPages += count;
+    else {
+      this.#rawPages += count;
+      this.#rawBytes += count * PAGE_SIZE;
+    }
     if (last && this.#lastRi === ri && last.zero === zero && last.gpa + last.pageCount * PAGE_SIZE === gpa) {
-      last.pageCount++;
-      this.#count(zero);
+      last.pageCount += count;
       if (!zero) {
         const i = this.#parts.length - 1;
         const start = this.#parts[i]!.byteOffset - region.bytes.byteOffset;
-        this.#parts[i] = region.bytes.subarray(start, off + PAGE_SIZE);
+        this.#parts[i] = region.bytes.subarray(start, (first + count) * PAGE_SIZE);
       }
       return;
     }
-    if (this.#runs.length >= MAX_RUNS_PER_MESSAGE) {
-      return this.#flush().then(() => this.#start(ri, zero, region, gpa, off));
-    }
-    this.#start(ri, zero, region, gpa, off);
+    this.#lastRi = ri;
+    this.#runs.push({ gpa, pageCount: count, zero });
+    if (!zero) this.#parts.push(region.bytes.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE));
   }
 
   /** Raw bytes per message; under a bandwidth limit ~50 ms of sending, so throttling stays smooth. */
@@ -269,21 +280,6 @@ export class RamSender {
     const bps = this.#limiter?.bytesPerSec ?? 0;
     if (bps <= 0) return this.#batchBytes;
     return Math.min(this.#batchBytes, Math.max(PAGE_SIZE, Math.floor(bps / 20 / PAGE_SIZE) * PAGE_SIZE));
-  }
-
-  #start(ri: number, zero: boolean, region: Region, gpa: number, off: number): void {
-    this.#lastRi = ri;
-    this.#runs.push({ gpa, pageCount: 1, zero });
-    if (!zero) this.#parts.push(region.bytes.subarray(off, off + PAGE_SIZE));
-    this.#count(zero);
-  }
-
-  #count(zero: boolean): void {
-    if (zero) this.#zeroPages++;
-    else {
-      this.#rawPages++;
-      this.#rawBytes += PAGE_SIZE;
-    }
   }
 
   async #flush(): Promise<void> {
@@ -322,56 +318,26 @@ function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
-async function visitRange(
-  first: number,
-  end: number,
-  visit: (page: number) => Promise<void> | void,
-): Promise<void> {
-  for (let p = first; p < end; p++) {
-    const r = visit(p);
-    if (r) await r;
-    if ((p & (YIELD_EVERY_PAGES - 1)) === YIELD_EVERY_PAGES - 1) await yieldToEventLoop();
-  }
-}
-
-async function visitBitmap(
-  bm: Uint32Array,
-  pages: number,
-  visit: (page: number) => Promise<void> | void,
-): Promise<void> {
-  const words = Math.min(bm.length, Math.ceil(pages / 32));
-  // Yield after every YIELD_EVERY_PAGES pages *visited*: empty words cost nothing, and a final
-  // pass with a few dirty pages must not pay a timer hop per 16 Ki pages of RAM (downtime).
-  let sinceYield = 0;
-  for (let w = 0; w < words; w++) {
-    let x = bm[w]!;
-    while (x !== 0) {
-      const bit = 31 - Math.clz32(x & -x);
-      x = (x & (x - 1)) >>> 0;
-      const p = w * 32 + bit;
-      if (p >= pages) break;
-      const r = visit(p);
-      if (r) await r;
-      sinceYield++;
-    }
-    if (sinceYield >= YIELD_EVERY_PAGES) {
-      sinceYield = 0;
-      await yieldToEventLoop();
-    }
-  }
-}
-
 /**
  * Zeroes the pages of `[off, off+len)` that are not zero already. Reading an untouched page does
  * not allocate host memory; writing would, so a fresh destination stays as sparse as its source.
  */
 function zeroFill(region: Region, off: number, len: number, resident?: Uint8Array): void {
-  const words = wordsOf(region);
-  for (let o = off; o < off + len; o += PAGE_SIZE) {
-    // A page the host never backed reads as zero: no need to read it.
-    if (resident !== undefined && (resident[(o - off) / PAGE_SIZE]! & 1) === 0) continue;
-    const zero = words ? isZeroPage(words, o >>> 2) : isZeroPageBytes(region.bytes, o);
-    if (!zero) region.bytes.fill(0, o, o + PAGE_SIZE);
+  const view = region.bytes.subarray(off, off + len);
+  const pages = len / PAGE_SIZE;
+  const out = new Uint32Array(64 * 3);
+  const next = new Uint32Array(1);
+  for (let p = 0; p < pages;) {
+    // A page the host never backed reads as zero: the scan does not read it.
+    const n = Number(
+      shim().ferry_scan_runs(view, null, resident ?? null, p, pages, out, 64, pages, pages, next),
+    );
+    for (let i = 0; i < n; i++) {
+      if (out[i * 3 + 2] === 0) {
+        view.fill(0, out[i * 3]! * PAGE_SIZE, (out[i * 3]! + out[i * 3 + 1]!) * PAGE_SIZE);
+      }
+    }
+    p = next[0]!;
   }
 }
 
@@ -381,19 +347,36 @@ export interface BatchResult {
   rawPages: number;
 }
 
+/** Host hooks of {@linkcode receiveRamBatch} (from `MigrationVm`). */
+export interface LandOptions {
+  /** `MigrationVm.residency`: zero runs skip pages the host never backed. */
+  residency?: (gpa: number, pageCount: number) => Uint8Array | undefined;
+  /** `MigrationVm.populate`: backs a raw run's pages in bulk before its bytes are read. */
+  populate?: (gpa: number, pageCount: number) => void;
+  /** The switch-over digest: every landed run is recorded in it. */
+  digest?: MigrationDigest;
+}
+
+/** One validated run of a RAM message: where in which region it lands. */
+export interface LandingRun {
+  gpa: number;
+  pageCount: number;
+  zero: boolean;
+  region: Region;
+  /** Byte offset of the run in `region`. */
+  off: number;
+}
+
 /**
- * Reads the payload of a `ram` message into guest RAM. The whole run table is validated against
- * `memory` (each run inside one region, lengths adding up to the message length) before any byte
- * is written; raw bytes are read straight into the region views; zero runs fill zeros.
+ * Reads and validates the run table of a `ram` message (after its header): every run inside one
+ * region, lengths adding up to the message length. Nothing is written to guest RAM.
  * @throws {ProtocolError} naming the run and address
  */
-export async function receiveRamBatch(
+export async function readRunTable(
   reader: MessageReader,
   header: MessageHeader,
   memory: GuestMemory,
-  residency?: (gpa: number, pageCount: number) => Uint8Array | undefined,
-  digest?: MigrationDigest,
-): Promise<BatchResult> {
+): Promise<LandingRun[]> {
   if (header.length < RAM_PREFIX_BYTES + RUN_BYTES) {
     throw new ProtocolError(`Cannot decode RAM message: ${header.length} bytes is too short`);
   }
@@ -403,10 +386,8 @@ export async function receiveRamBatch(
   const table = new Uint8Array(count * RUN_BYTES);
   await reader.readExact(table, "RAM run table");
   const runs = decodeRuns(table);
-  const targets: { region: Region; off: number; len: number; zero: boolean }[] = [];
+  const out: LandingRun[] = [];
   let rawBytes = 0;
-  let zeroPages = 0;
-  let rawPages = 0;
   for (let i = 0; i < runs.length; i++) {
     const run = runs[i]!;
     const len = run.pageCount * PAGE_SIZE;
@@ -418,12 +399,8 @@ export async function receiveRamBatch(
         } + ${run.pageCount} pages is outside guest RAM`,
       );
     }
-    targets.push({ region, off: run.gpa - region.gpa, len, zero: run.zero });
-    if (run.zero) zeroPages += run.pageCount;
-    else {
-      rawBytes += len;
-      rawPages += run.pageCount;
-    }
+    out.push({ gpa: run.gpa, pageCount: run.pageCount, zero: run.zero, region, off: run.gpa - region.gpa });
+    if (!run.zero) rawBytes += len;
   }
   const expected = RAM_PREFIX_BYTES + count * RUN_BYTES + rawBytes;
   if (expected !== header.length) {
@@ -431,10 +408,52 @@ export async function receiveRamBatch(
       `Cannot accept RAM message: length ${header.length} does not match its runs (${expected} bytes)`,
     );
   }
-  for (const t of targets) {
-    if (t.zero) zeroFill(t.region, t.off, t.len, residency?.(t.region.gpa + t.off, t.len / PAGE_SIZE));
-    else await reader.readExact(t.region.bytes.subarray(t.off, t.off + t.len), "RAM pages");
+  return out;
+}
+
+/**
+ * Lands one raw run: its bytes are read from the connection straight into the guest RAM view
+ * (no intermediate buffer), after the host backed the pages in bulk.
+ */
+export async function landRawRun(
+  reader: MessageReader,
+  run: LandingRun,
+  options: LandOptions = {},
+): Promise<void> {
+  options.populate?.(run.gpa, run.pageCount);
+  const len = run.pageCount * PAGE_SIZE;
+  await reader.readExact(run.region.bytes.subarray(run.off, run.off + len), "RAM pages");
+}
+
+/** Lands one zero run: zeroes the pages that are not zero already (untouched pages stay unbacked). */
+export function landZeroRun(run: LandingRun, options: LandOptions = {}): void {
+  zeroFill(run.region, run.off, run.pageCount * PAGE_SIZE, options.residency?.(run.gpa, run.pageCount));
+}
+
+/**
+ * Reads the payload of a `ram` message into guest RAM. The whole run table is validated against
+ * `memory` ({@linkcode readRunTable}) before any byte is written; raw runs are read straight into
+ * the region views ({@linkcode landRawRun}); zero runs fill zeros ({@linkcode landZeroRun}).
+ * @throws {ProtocolError} naming the run and address
+ */
+export async function receiveRamBatch(
+  reader: MessageReader,
+  header: MessageHeader,
+  memory: GuestMemory,
+  options: LandOptions = {},
+): Promise<BatchResult> {
+  const runs = await readRunTable(reader, header, memory);
+  let zeroPages = 0;
+  let rawPages = 0;
+  for (const run of runs) {
+    if (run.zero) {
+      landZeroRun(run, options);
+      zeroPages += run.pageCount;
+    } else {
+      await landRawRun(reader, run, options);
+      rawPages += run.pageCount;
+    }
   }
-  digest?.recordRuns(runs);
+  options.digest?.recordRuns(runs);
   return { zeroPages, rawPages };
 }

@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import { GuestMemory, newDirtyBitmap } from "../memory/guest_memory.ts";
-import { countDirtyPages, mergeBitmaps, RamSender, RateLimiter } from "./ram.ts";
+import { countDirtyPages, mergeBitmaps, RamSender, RateLimiter, receiveRamBatch } from "./ram.ts";
 import { RamCounters } from "./stats.ts";
 import {
   decodeHeader,
   decodeRunCount,
   decodeRuns,
   HEADER_BYTES,
+  MessageReader,
   MessageWriter,
   type RamRun,
 } from "./stream.ts";
@@ -117,4 +118,40 @@ Deno.test("RamSender full pass takes a never-resident page as zero without readi
   const skipped = new RamCounters();
   await new RamSender(capture().writer, mem, skipped, { residency: resident(4) }).sendAll();
   assert.equal(skipped.normalPages, 1, "the page the host never backed goes as a zero run");
+});
+
+Deno.test("a large full pass round-trips through receiveRamBatch: raw bytes land, zero runs clear stale pages", async () => {
+  // 40 MiB: more than one message's cover (16 MiB) and more pages than one yield interval.
+  const pages = 10240;
+  const src = memory([{ gpa: 0, sizeBytes: pages * 4096 }]);
+  for (let p = 0; p < pages; p += 3) src.write(p * 4096 + (p % 4096), Uint8Array.of((p % 251) + 1));
+  const c = capture();
+  await new RamSender(c.writer, src, new RamCounters()).sendAll();
+  const dst = memory([{ gpa: 0, sizeBytes: pages * 4096 }]);
+  // Stale data where the source has zero pages must be cleared.
+  for (let p = 1; p < pages; p += 3) dst.write(p * 4096 + 7, Uint8Array.of(9));
+  const chunks: Uint8Array[] = [];
+  const w = new MessageWriter({ write: (p) => (chunks.push(p.slice()), Promise.resolve(p.length)) });
+  await new RamSender(w, src, new RamCounters()).sendAll();
+  const all = new Uint8Array(chunks.reduce((n, x) => n + x.length, 0));
+  let o = 0;
+  for (const x of chunks) all.set(x, (o += x.length) - x.length);
+  let at = 0;
+  const reader = new MessageReader({
+    read: (p) => {
+      if (at >= all.length) return Promise.resolve(null);
+      const n = Math.min(p.length, all.length - at);
+      p.set(all.subarray(at, at + n));
+      at += n;
+      return Promise.resolve(n);
+    },
+  }, "source");
+  let messages = 0;
+  for (let h = await reader.readHeader(); h; h = await reader.readHeader()) {
+    await receiveRamBatch(reader, h, dst);
+    messages++;
+  }
+  assert.ok(messages >= 3, `${messages} messages`);
+  assert.equal(c.messages().length, messages);
+  assert.deepEqual(dst.regions[0]!.bytes, src.regions[0]!.bytes);
 });

@@ -64,6 +64,12 @@ export interface MigrationVm {
    * scan it and the destination need not check it. Undefined when unknown.
    */
   residency?(gpa: number, pageCount: number): Uint8Array | undefined;
+  /**
+   * Optional, destination: raw RAM is about to be read into `[gpa, gpa + pageCount pages)`; the
+   * host may back those pages and the ones after them in bulk, off the main thread (far cheaper
+   * than faulting them in one by one during `recv`). Never changes guest RAM contents.
+   */
+  populate?(gpa: number, pageCount: number): void;
   /** Source, paused, before the last state is sent (e.g. release disk locks). */
   onSwitchover?(): Promise<void>;
   /** Source, after a failure or cancel that happened after `onSwitchover` (e.g. re-take locks). */

@@ -13,7 +13,7 @@
 import type { StateValue } from "../devices/device.ts";
 import type { VcpuState, Vm, VmKernelState } from "../machine/vm.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { residency } from "../memory/host_memory.ts";
+import { Populator, residency } from "../memory/host_memory.ts";
 import { decodeState, encodeState, type MigrationVm, type Section } from "../migration/mod.ts";
 
 const VCPU_VERSION = 1;
@@ -124,6 +124,7 @@ export class VmMigrationAdapter implements MigrationVm {
   readonly #config: () => Record<string, string>;
   readonly #blockers: () => string[];
   #pausedByMigration = false;
+  #populator: Populator | undefined;
   #restored = false;
   /** Destination: whether the guest ran on the source, so it runs here after the load. */
   #runAfterRestore = true;
@@ -151,6 +152,10 @@ export class VmMigrationAdapter implements MigrationVm {
   }
   residency(gpa: number, pageCount: number): Uint8Array | undefined {
     return residency(this.#vm.layout, gpa, pageCount);
+  }
+  populate(gpa: number, pageCount: number): void {
+    this.#populator ??= new Populator(this.#vm.layout);
+    this.#populator.ahead(gpa, pageCount);
   }
   syncDirtyLog(): Uint32Array[] {
     return this.#vm.syncDirtyLog();
