@@ -52,3 +52,56 @@ Deno.test("src/ modules import only their own layer or the layers below", () => 
   assert.ok(files > 50, `walked ${files} files`);
   assert.deepEqual(violations, [], `upward imports:\n${violations.join("\n")}`);
 });
+
+/** Every `src/` module (tests excluded) → the `src/` modules it imports. */
+function importGraph(): Map<string, string[]> {
+  const graph = new Map<string, string[]>();
+  for (const file of walk(`${ROOT}src`)) {
+    const deps: string[] = [];
+    const text = Deno.readTextFileSync(file);
+    for (const m of text.matchAll(/^\s*(?:import|export)\s[^;]*?from\s+"(\.[^"]+)"/gms)) {
+      deps.push(new URL(m[1]!, `file://${file}`).pathname);
+    }
+    graph.set(file, deps);
+  }
+  return graph;
+}
+
+/** One import cycle (as a path that returns to its start), or undefined. */
+function findCycle(graph: Map<string, string[]>): string[] | undefined {
+  const state = new Map<string, "open" | "done">();
+  const path: string[] = [];
+  function visit(node: string): string[] | undefined {
+    state.set(node, "open");
+    path.push(node);
+    for (const dep of graph.get(node) ?? []) {
+      if (!graph.has(dep)) continue;
+      if (state.get(dep) === "open") return [...path.slice(path.indexOf(dep)), dep];
+      if (!state.has(dep)) {
+        const found = visit(dep);
+        if (found) return found;
+      }
+    }
+    path.pop();
+    state.set(node, "done");
+    return undefined;
+  }
+  for (const node of graph.keys()) {
+    if (state.has(node)) continue;
+    const found = visit(node);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+Deno.test("src/ modules import one another without cycles (type-only imports included)", () => {
+  const graph = importGraph();
+  assert.ok(graph.size > 50, `walked ${graph.size} files`);
+  const cycle = findCycle(graph);
+  assert.equal(cycle, undefined, `import cycle: ${cycle?.map((f) => f.slice(ROOT.length)).join(" → ")}`);
+});
+
+Deno.test("findCycle() reports a two-module cycle and accepts a chain", () => {
+  assert.deepEqual(findCycle(new Map([["a", ["b"]], ["b", ["a"]]])), ["a", "b", "a"]);
+  assert.equal(findCycle(new Map([["a", ["b"]], ["b", ["c"]], ["c", []]])), undefined);
+});

@@ -15,9 +15,13 @@ function spec(cpus: number, serialPath: string, cmdline: string): VmSpec {
   };
 }
 
+/** The complete lines of the serial file: the guest writes it byte by byte, so a last line without
+ * its newline is still being written (a half-written `count=` would read as a smaller number). */
 function lines(path: string): string[] {
   try {
-    return Deno.readTextFileSync(path).split("\n");
+    const all = Deno.readTextFileSync(path).split("\n");
+    all.pop();
+    return all;
   } catch {
     return [];
   }

@@ -22,7 +22,19 @@ import { ABI } from "../ffi/abi.ts";
 import { check } from "../ffi/errno.ts";
 import { RUN_BLOCK, shim, TURN_HOST, TURN_QUIT, viewAt } from "../ffi/shim.ts";
 import { KVM } from "../kvm/ioctls.ts";
-import type { VcpuHostPlan } from "./vcpu_host.ts";
+
+/** Where the host finds the VM's vCPUs (plain data; every address is in this process). */
+export interface VcpuHostPlan {
+  /** Address of the first `RunBlock`; block i is at `blocks + i * stride`. */
+  blocks: bigint;
+  stride: number;
+  /** Address of the doorbell (u32 futex word). */
+  doorbell: bigint;
+  /** Each vCPU's `kvm_run` mapping. */
+  runs: { addr: bigint; size: number }[];
+  /** The control words (this file). */
+  control: SharedArrayBuffer;
+}
 
 export const REQ_RUN = 0;
 export const REQ_PAUSE = 1;

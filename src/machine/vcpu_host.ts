@@ -21,7 +21,9 @@ import { ABI } from "../ffi/abi.ts";
 import { RUN_BLOCK, shim, TURN_HOST, TURN_THREAD, viewAt } from "../ffi/shim.ts";
 import { EXIT, exitName } from "../kvm/ioctls.ts";
 import type { Buses, MachineRequest } from "./platform.ts";
-import { REQ_RUN, REQ_STOP, ST_EXITED, ST_PAUSED, ST_RUNNING } from "./vcpu_control.ts";
+import { REQ_RUN, REQ_STOP, ST_EXITED, ST_PAUSED, ST_RUNNING, type VcpuHostPlan } from "./vcpu_control.ts";
+
+export type { VcpuHostPlan } from "./vcpu_control.ts";
 
 /** Something the machine must act on. */
 export interface VcpuEvent {
@@ -30,19 +32,6 @@ export interface VcpuEvent {
   kind: "request" | "shutdown" | "error";
   request?: MachineRequest;
   detail: string;
-}
-
-/** Where the host finds the VM's vCPUs (plain data; every address is in this process). */
-export interface VcpuHostPlan {
-  /** Address of the first `RunBlock`; block i is at `blocks + i * stride`. */
-  blocks: bigint;
-  stride: number;
-  /** Address of the doorbell (u32 futex word). */
-  doorbell: bigint;
-  /** Each vCPU's `kvm_run` mapping. */
-  runs: { addr: bigint; size: number }[];
-  /** The control words (vcpu_control.ts). */
-  control: SharedArrayBuffer;
 }
 
 const EINTR = 4, EAGAIN = 11;

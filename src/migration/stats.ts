@@ -3,7 +3,8 @@
  * by whichever side runs and read by QMP through {@linkcode MigrationStatusTracker.queryMigrate}.
  * @module
  */
-import type { MigrationStatus } from "./status.ts";
+/** QMP `MigrationStatus` values ferry uses (transitions: status.ts). */
+export type MigrationStatus = "none" | "setup" | "active" | "completed" | "failed" | "canceled";
 
 /** The `ram` member of `query-migrate`. Counts are pages of 4 KiB, sizes bytes, rates per second. */
 export interface RamInfo {

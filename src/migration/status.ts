@@ -11,12 +11,11 @@
  * @module
  */
 import { logger } from "../util/log.ts";
-import type { MigrationInfo } from "./stats.ts";
+import type { MigrationInfo, MigrationStatus } from "./stats.ts";
+
+export type { MigrationStatus } from "./stats.ts";
 
 const log = logger("migration");
-
-/** QMP `MigrationStatus` values ferry uses. */
-export type MigrationStatus = "none" | "setup" | "active" | "completed" | "failed" | "canceled";
 
 /** The one transition table: `from → allowed next statuses`. */
 export const MIGRATION_TRANSITIONS: Readonly<Record<MigrationStatus, readonly MigrationStatus[]>> = {
