@@ -4,6 +4,7 @@
  * guest runs, and the source must roll back and keep running.
  */
 import assert from "node:assert/strict";
+import { MessageKind } from "../src/migration/stream.ts";
 import {
   assertGuestRuns,
   FINAL,
@@ -15,7 +16,7 @@ import {
   waitMigration,
 } from "./_fixture/migration.ts";
 import { waitIncoming } from "./_fixture/ferry.ts";
-import { startTap, WIRE_KIND } from "./_fixture/stream_tap.ts";
+import { startTap } from "./_fixture/stream_tap.ts";
 
 const APPEND = "mode=pattern mib=8 interval_ms=50";
 
@@ -27,7 +28,7 @@ Deno.test("a single flipped bit in a RAM page on the wire is refused at switch-o
   const proxy = startTap(`${dir}/tap.sock`, `${dir}/dst.sock`, (_i, kind, m, next) => {
     // The last RAM message, sent while the source is paused (the pattern guest rewrites all its
     // pages all the time, so earlier copies are sent again): flip one bit in its page bytes.
-    if (tap.flipped || kind !== WIRE_KIND.ram || next !== WIRE_KIND.state) return m;
+    if (tap.flipped || kind !== MessageKind.ram || next !== MessageKind.state) return m;
     const v = new DataView(m.buffer, m.byteOffset);
     const bytesStart = 24 + 8 + v.getUint32(24, true) * 16;
     if (m.length <= bytesStart) return m;

@@ -11,7 +11,8 @@
  * @module
  */
 import { Ferry, PROBE, probeArgs, ROOT, tempDir, waitIncoming } from "./ferry.ts";
-import { parseMessages, startTap, WIRE_KIND, type WireMessage } from "./stream_tap.ts";
+import { MessageKind } from "../../src/migration/stream.ts";
+import { parseMessages, startTap, type WireMessage } from "./stream_tap.ts";
 import { parseArgs } from "../../src/config/parse_args.ts";
 import { vmmOptions } from "../../src/vmm/run.ts";
 import { Vm } from "../../src/machine/vm.ts";
@@ -90,7 +91,7 @@ export async function captureStream(): Promise<Capture> {
   }
   const bytes = tap.captured();
   const messages = parseMessages(bytes);
-  const cfg = messages.find((m) => m.kind === WIRE_KIND.config)!;
+  const cfg = messages.find((m) => m.kind === MessageKind.config)!;
   const json = JSON.parse(
     new TextDecoder().decode(bytes.subarray(cfg.offset + 24, cfg.offset + 24 + cfg.length)),
   );
@@ -214,7 +215,7 @@ class Stream {
     const lastSent = new Map<number, number>();
     const raw: { message: number; at: number; page: number }[] = [];
     c.messages.forEach((m, i) => {
-      if (m.kind !== WIRE_KIND.ram) return;
+      if (m.kind !== MessageKind.ram) return;
       const v = new DataView(c.bytes.buffer, c.bytes.byteOffset + m.offset + 24, m.length);
       const runs = v.getUint32(0, true);
       let at = m.offset + 24 + 8 + runs * 16;
@@ -260,8 +261,8 @@ export function* makeCases(capture: Capture, seed: number, perClass = CASES_PER_
   const all = s.messages.map((_, i) => i);
   const finalPages = s.pages.filter((p) => !p.superseded);
   const supersededPages = s.pages.filter((p) => p.superseded);
-  const states = s.indexes(WIRE_KIND.state);
-  const digest = s.indexes(WIRE_KIND.digest);
+  const states = s.indexes(MessageKind.state);
+  const digest = s.indexes(MessageKind.digest);
   const flip = (at: number, mask: number, klass: FuzzClass, what: string): FuzzCase => {
     const b = s.bytes.slice();
     b[at]! ^= mask;
@@ -378,7 +379,7 @@ export function* makeCases(capture: Capture, seed: number, perClass = CASES_PER_
             2n ** 64n - 1n,
           ]);
           // The header's length, or a length inside the payload (run page count, section length).
-          if (n % 3 === 2 && m.kind === WIRE_KIND.ram) {
+          if (n % 3 === 2 && m.kind === MessageKind.ram) {
             v.setUint32(m.offset + 24 + 8 + 8, 0xffff_ffff, true);
             yield ({ klass, what: `page count 0xffffffff in message ${i}`, bytes: b, stall: false });
           } else {

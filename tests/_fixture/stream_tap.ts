@@ -1,24 +1,11 @@
 /**
  * A man in the middle for migration tests: a unix-socket proxy between a source and a
- * destination that parses the source's stream by the wire table in docs/migration.md (24-byte
- * header: "FERRYMIG", u16 version, u16 kind, u32 flags, u64 length), records it, and may change a
- * message on its way. Replies (destination → source) pass through untouched.
+ * destination that parses the source's stream by the wire table in docs/migration.md (header size
+ * and message kinds from stream.ts), records it, and may change a message on its way. Replies
+ * (destination → source) pass through untouched.
  * @module
  */
-
-/** Message kinds of the wire table. */
-export const WIRE_KIND = {
-  hello: 1,
-  config: 2,
-  ack: 3,
-  nack: 4,
-  ram: 5,
-  state: 6,
-  complete: 7,
-  cancel: 8,
-  resumed: 9,
-  digest: 10,
-} as const;
+import { HEADER_BYTES, MessageKind } from "../../src/migration/stream.ts";
 
 /** One message of a captured stream. */
 export interface WireMessage {
@@ -33,12 +20,12 @@ export interface WireMessage {
 export function parseMessages(b: Uint8Array): WireMessage[] {
   const out: WireMessage[] = [];
   let o = 0;
-  while (o + 24 <= b.length) {
-    const v = new DataView(b.buffer, b.byteOffset + o, 24);
+  while (o + HEADER_BYTES <= b.length) {
+    const v = new DataView(b.buffer, b.byteOffset + o, HEADER_BYTES);
     const length = Number(v.getBigUint64(16, true));
-    if (o + 24 + length > b.length) break;
+    if (o + HEADER_BYTES + length > b.length) break;
     out.push({ offset: o, kind: v.getUint16(10, true), length });
-    o += 24 + length;
+    o += HEADER_BYTES + length;
   }
   return out;
 }
@@ -100,7 +87,7 @@ export function startTap(
         await writeAll(dst, change ? change(i, kind, m, nextKind) : m);
       };
       for (let i = 0;; i++) {
-        const h = await readExact(src, 24);
+        const h = await readExact(src, HEADER_BYTES);
         if (!h) break;
         const kind = new DataView(h.buffer).getUint16(10, true);
         // Control messages that wait for an answer go at once (the source waits for the ack).
@@ -108,12 +95,12 @@ export function startTap(
         const len = Number(new DataView(h.buffer).getBigUint64(16, true));
         const p = await readExact(src, len);
         if (!p) break;
-        const m = new Uint8Array(24 + len);
+        const m = new Uint8Array(HEADER_BYTES + len);
         m.set(h);
-        m.set(p, 24);
+        m.set(p, HEADER_BYTES);
         chunks.push(m);
         pending = { i, kind, m };
-        if (kind === WIRE_KIND.config || kind === WIRE_KIND.complete) await forward(undefined);
+        if (kind === MessageKind.config || kind === MessageKind.complete) await forward(undefined);
       }
       await forward(undefined);
       await dst.closeWrite().catch(() => {});
