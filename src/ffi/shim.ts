@@ -57,6 +57,8 @@ export const symbols = {
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
   // ---- CRC32C (shim/crc32c.zig) ----
   ferry_crc32c: { parameters: ["buffer", "u64", "u32"], result: "u32" }, // const u8 *ptr, u64 len, u32 crc → crc
+  ferry_copy_crc32c: { parameters: ["buffer", "buffer", "u64", "u32"], result: "u32" }, // u8 *dst, const u8 *src, u64 len, u32 crc → crc of the bytes copied
+  ferry_crc32c_impl: { parameters: [], result: "u32" }, // 2 = crc32 ×3 + PCLMULQDQ, 1 = crc32, 0 = portable
 
   // ---- migration data path (issue 9)
   // ferry_madvise on a blocking-pool thread: the destination backs guest RAM ahead of the landing.

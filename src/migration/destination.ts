@@ -30,8 +30,6 @@ import {
   HEADER_BYTES,
   MAX_CONFIG_BYTES,
   MAX_REASON_BYTES,
-  MAX_SECTION_BYTES,
-  MAX_SECTION_ID_BYTES,
   MAX_SECTIONS,
   type MessageHeader,
   MessageReader,
@@ -232,7 +230,7 @@ class IncomingMigration {
     // hello
     let h = await next("before hello");
     expect(h, "hello", "first");
-    const hello = decodeHello(await reader.readPayload(h, MAX_REASON_BYTES + 6));
+    const hello = decodeHello(await reader.readPayload(h));
     c.transferredBytes += h.length;
     if (hello.pageSize !== PAGE_SIZE) {
       throw new ProtocolError(
@@ -275,7 +273,7 @@ class IncomingMigration {
         continue;
       }
       if (h.kind === "state") {
-        const payload = await reader.readPayload(h, MAX_SECTION_BYTES + MAX_SECTION_ID_BYTES + 10);
+        const payload = await reader.readPayload(h);
         const s = decodeSection(payload);
         digest.recordSection(payload);
         c.transferredBytes += h.length;

@@ -44,6 +44,7 @@ import {
   encodeSection,
   MAX_REASON_BYTES,
   MAX_SECTIONS,
+  messageBytes,
   MessageReader,
   MessageWriter,
   ProtocolError,
@@ -538,7 +539,7 @@ class OutgoingMigration {
         const b = encodeSection(s);
         await writer.send("state", b);
         digest.recordSection(b);
-        c.transferredBytes += 24 + b.length;
+        c.transferredBytes += messageBytes(b.length);
       }
     });
     await this.#step("send the switch-over digest", async () => {
