@@ -114,6 +114,9 @@ export async function receiveMigration(
   } catch (e) {
     incoming.end();
     let message = (e as Error).message;
+    // Bad input inside a message: name the message and where it started in the stream.
+    const at = incoming.lastMessage;
+    if (e instanceof ProtocolError && at && !message.includes("stream offset")) message += ` (${at})`;
     if (options.signal?.aborted) {
       message = `Incoming migration stopped: ${
         String(options.signal.reason?.message ?? options.signal.reason)
@@ -140,6 +143,7 @@ class IncomingMigration {
   #setupMs: number | undefined;
   #endMs: number | undefined;
   #writer: MessageWriter | undefined;
+  #reader: MessageReader | undefined;
   #stallMs: number;
 
   constructor(vm: MigrationVm, _status: MigrationStatusTracker, stallMs: number) {
@@ -161,6 +165,11 @@ class IncomingMigration {
     this.#endMs ??= performance.now();
   }
 
+  /** The last message read, for error lines (`MessageReader.lastMessage`). */
+  get lastMessage(): string | undefined {
+    return this.#reader?.lastMessage;
+  }
+
   /** Best effort: tell the source why (it may be gone or stuck writing). */
   async refuse(conn: Deno.Conn, reason: string): Promise<void> {
     const w = this.#writer ?? new MessageWriter(conn);
@@ -176,6 +185,7 @@ class IncomingMigration {
       writeTimeoutMs: this.#stallMs,
     });
     const reader = new MessageReader(guard, "source");
+    this.#reader = reader;
     const writer = new MessageWriter(guard);
     this.#writer = writer;
     const c = this.#counters;
@@ -308,6 +318,11 @@ class IncomingMigration {
       const mismatch = compareDigests(sourceDigest, digest.finish());
       log.debug("Switch-over digest checked in %s ms", (performance.now() - t0).toFixed(2));
       if (mismatch) throw new Error(`Cannot verify the switch-over digest: ${mismatch}`);
+      // 'complete' ends the stream: anything already behind it (a replay, a cancel) is refused.
+      if (reader.buffered > 0) {
+        h = await next("after complete");
+        throw new ProtocolError(`Cannot receive migration: '${h.kind}' after 'complete'`);
+      }
       break;
     }
 

@@ -563,6 +563,7 @@ export class MessageReader {
   /** The sequence number the next message must carry. */
   #seq = 0;
   #open: OpenMessage | undefined;
+  #last: OpenMessage | undefined;
   #crc = shim().ferry_crc32c;
 
   /**
@@ -582,6 +583,17 @@ export class MessageReader {
   /** Stream bytes read so far (headers and payloads). */
   get offset(): number {
     return this.#offset;
+  }
+
+  /** Bytes received and not read yet. */
+  get buffered(): number {
+    return this.#end - this.#start;
+  }
+
+  /** The last message whose header was read, e.g. `message #3 ('ram') at stream offset 119396`. */
+  get lastMessage(): string | undefined {
+    const m = this.#last;
+    return m && `message #${m.seq} ('${m.kind}') at stream offset ${m.at}`;
   }
 
   /**
@@ -717,6 +729,7 @@ export class MessageReader {
       want: h.crc,
     };
     this.#open = m;
+    this.#last = m;
     if (h.length === 0) this.#close(m);
     return h;
   }
