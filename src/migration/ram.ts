@@ -1,8 +1,9 @@
 /**
  * Guest RAM on the wire. The source walks pages (all of them, or a dirty bitmap), sends all-zero
- * pages as runs without bytes, coalesces adjacent pages into runs and writes raw runs straight from
- * the guest RAM views (zero-copy). The destination checks every run of a message against its RAM
- * before writing any byte of it.
+ * pages as runs without bytes, coalesces adjacent pages into runs and hands raw runs to the writer as
+ * guest RAM views, which it copies into its send buffer while it computes the message's CRC32C (one
+ * pass: the checksum is of exactly the bytes sent). The destination checks every run of a message
+ * against its RAM before writing any byte of it.
  * @module
  */
 import { type GuestMemory, PAGE_SIZE, type Region } from "../memory/guest_memory.ts";
@@ -204,7 +205,8 @@ export class RamSender {
 
   /**
    * The send path of one region: the shim's `ferry_scan_runs` classifies the pages (all, or those
-   * set in `bitmap`) into zero and raw runs; raw runs go out as views of guest RAM (zero-copy).
+   * set in `bitmap`) into zero and raw runs; raw runs go out as views of guest RAM (copied once,
+   * with the CRC32C, by the writer).
    * Yields to the event loop every {@linkcode YIELD_EVERY_PAGES} pages visited.
    */
   async #sendRegion(ri: number, bitmap: Uint32Array | null, resident: Uint8Array | undefined): Promise<void> {
