@@ -26,6 +26,48 @@ export fn ferry_copy_crc32c(dst: [*]u8, src: [*]const u8, len: u64, crc: u32) u3
     return run(true, dst, src, @intCast(len), crc);
 }
 
+/// Per-page CRC32C of `pages` 4 KiB pages at `src` into `out[0..pages]` (each from 0), and the
+/// CRC32C of all of them continuing `crc` as the return value, in one pass over the bytes.
+export fn ferry_crc32c_pages(src: [*]const u8, pages: u64, out: [*]u32, crc: u32) u32 {
+    return runPages(false, undefined, src, @intCast(pages), out, crc);
+}
+
+/// {@link ferry_copy_crc32c} with per-page CRC32Cs as {@link ferry_crc32c_pages} gives them.
+export fn ferry_copy_crc32c_pages(dst: [*]u8, src: [*]const u8, pages: u64, out: [*]u32, crc: u32) u32 {
+    return runPages(true, dst, src, @intCast(pages), out, crc);
+}
+
+const PAGE = 4096;
+
+fn runPages(comptime copy: bool, dst: [*]u8, src: [*]const u8, pages: usize, out: [*]u32, crc: u32) u32 {
+    var c = crc;
+    for (0..pages) |p| {
+        const pc = run(copy, if (copy) dst + p * PAGE else undefined, src + p * PAGE, PAGE, 0);
+        out[p] = pc;
+        // crc(a ++ b) = crc(a)·x^(8·|b|) mod P  xor  crc(b)
+        c = shiftBy(PAGE, c) ^ pc;
+    }
+    return c;
+}
+
+/// `c`·x^(8n) mod P: the CRC32C value `c` followed by n zero bytes' worth of shift.
+fn shiftBy(comptime n: usize, c: u32) u32 {
+    if (has_pclmul) return @truncate(shift(c, comptime xPowMod(8 * n - 33)));
+    return mulMod(c, comptime xPowMod(8 * n));
+}
+
+/// a·b mod P for bit-reflected polynomials (bit 31 is x^0, so mulMod(a, 0x8000_0000) == a).
+fn mulMod(a: u32, b: u32) u32 {
+    var r: u32 = 0;
+    var x = a;
+    var m: u32 = 0x8000_0000;
+    while (m != 0) : (m >>= 1) {
+        if (b & m != 0) r ^= x;
+        x = (x >> 1) ^ (if (x & 1 != 0) @as(u32, 0x82F6_3B78) else 0);
+    }
+    return r;
+}
+
 /// Which implementation this build uses: 2 = crc32 ×3 + PCLMULQDQ, 1 = crc32, 0 = portable.
 export fn ferry_crc32c_impl() u32 {
     return if (has_pclmul) 2 else if (has_crc32) 1 else 0;
@@ -140,6 +182,22 @@ test "ferry_crc32c check value and continuation" {
     try std.testing.expectEqual(@as(u32, 0), ferry_crc32c(s.ptr, 0, 0));
     try std.testing.expectEqual(@as(u32, 0xE3069283), portable(s, 0));
     try std.testing.expectEqual(@as(u32, 0xE3069283), portable(s[4..], portable(s[0..4], 0)));
+}
+
+test "ferry_crc32c_pages and ferry_copy_crc32c_pages give per-page CRCs and the CRC of all pages" {
+    var buf: [5 * PAGE + 3]u8 = undefined;
+    for (&buf, 0..) |*b, k| b.* = @truncate(k *% 2654435761 >> 13);
+    var dst: [buf.len]u8 = undefined;
+    var crcs: [5]u32 = undefined;
+    const want = portable(buf[1 .. 1 + 5 * PAGE], 0x77);
+    try std.testing.expectEqual(want, ferry_crc32c_pages(buf[1..].ptr, 5, &crcs, 0x77));
+    for (0..5) |p| try std.testing.expectEqual(portable(buf[1 + p * PAGE .. 1 + (p + 1) * PAGE], 0), crcs[p]);
+    @memset(&crcs, 0);
+    try std.testing.expectEqual(want, ferry_copy_crc32c_pages(dst[2..].ptr, buf[1..].ptr, 5, &crcs, 0x77));
+    try std.testing.expectEqualSlices(u8, buf[1 .. 1 + 5 * PAGE], dst[2 .. 2 + 5 * PAGE]);
+    try std.testing.expectEqual(portable(buf[1 + 4 * PAGE .. 1 + 5 * PAGE], 0), crcs[4]);
+    // The portable shift agrees with the PCLMULQDQ one.
+    try std.testing.expectEqual(portable(buf[0 .. 2 * PAGE], 5), mulMod(portable(buf[0..PAGE], 5), comptime xPowMod(8 * PAGE)) ^ portable(buf[PAGE .. 2 * PAGE], 0));
 }
 
 test "ferry_crc32c and ferry_copy_crc32c equal the portable CRC at every length and offset" {

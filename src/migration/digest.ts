@@ -60,13 +60,23 @@ export class MigrationDigest {
 
   /**
    * Records the runs of one RAM message (already checked against guest RAM): on the source right
-   * after the message was sent, on the destination right after it landed.
+   * after the message was sent, on the destination right after it landed. `pageCrcs`, when given,
+   * holds the CRC32C of every raw page of the runs in order, computed as the bytes were copied to
+   * the send buffer or read from the connection; without it the pages are read again.
    */
-  recordRuns(runs: readonly RamRun[]): void {
+  recordRuns(runs: readonly RamRun[], pageCrcs?: Uint32Array): void {
+    let k = 0;
     for (const r of runs) {
       const region = this.#memory.regionOf(r.gpa, r.pageCount * PAGE_SIZE);
       if (!region) {
         throw new RangeError(`Cannot record RAM run at 0x${r.gpa.toString(16)}: outside guest RAM`);
+      }
+      if (pageCrcs && !r.zero) {
+        // The raw pages' CRC32Cs as sent / as received (MessageWriter.sendPages, MessageReader.readPages).
+        const table = this.#tables[this.#memory.regions.indexOf(region)]!;
+        table.set(pageCrcs.subarray(k, k + r.pageCount), (r.gpa - region.gpa) / PAGE_SIZE);
+        k += r.pageCount;
+        continue;
       }
       this.recordRun(region, r.gpa - region.gpa, r.pageCount, r.zero);
     }

@@ -151,6 +151,8 @@ export class RamSender {
   /** `ferry_scan_runs` output: (first page, count, zero) triples, and where it stopped. */
   #scanOut = new Uint32Array(MAX_RUNS_PER_MESSAGE * 3);
   #scanNext = new Uint32Array(1);
+  /** CRC32C of each raw page of the message being sent (for the digest); reused. */
+  #pageCrcs = new Uint32Array(MAX_COVER_PAGES);
 
   constructor(
     writer: MessageWriter,
@@ -302,9 +304,13 @@ export class RamSender {
     this.#zeroPages = 0;
     this.#rawPages = 0;
     const t0 = performance.now();
-    await this.#writer.send("ram", table, ...parts);
-    // After the write: a page the guest changes meanwhile is dirty and is sent (and recorded) again.
-    this.#digest?.recordRuns(runs);
+    const rawPages = parts.reduce((n, p) => n + p.length, 0) / PAGE_SIZE;
+    if (this.#pageCrcs.length < rawPages) this.#pageCrcs = new Uint32Array(rawPages);
+    const crcs = this.#pageCrcs;
+    await this.#writer.sendPages("ram", table, parts, crcs);
+    // The CRCs of the pages as copied and sent: a page the guest changes meanwhile is dirty and is
+    // sent (and recorded) again.
+    this.#digest?.recordRuns(runs, crcs);
     c.transferredBytes += bytes;
     this.#pass.bytes += bytes;
     this.#pass.pages += pages;
@@ -415,16 +421,20 @@ export async function readRunTable(
 
 /**
  * Lands one raw run: its bytes are read from the connection straight into the guest RAM view
- * (no intermediate buffer), after the host backed the pages in bulk.
+ * (no intermediate buffer), after the host backed the pages in bulk. With `pageCrcs`, the CRC32C
+ * of each page lands there (for the switch-over digest) in the same pass that checks the message.
  */
 export async function landRawRun(
   reader: MessageReader,
   run: LandingRun,
   options: LandOptions = {},
+  pageCrcs?: Uint32Array,
 ): Promise<void> {
   options.populate?.(run.gpa, run.pageCount);
   const len = run.pageCount * PAGE_SIZE;
-  await reader.readExact(run.region.bytes.subarray(run.off, run.off + len), "RAM pages");
+  const dst = run.region.bytes.subarray(run.off, run.off + len);
+  if (pageCrcs) await reader.readPages(dst, "RAM pages", pageCrcs);
+  else await reader.readExact(dst, "RAM pages");
 }
 
 /** Lands one zero run: zeroes the pages that are not zero already (untouched pages stay unbacked). */
@@ -447,15 +457,18 @@ export async function receiveRamBatch(
   const runs = await readRunTable(reader, header, memory);
   let zeroPages = 0;
   let rawPages = 0;
+  let raw = 0;
+  for (const run of runs) if (!run.zero) raw += run.pageCount;
+  const crcs = new Uint32Array(raw);
   for (const run of runs) {
     if (run.zero) {
       landZeroRun(run, options);
       zeroPages += run.pageCount;
     } else {
-      await landRawRun(reader, run, options);
+      await landRawRun(reader, run, options, crcs.subarray(rawPages, rawPages + run.pageCount));
       rawPages += run.pageCount;
     }
   }
-  options.digest?.recordRuns(runs);
+  options.digest?.recordRuns(runs, crcs);
   return { zeroPages, rawPages };
 }

@@ -565,6 +565,7 @@ export class MessageReader {
   #open: OpenMessage | undefined;
   #last: OpenMessage | undefined;
   #crc = shim().ferry_crc32c;
+  #crcPages = shim().ferry_crc32c_pages;
 
   /**
    * @param src the connection
@@ -612,6 +613,27 @@ export class MessageReader {
       );
     }
     await this.#fill(dst, what, m);
+    m.remaining -= dst.length;
+    if (m.remaining === 0) this.#close(m);
+  }
+
+  /**
+   * {@linkcode readExact} for whole 4 KiB pages (a raw RAM run, straight into guest memory): the
+   * bytes are read first, then one pass computes each page's CRC32C into `pageCrcs` (for the
+   * switch-over digest) and adds them to the message's CRC32C.
+   */
+  async readPages(dst: Uint8Array, what: string, pageCrcs: Uint32Array): Promise<void> {
+    const m = this.#open;
+    const pages = dst.length / WIRE_PAGE_SIZE;
+    if (!m || dst.length > m.remaining || !Number.isInteger(pages) || pageCrcs.length < pages) {
+      throw new ProtocolError(
+        m
+          ? `Cannot read ${what}: ${dst.length} bytes of pages do not fit the '${m.kind}' message (${m.remaining} left)`
+          : `Cannot read ${what}: no message is open`,
+      );
+    }
+    await this.#fill(dst, what, undefined);
+    m.crc = this.#crcPages(dst as Uint8Array<ArrayBuffer>, BigInt(pages), pageCrcs, m.crc);
     m.remaining -= dst.length;
     if (m.remaining === 0) this.#close(m);
   }
@@ -768,6 +790,7 @@ export class MessageWriter {
   #seq = 0;
   #buf = new Uint8Array(MIN_SEND_BUFFER);
   #copy = shim().ferry_copy_crc32c;
+  #copyPages = shim().ferry_copy_crc32c_pages;
 
   constructor(sink: ByteSink) {
     this.#sink = sink;
@@ -790,6 +813,28 @@ export class MessageWriter {
    * @param parts payload pieces; their total length is the payload length
    */
   send(kind: MessageKindName, ...parts: Uint8Array[]): Promise<void> {
+    return this.#send(kind, parts, undefined);
+  }
+
+  /**
+   * {@linkcode send} of `prefix` then `pages` (each a whole number of 4 KiB pages, e.g. guest RAM
+   * views), writing the CRC32C of every page into `pageCrcs` from index 0: the checksums of
+   * exactly the bytes sent, computed in the same copy pass (the switch-over digest takes them).
+   */
+  sendPages(
+    kind: MessageKindName,
+    prefix: Uint8Array,
+    pages: readonly Uint8Array[],
+    pageCrcs: Uint32Array,
+  ): Promise<void> {
+    return this.#send(kind, [prefix, ...pages], pageCrcs);
+  }
+
+  #send(
+    kind: MessageKindName,
+    parts: readonly Uint8Array[],
+    pageCrcs: Uint32Array | undefined,
+  ): Promise<void> {
     const run = async () => {
       this.#busy++;
       try {
@@ -809,9 +854,22 @@ export class MessageWriter {
         writeHeader(b, kind, length, seq, PROTOCOL_VERSION);
         let crc = crc32c(b.subarray(0, HEADER_BYTES));
         let o = HEADER_BYTES;
-        for (const p of parts) {
+        let page = 0;
+        for (let i = 0; i < parts.length; i++) {
+          const p = parts[i]! as Uint8Array<ArrayBuffer>;
           if (p.length === 0) continue;
-          crc = this.#copy(b.subarray(o), p as Uint8Array<ArrayBuffer>, BigInt(p.length), crc);
+          if (pageCrcs && i > 0) {
+            const n = p.length / WIRE_PAGE_SIZE;
+            if (!Number.isInteger(n) || page + n > pageCrcs.length) {
+              throw new RangeError(
+                `Cannot send part ${i} of a '${kind}' message as pages: ${p.length} bytes`,
+              );
+            }
+            crc = this.#copyPages(b.subarray(o), p, BigInt(n), pageCrcs.subarray(page), crc);
+            page += n;
+          } else {
+            crc = this.#copy(b.subarray(o), p, BigInt(p.length), crc);
+          }
           o += p.length;
         }
         new DataView(b.buffer, 0, HEADER_BYTES).setUint32(HEADER_CRC_OFFSET, crc >>> 0, true);

@@ -217,3 +217,30 @@ Deno.test("MessageWriter numbers messages per connection; MessageReader refuses 
   );
   await assert.rejects(() => read([out[1]!, out[0]!]), /sequence number 1, want 0/);
 });
+
+Deno.test("MessageWriter.sendPages and MessageReader.readPages give each page's CRC32C of the bytes sent and received", async () => {
+  const out: Uint8Array[] = [];
+  const w = new MessageWriter({ write: (p: Uint8Array) => (out.push(p.slice()), Promise.resolve(p.length)) });
+  const pages = Uint8Array.from({ length: 3 * 4096 }, (_, i) => (i * 31) & 0xff);
+  const prefix = Uint8Array.of(1, 2, 3);
+  const sent = new Uint32Array(3);
+  await w.sendPages("ram", prefix, [pages.subarray(0, 4096), pages.subarray(4096)], sent);
+  const want = [0, 1, 2].map((p) => crc32c(pages.subarray(p * 4096, (p + 1) * 4096)));
+  assert.deepEqual(Array.from(sent), want);
+  const r = new MessageReader(source([out[0]!]), "source");
+  const h = (await r.readHeader())!;
+  assert.equal(h.length, 3 + 3 * 4096);
+  const got = new Uint8Array(3 * 4096);
+  const crcs = new Uint32Array(3);
+  await r.readExact(new Uint8Array(3), "prefix");
+  await r.readPages(got, "pages", crcs);
+  assert.deepEqual(got, pages);
+  assert.deepEqual(Array.from(crcs), want);
+  // A damaged page is refused when the message ends.
+  const bad = out[0]!.slice();
+  bad[HEADER_BYTES + 3 + 5000]! ^= 1;
+  const r2 = new MessageReader(source([bad]), "source");
+  await r2.readHeader();
+  await r2.readExact(new Uint8Array(3), "prefix");
+  await assert.rejects(() => r2.readPages(got, "pages", crcs), /CRC32C mismatch/);
+});
