@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { Ferry, PROBE, probeArgs, ROOT, tempDir } from "./ferry.ts";
 import type { QmpClient, QmpMessage } from "./qmp_client.ts";
+import { encodeMessage, HEADER_BYTES, HEADER_LENGTH_OFFSET } from "../../src/migration/stream.ts";
 
 export { Ferry, PROBE, probeArgs, ROOT, tempDir };
 export type { QmpClient, QmpMessage };
@@ -195,14 +196,15 @@ export async function createNetnsPair(): Promise<NetnsPair | string> {
 /** Wire message kinds a scripted destination uses (docs/migration.md). */
 export const KIND = { config: 2, ack: 3, nack: 4, complete: 7, resumed: 9 } as const;
 
-function header(kind: number, length: number): Uint8Array {
-  const b = new Uint8Array(24);
-  b.set(new TextEncoder().encode("FERRYMIG"));
-  const v = new DataView(b.buffer);
-  v.setUint16(8, 1, true);
-  v.setUint16(10, kind, true);
-  v.setBigUint64(16, BigInt(length), true);
-  return b;
+const KIND_NAME = { [KIND.ack]: "ack", [KIND.nack]: "nack", [KIND.resumed]: "resumed" } as const;
+
+/** A whole reply message (protocol 2: its sequence number `seq` and CRC32C, stream.ts). */
+function reply(
+  kind: typeof KIND.ack | typeof KIND.nack | typeof KIND.resumed,
+  seq: number,
+  payload = new Uint8Array(0),
+): Uint8Array {
+  return encodeMessage(KIND_NAME[kind], payload, seq);
 }
 
 async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null> {
@@ -217,7 +219,8 @@ async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null>
 }
 
 /**
- * A destination on unix socket `path` speaking docs/migration.md's wire format: acks the
+ * A destination on unix socket `path` speaking docs/migration.md's wire format (protocol 2; it
+ * checks no sequence number nor CRC of what it swallows, and numbers its own replies): acks the
  * configuration, swallows everything up to `complete` (so the source has paused and handed over
  * its devices), runs `onComplete` if given, then does `then`: answer `resumed`, a `nack`, or close.
  * `done` resolves with the message kinds it saw.
@@ -233,24 +236,24 @@ export function scriptedDestination(
     const conn = await listener.accept();
     try {
       for (;;) {
-        const h = await readExact(conn, 24);
+        const h = await readExact(conn, HEADER_BYTES);
         if (!h) return kinds;
         const v = new DataView(h.buffer);
         const kind = v.getUint16(10, true);
-        let left = Number(v.getBigUint64(16, true));
+        let left = Number(v.getBigUint64(HEADER_LENGTH_OFFSET, true));
         kinds.push(kind);
         while (left > 0) {
           const chunk = await readExact(conn, Math.min(left, 1 << 20));
           if (!chunk) return kinds;
           left -= chunk.length;
         }
-        if (kind === KIND.config) await conn.write(header(KIND.ack, 0));
+        if (kind === KIND.config) await conn.write(reply(KIND.ack, 0));
         if (kind === KIND.complete) {
           if (onComplete) await onComplete();
-          if (then === "resumed") await conn.write(header(KIND.resumed, 0));
+          if (then === "resumed") await conn.write(reply(KIND.resumed, 1));
           if (then === "nack") {
             const why = new TextEncoder().encode("Cannot restore device state: scripted refusal");
-            await conn.write(new Uint8Array([...header(KIND.nack, why.length), ...why]));
+            await conn.write(reply(KIND.nack, 1, why));
           }
           await sleep(100);
           return kinds;
