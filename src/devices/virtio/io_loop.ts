@@ -167,6 +167,7 @@ export class IoLoop {
     const out = new BigUint64Array(64);
     const outBytes = new Uint8Array(out.buffer);
     let more = new Set<Work>();
+    const ready = new Set<Work>();
     let running = false;
     for (;;) {
       const req = Atomics.load(this.#w, IO_W_REQ);
@@ -195,8 +196,10 @@ export class IoLoop {
       }
       const n = Number(s.ferry_epoll_wait(this.#ep, outBytes, 64, more.size > 0 ? 0 : -1));
       if (n < 0 && n !== -EINTR) throw new Error(`Cannot wait in the I/O Worker: epoll_wait errno ${-n}`);
-      const ready = new Set<Work>(more);
-      more = new Set();
+      // Reuse the two sets (no allocation per wakeup): ready = what was left over + what woke.
+      ready.clear();
+      for (const w of more) ready.add(w);
+      more.clear();
       for (let i = 0; i < n; i++) {
         const token = Number(out[i]!);
         if (token === 0) {
