@@ -252,16 +252,14 @@ export class Virtqueue {
     else chain.readableBytes += len;
   }
 
-  /**
-   * Puts `head` on the used ring with `len` bytes written (the index is published, and the ring's
-   * pages marked dirty, by {@linkcode flushUsed}: once per batch instead of once per entry).
-   */
+  /** Puts `head` on the used ring with `len` bytes written (the index is published by {@linkcode flushUsed}). */
   pushUsed(head: number, len: number): void {
     const off = 4 + 8 * (this.regs.nextUsed % this.#size);
     const dv = this.#dUsed;
     if (dv) {
       dv.setUint32(off, head, true);
       dv.setUint32(off + 4, len >>> 0, true);
+      this.#mem.markDirty(this.#used + off, 8);
     } else {
       this.#mem.writeU32(this.#used + off, head);
       this.#mem.writeU32(this.#used + off + 4, len >>> 0);
@@ -269,15 +267,12 @@ export class Virtqueue {
     this.regs.nextUsed = this.regs.nextUsed + 1;
   }
 
-  /**
-   * Publishes the used index (after the entries, with a fence between) and marks the used ring
-   * dirty, entries pushed since the last flush included.
-   */
+  /** Publishes the used index (after the entries, with a fence between). */
   flushUsed(): void {
     memoryFence();
     if (this.#dUsed) {
       this.#dUsed.setUint16(2, this.regs.nextUsed & 0xffff, true);
-      this.#mem.markDirty(this.#used, 4 + 8 * this.#size);
+      this.#mem.markDirty(this.#used + 2, 2);
     } else this.#mem.writeU16(this.#used + 2, this.regs.nextUsed);
     memoryFence();
   }

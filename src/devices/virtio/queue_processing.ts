@@ -83,8 +83,8 @@ export function processQueue(
         vq.disableNotification(); // more arrived meanwhile: serve it quietly
       }
     } catch (e) {
-      vq.flushUsed(); // what was used so far is published (and its pages marked dirty) either way
       if (!(e instanceof QueueError)) throw e;
+      vq.flushUsed();
       owner.markBroken(q, e.message);
     }
     if (vq.needsInterrupt()) owner.signalQueue(q);
