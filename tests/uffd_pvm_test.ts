@@ -106,7 +106,7 @@ Deno.test("PVM resolves guest, KVM-internal and VMM accesses to missing pages th
     await waitFor(serial2, new RegExp(`PROBE VERIFY ok round=${Number(m[1]) + 2}`));
     await dst.pause();
     Atomics.store(new Int32Array(stop), 0, 1);
-    const { gpas, writes } = await report;
+    const { gpas } = await report;
     const out = lines(serial2);
     assert.ok(!out.some((l) => /FAIL|EXCEPTION/.test(l)), out.slice(-10).join("\n"));
     assert.ok(out.length > before, "the destination guest ran");
@@ -119,11 +119,6 @@ Deno.test("PVM resolves guest, KVM-internal and VMM accesses to missing pages th
     );
     assert.ok(faulted.has(vifGpa), `KVM's read of the PVM VIF page (0x${vifGpa.toString(16)}) faulted`);
     assert.equal(faulted.size, gpas.length, "no page faulted twice (each copy woke its waiter)");
-    console.log(
-      `uffd: ${gpas.length} faults served (${writes} writes): ${area} area pages, page tables at 0x${
-        cr3.toString(16)
-      }, VIF page at 0x${vifGpa.toString(16)}`,
-    );
   } finally {
     if (worker) worker.terminate();
     await dst?.destroy();
