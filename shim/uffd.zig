@@ -112,6 +112,7 @@ pub const abi_entries = [_]@import("abi.zig").Entry{
     .{ .name = "uffd_msg.event", .value = @offsetOf(c.struct_uffd_msg, "event") },
     .{ .name = "uffd_msg.pagefault.flags", .value = @offsetOf(c.struct_uffd_msg, "arg") },
     .{ .name = "uffd_msg.pagefault.address", .value = @offsetOf(c.struct_uffd_msg, "arg") + 8 },
+    .{ .name = "uffd_msg.pagefault.feat.ptid", .value = @offsetOf(c.struct_uffd_msg, "arg") + 16 },
     .{ .name = "uffdio_api", .value = @sizeOf(c.struct_uffdio_api) },
     .{ .name = "uffdio_range", .value = @sizeOf(c.struct_uffdio_range) },
     .{ .name = "uffdio_register", .value = @sizeOf(c.struct_uffdio_register) },

@@ -53,6 +53,7 @@ export const ABI = {
   "uffd_msg.event": 0,
   "uffd_msg.pagefault.flags": 8,
   "uffd_msg.pagefault.address": 16,
+  "uffd_msg.pagefault.feat.ptid": 24,
   "uffdio_api": 24,
   "uffdio_range": 16,
   "uffdio_register": 32,

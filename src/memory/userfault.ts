@@ -18,6 +18,8 @@ const O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 const MODE_MISSING = 1n;
 /** `UFFD_EVENT_PAGEFAULT`. */
 const EVENT_PAGEFAULT = 0x12;
+/** `UFFD_FEATURE_THREAD_ID`: each fault names the thread that faulted. */
+const FEATURE_THREAD_ID = 1n << 8n;
 /** `UFFD_PAGEFAULT_FLAG_WRITE`. */
 const FLAG_WRITE = 1n;
 const EAGAIN = 11, EEXIST = 17;
@@ -29,6 +31,8 @@ export interface PageFault {
   address: bigint;
   /** The access was a write. */
   write: boolean;
+  /** Thread id of the faulting thread (0 unless opened with `threadIds`). */
+  tid: number;
 }
 
 /**
@@ -54,13 +58,15 @@ export class Userfault {
 
   /**
    * Opens a userfaultfd (the syscall, or /dev/userfaultfd) and does the API handshake.
+   * @param options `threadIds`: ask the kernel to name the faulting thread in each fault
    * @throws {ErrnoError} when the host has neither, or the kernel refuses the API
    */
-  static open(): Userfault {
+  static open(options: { threadIds?: boolean } = {}): Userfault {
     const fd = check(shim().ferry_uffd_open(O_CLOEXEC | O_NONBLOCK), "open a userfaultfd");
     const uf = new Userfault(fd);
     try {
-      check(shim().ferry_uffd_api(fd, 0n, uf.#out), "negotiate the userfaultfd API");
+      const features = options.threadIds ? FEATURE_THREAD_ID : 0n;
+      check(shim().ferry_uffd_api(fd, features, uf.#out), "negotiate the userfaultfd API");
     } catch (e) {
       uf.close();
       throw e;
@@ -148,6 +154,7 @@ export class Userfault {
         out.push({
           address: v.getBigUint64(o + ABI["uffd_msg.pagefault.address"], true),
           write: (flags & FLAG_WRITE) !== 0n,
+          tid: v.getUint32(o + ABI["uffd_msg.pagefault.feat.ptid"], true),
         });
       }
       if (n < 64) return out;

@@ -41,6 +41,10 @@ import {
 import { receiveRamBatch } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import type { TlsCreds } from "./tls.ts";
+import { DEFAULT_MIGRATION_CAPABILITIES, type MigrationCapabilities } from "./parameters.ts";
+import { PostcopyDestination } from "./postcopy_destination.ts";
+import { decodeDirtyBitmaps } from "./postcopy_wire.ts";
+import { pausePostcopyGuest, PostcopyPausedError, postcopyInfo } from "./postcopy.ts";
 import {
   compareDigests,
   decodeDigest,
@@ -64,6 +68,8 @@ export interface ReceiveMigrationOptions {
   stallTimeoutMs?: number;
   /** Speak TLS with these server credentials (tls.ts); plaintext when absent. */
   tls?: TlsCreds;
+  /** This side's capabilities (`postcopy-ram` must be on to accept post-copy). */
+  capabilities?: Readonly<MigrationCapabilities>;
 }
 
 /** Largest total of all section payloads. */
@@ -90,7 +96,12 @@ export async function receiveMigration(
   options: ReceiveMigrationOptions = {},
 ): Promise<void> {
   const target = parseMigrationUri(uri, { listen: true });
-  const incoming = new IncomingMigration(vm, status, options.stallTimeoutMs ?? STALL_TIMEOUT_MS);
+  const incoming = new IncomingMigration(
+    vm,
+    status,
+    options.stallTimeoutMs ?? STALL_TIMEOUT_MS,
+    options.capabilities ?? DEFAULT_MIGRATION_CAPABILITIES,
+  );
   status.transition("setup");
   status.attachInfo(() => incoming.info());
   let listener: MigrationListener | undefined;
@@ -121,6 +132,12 @@ export async function receiveMigration(
         String(options.signal.reason?.message ?? options.signal.reason)
       }`;
     }
+    if (e instanceof PostcopyPausedError) {
+      // The guest's memory is split between the two sides: keep everything, say so.
+      log.error("%s", e.message);
+      status.transition("postcopy-paused", e.message);
+      throw e;
+    }
     log.error("Incoming migration failed: %s", message);
     if (conn) await incoming.refuse(conn, message);
     status.transition("failed", message);
@@ -143,10 +160,18 @@ class IncomingMigration {
   #endMs: number | undefined;
   #writer: MessageWriter | undefined;
   #stallMs: number;
+  #capabilities: Readonly<MigrationCapabilities>;
+  #postcopy: PostcopyDestination | undefined;
 
-  constructor(vm: MigrationVm, _status: MigrationStatusTracker, stallMs: number) {
+  constructor(
+    vm: MigrationVm,
+    _status: MigrationStatusTracker,
+    stallMs: number,
+    capabilities: Readonly<MigrationCapabilities>,
+  ) {
     this.#vm = vm;
     this.#stallMs = stallMs;
+    this.#capabilities = capabilities;
     this.#counters.totalBytes = vm.memory.sizeBytes;
   }
 
@@ -156,6 +181,7 @@ class IncomingMigration {
       ram: this.#counters.toInfo(),
     };
     if (this.#setupMs !== undefined) info["setup-time"] = Math.round(this.#setupMs);
+    if (this.#postcopy) Object.assign(info, postcopyInfo(this.#postcopy.stats(), this.#capabilities));
     return info;
   }
 
@@ -257,16 +283,43 @@ class IncomingMigration {
     const sections: Section[] = [];
     const ids = new Set<string>();
     let stateBytes = 0;
+    let postcopyAdvised = false;
+    let needed: Uint32Array[] | undefined;
     for (;;) {
       h = await next("before complete");
+      if (h.kind === "postcopyAdvise") {
+        if (!this.#capabilities["postcopy-ram"]) {
+          throw new Error(
+            "Cannot receive migration: the source may switch to post-copy but capability 'postcopy-ram' is off here (set it on both sides)",
+          );
+        }
+        // From here on guest RAM is never backed ahead: a page backed while the switch drops
+        // stale pages could hide a missing one.
+        postcopyAdvised = true;
+        await reader.readPayload(h, 0);
+        continue;
+      }
+      if (h.kind === "postcopyDirty") {
+        if (!postcopyAdvised || needed || sections.length > 0) {
+          throw new ProtocolError("Cannot receive migration: unexpected 'postcopyDirty'");
+        }
+        needed = decodeDirtyBitmaps(
+          await reader.readPayload(h, 64 * 1024 * 1024),
+          vm.memory.regions.map((r) => r.sizeBytes / PAGE_SIZE),
+        );
+        c.transferredBytes += h.length;
+        continue;
+      }
       if (sourceDigest && h.kind !== "complete") {
         throw new ProtocolError(`Cannot receive migration: '${h.kind}' after 'digest'`);
       }
       if (h.kind === "ram") {
-        if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
+        if (sections.length > 0 || needed) {
+          throw new ProtocolError(`Cannot receive migration: 'ram' after '${needed ? "postcopyDirty" : "state"}'`);
+        }
         const r = await receiveRamBatch(reader, h, vm.memory, {
           ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
-          ...(vm.populate ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) } : {}),
+          ...(vm.populate && !postcopyAdvised ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) } : {}),
           digest,
         });
         c.transferredBytes += h.length;
@@ -303,6 +356,7 @@ class IncomingMigration {
           `Cannot receive migration: source sent ${sections.length} sections but announced ${count}`,
         );
       }
+      if (needed) break; // post-copy: RAM is not complete yet, so there is no digest
       if (!sourceDigest) {
         throw new ProtocolError("Cannot receive migration: 'complete' without the switch-over 'digest'");
       }
@@ -313,6 +367,13 @@ class IncomingMigration {
       break;
     }
 
+    let postcopy: PostcopyDestination | undefined;
+    if (needed) {
+      postcopy = new PostcopyDestination(vm.memory, reader, writer, needed, c, {
+        ...(vm.vcpuThreadIds ? { vcpuThreadIds: vm.vcpuThreadIds() } : {}),
+      });
+      postcopy.prepare();
+    }
     try {
       await vm.restoreState(sections);
     } catch (e) {
@@ -330,5 +391,22 @@ class IncomingMigration {
       await vm.pause().catch(() => {});
       throw new Error(`Cannot confirm the resume to the source: ${(e as Error).message}`, { cause: e });
     }
+    if (!postcopy) return;
+    this.#postcopy = postcopy;
+    status.transition("postcopy-active");
+    const t0 = performance.now();
+    try {
+      await postcopy.run();
+    } catch (e) {
+      const left = postcopy.pagesLeft;
+      await pausePostcopyGuest(vm);
+      throw new PostcopyPausedError(
+        `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused here: ` +
+          `${left} pages (${Math.round(left * PAGE_SIZE / 1048576)} MiB) of its memory are only on the source, ` +
+          "so it cannot run, and the source cannot take it back either",
+        { cause: e },
+      );
+    }
+    log.info("Post-copy completed in %d ms", Math.round(performance.now() - t0));
   }
 }

@@ -44,6 +44,7 @@ import {
   encodeSection,
   MAX_REASON_BYTES,
   MAX_SECTIONS,
+  type MessageHeader,
   MessageReader,
   MessageWriter,
   ProtocolError,
@@ -52,6 +53,8 @@ import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter 
 import { settleWithin } from "./_async.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
 import { MigrationBlockedError } from "../devices/device.ts";
+import { PostcopySender } from "./postcopy_source.ts";
+import { decodePageRequest, encodeDirtyBitmaps, PAGE_REQUEST_BYTES } from "./postcopy_wire.ts";
 
 const log = logger("migration");
 
@@ -72,6 +75,13 @@ export interface MigrationHandle {
    * lowered `max-cpu-throttle` at once and the other throttle parameters at the next throttle step.
    */
   setParameters(params: Readonly<MigrationParameters>): void;
+  /**
+   * QMP `migrate-start-postcopy`: at the end of the current RAM pass the source pauses, sends
+   * the device state and the list of pages still dirty, and the destination runs the guest while
+   * the rest follows (postcopy_source.ts). Needs capability `postcopy-ram` on both sides.
+   * @throws {Error} when the capability is off or the migration is past its precopy phase
+   */
+  startPostcopy(): void;
 }
 
 /** Options of {@linkcode startMigration}. */
@@ -198,6 +208,10 @@ class OutgoingMigration {
   #autoConverge = new AutoConverge();
   /** `transferredBytes` at the previous dirty sync. */
   #sentAtSync = 0;
+  // Post-copy (postcopy_source.ts).
+  #postcopyRequested = false;
+  #postcopy: PostcopySender | undefined;
+  #destinationResumed = false;
   #done: Promise<MigrationStatus>;
 
   constructor(
@@ -225,7 +239,19 @@ class OutgoingMigration {
       cancel: () => this.#cancel(),
       queryMigrate: () => this.#status.queryMigrate(),
       setParameters: (p) => this.#setParameters(p),
+      startPostcopy: () => this.#startPostcopy(),
     };
+  }
+
+  #startPostcopy(): void {
+    if (!this.#capabilities["postcopy-ram"]) {
+      throw new Error("Cannot start post-copy: enable capability 'postcopy-ram' before the migration starts");
+    }
+    if (this.#finished || this.#committed || this.#pausedAtMs !== undefined) {
+      throw new Error("Cannot start post-copy: the migration is past its precopy phase");
+    }
+    if (!this.#postcopyRequested) log.info("Post-copy requested: switching at the end of this RAM pass");
+    this.#postcopyRequested = true;
   }
 
   #setParameters(p: Readonly<MigrationParameters>): void {
@@ -337,6 +363,15 @@ class OutgoingMigration {
       await this.#pipeline();
       this.#finish("completed");
     } catch (e) {
+      if (this.#postcopy && this.#committed && (this.#destinationResumed || this.#peerError === undefined)) {
+        // The destination may run the guest and holds pages this side no longer has current:
+        // neither side may run it. Stay paused (QEMU's postcopy-paused).
+        const message = `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused on ` +
+          "both sides; this source must not be resumed (the destination may have run it)";
+        log.error("%s", message);
+        this.#finish("postcopy-paused", message);
+        return this.#status.status;
+      }
       const canceled = e instanceof Canceled;
       const message = canceled ? "Migration canceled" : (e as Error).message;
       if (!canceled) log.error("Migration to %s failed: %s", this.#uri, message);
@@ -444,6 +479,9 @@ class OutgoingMigration {
     guard.setReadTimeout(0);
     this.#replies = this.#readReplies(reader);
     this.#replies.catch(() => {});
+    if (this.#capabilities["postcopy-ram"]) {
+      await this.#step("advise post-copy", () => writer.send("postcopyAdvise"));
+    }
 
     await this.#step("start dirty logging", () => {
       vm.startDirtyLog();
@@ -473,6 +511,11 @@ class OutgoingMigration {
       this.#sentAtSync = c.transferredBytes;
       const p = this.#params; // read at every pass: migrate-set-parameters applies live
       const thresholdBytes = this.#bandwidth() * p["downtime-limit"] / 1000;
+      if (this.#postcopyRequested) {
+        log.info("Switching to post-copy after %d dirty passes: %d bytes dirty", pass - 1, c.remainingBytes);
+        pending = bitmaps;
+        break;
+      }
       if (c.remainingBytes <= thresholdBytes) {
         log.info("Converged after %d dirty passes: %d bytes left", pass - 1, c.remainingBytes);
         pending = bitmaps;
@@ -520,6 +563,7 @@ class OutgoingMigration {
       await vm.onSwitchover?.();
     }, false);
     const last = await this.#step("sync the dirty log", () => mergeBitmaps(pending, this.#sync()), false);
+    if (this.#postcopyRequested) return await this.#postcopyPhase(writer, last, limiter);
     await this.#step("send the last dirty RAM", () => sender.sendDirty(last, false));
     c.remainingBytes = 0;
     await this.#step("stop dirty logging", () => {
@@ -555,19 +599,70 @@ class OutgoingMigration {
     this.#downtimeMs = performance.now() - this.#pausedAtMs!;
   }
 
-  /** Reads the destination's replies until `resumed`; a nack/cancel/EOF closes the connection. */
+  /**
+   * After the switch to post-copy: the device state and the pages still dirty go out, the
+   * destination runs the guest, and the rest of RAM streams (requested pages first) until the
+   * destination has every page (`postcopyDone`).
+   */
+  async #postcopyPhase(writer: MessageWriter, last: Uint32Array[], limiter: RateLimiter): Promise<void> {
+    const vm = this.#vm;
+    const c = this.#counters;
+    await this.#step("stop dirty logging", () => {
+      this.#dirtyLogging = false;
+      vm.stopDirtyLog();
+    }, false);
+    const sections = await this.#step("save device state", () => vm.saveState(), false);
+    const sender = new PostcopySender(writer, vm.memory, last, c, { limiter, signal: this.#abort.signal });
+    log.info("Post-copy: %d pages still dirty go after the switch", sender.pagesLeft);
+    await this.#step("send the post-copy page list and device state", async () => {
+      if (sections.length > MAX_SECTIONS) throw new RangeError(`${sections.length} sections exceed ${MAX_SECTIONS}`);
+      const bitmap = encodeDirtyBitmaps(last);
+      await writer.send("postcopyDirty", bitmap);
+      c.transferredBytes += 24 + bitmap.length;
+      const seen = new Set<string>();
+      for (const s of sections) {
+        if (seen.has(s.id)) throw new RangeError(`section id '${s.id}' appears twice`);
+        seen.add(s.id);
+        const b = encodeSection(s);
+        await writer.send("state", b);
+        c.transferredBytes += 24 + b.length;
+      }
+      this.#postcopy = sender; // from here on the reply reader takes page requests
+      await writer.send("complete", encodeComplete(sections.length));
+      this.#committed = true;
+    });
+    this.#status.transition("postcopy-active");
+    await this.#step("send the remaining RAM (post-copy)", () => sender.run());
+    await this.#step("wait for the destination to receive all RAM", () => this.#replies);
+  }
+
+  /**
+   * Reads the destination's replies until `resumed` (precopy) or `postcopyDone` (post-copy, with
+   * page requests meanwhile); a nack/cancel/EOF closes the connection.
+   */
   async #readReplies(reader: MessageReader): Promise<void> {
     try {
-      const h = await reader.readHeader();
-      if (!h) throw new ProtocolError("the destination closed the connection");
-      if (h.kind === "resumed") return;
-      if (h.kind === "nack" || h.kind === "cancel") {
-        this.#peerError = `destination failed: ${
-          decodeReason(await reader.readPayload(h, MAX_REASON_BYTES))
-        }`;
-        throw new Error(this.#peerError);
+      for (;;) {
+        const h = await reader.readHeader();
+        if (!h) throw new ProtocolError("the destination closed the connection");
+        if (h.kind === "resumed" && !this.#postcopy) return;
+        if (h.kind === "resumed") {
+          this.#destinationResumed = true;
+          this.#downtimeMs = performance.now() - this.#pausedAtMs!;
+          log.info("Post-copy: the guest runs on the destination (downtime %d ms)", Math.round(this.#downtimeMs));
+          continue;
+        }
+        if (h.kind === "pageRequest" && this.#postcopy) {
+          const r = decodePageRequest(await reader.readPayload(h, PAGE_REQUEST_BYTES));
+          this.#postcopy.request(r.gpa, r.pageCount);
+          continue;
+        }
+        if (h.kind === "postcopyDone" && this.#postcopy) {
+          await reader.readPayload(h, 0);
+          return;
+        }
+        await this.#reply(reader, h);
       }
-      throw new ProtocolError(`unexpected '${h.kind}' message from the destination`);
     } catch (e) {
       if (
         this.#peerError === undefined && !this.#abort.signal.aborted && !this.#finished &&
@@ -584,6 +679,15 @@ class OutgoingMigration {
       }
       throw e;
     }
+  }
+
+  /** A nack or cancel from the destination ends the migration; anything else is a protocol error. */
+  async #reply(reader: MessageReader, h: MessageHeader): Promise<never> {
+    if (h.kind === "nack" || h.kind === "cancel") {
+      this.#peerError = `destination failed: ${decodeReason(await reader.readPayload(h, MAX_REASON_BYTES))}`;
+      throw new Error(this.#peerError);
+    }
+    throw new ProtocolError(`unexpected '${h.kind}' message from the destination`);
   }
 
   #sync(): Uint32Array[] {

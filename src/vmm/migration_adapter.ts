@@ -157,6 +157,9 @@ export class VmMigrationAdapter implements MigrationVm {
     this.#populator ??= new Populator(this.#vm.layout);
     this.#populator.ahead(gpa, pageCount);
   }
+  vcpuThreadIds(): readonly number[] {
+    return this.#vm.threadIds();
+  }
   syncDirtyLog(): Uint32Array[] {
     return this.#vm.syncDirtyLog();
   }

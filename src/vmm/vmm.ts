@@ -22,6 +22,7 @@ import {
   type MigrationHandle,
   type MigrationParameters,
   MigrationStatusTracker,
+  PostcopyPausedError,
   receiveMigration,
   startMigration,
   updateMigrationCapabilities,
@@ -184,10 +185,15 @@ export class Vmm implements MachineControl, MigrationControl {
     const tls = this.#tls("server");
     const abort = new AbortController();
     this.#incomingAbort = abort;
+    // Post-copy: the guest runs here before the migration completes.
+    const off = this.#migration.onChange((s) => {
+      if (s === "postcopy-active" && this.#state === "inmigrate") this.#setState("running");
+    });
     this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, {
       signal: abort.signal,
+      capabilities: this.#capabilities,
       ...(tls ? { tls } : {}),
-    }).then(
+    }).finally(off).then(
       () => {
         const running = this.#adapter.guestRunning;
         this.#setState(running ? "running" : "paused");
@@ -197,6 +203,12 @@ export class Vmm implements MachineControl, MigrationControl {
         );
       },
       (e: Error) => {
+        if (e instanceof PostcopyPausedError) {
+          // No source to fall back to: keep the paused guest and say why (query-migrate).
+          this.#setState("paused");
+          log.error("ferry: %s", e.message);
+          return;
+        }
         if (!this.#ending) {
           void this.end({ code: 1, message: `ferry: incoming migration failed: ${e.message}` });
         }
@@ -347,6 +359,9 @@ export class Vmm implements MachineControl, MigrationControl {
       if (final === "completed") {
         // The guest runs on the destination now: stay paused until quit.
         this.#setState("postmigrate");
+      } else if (final === "postcopy-paused") {
+        // Post-copy broke: the guest may have run on the destination, so it never runs here again.
+        this.#setState("paused");
       } else if (this.#state === "finish-migrate") {
         // Rolled back after the pause: as before (RESUME when it ran).
         this.#setState(wasRunning ? "running" : "paused");
@@ -356,6 +371,18 @@ export class Vmm implements MachineControl, MigrationControl {
 
   cancel(): void {
     this.#active?.cancel();
+  }
+
+  /** `migrate-start-postcopy` (QEMU's command). */
+  startPostcopy(): void {
+    if (!this.#active) {
+      throw new QmpError("GenericError", "Cannot start post-copy: no outgoing migration is in progress");
+    }
+    try {
+      this.#active.startPostcopy();
+    } catch (e) {
+      throw new QmpError("GenericError", (e as Error).message);
+    }
   }
 
   /** QMP `migrate-incoming`, only after `-incoming defer` (QEMU's rule). */

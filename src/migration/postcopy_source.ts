@@ -1,0 +1,169 @@
+/**
+ * The source's post-copy phase (after `migrate-start-postcopy` switched over): the source is
+ * paused, its RAM is final, and the pages the destination still lacks go out in the background,
+ * in address order, while pages the destination faulted on jump the queue (QEMU's page requests
+ * on the return path; here the requests arrive on the same connection). Every page is sent
+ * exactly once; `postcopyEnd` follows the last one.
+ * @module
+ */
+import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
+import { encodeRunTable, HEADER_BYTES, type MessageWriter, ProtocolError, type RamRun } from "./stream.ts";
+import type { RamCounters } from "./stats.ts";
+import type { RateLimiter } from "./ram.ts";
+import { countDirtyPages } from "./ram.ts";
+
+/** Pages per background message: small, so a requested page waits behind little. */
+const BACKGROUND_PAGES = 32;
+
+/** Options of {@linkcode PostcopySender}. */
+export interface PostcopySenderOptions {
+  /** `max-bandwidth` for the background stream (requested pages are not throttled). */
+  limiter?: RateLimiter;
+  /** Stops the loop between messages. */
+  signal?: AbortSignal;
+}
+
+/** Sends the pages still needed, requested ones first. */
+export class PostcopySender {
+  #writer: MessageWriter;
+  #memory: GuestMemory;
+  #needed: Uint32Array[];
+  #counters: RamCounters;
+  #options: PostcopySenderOptions;
+  #left: number;
+  #requests: { ri: number; page: number; count: number }[] = [];
+  #wake: (() => void) | undefined;
+  /** Background cursor: region and page. */
+  #ri = 0;
+  #page = 0;
+
+  /**
+   * @param needed per region, the pages the destination lacks (taken over: bits are cleared as
+   *   pages go out)
+   */
+  constructor(
+    writer: MessageWriter,
+    memory: GuestMemory,
+    needed: Uint32Array[],
+    counters: RamCounters,
+    options: PostcopySenderOptions = {},
+  ) {
+    this.#writer = writer;
+    this.#memory = memory;
+    this.#needed = needed;
+    this.#counters = counters;
+    this.#options = options;
+    this.#left = countDirtyPages(needed);
+    counters.remainingBytes = this.#left * PAGE_SIZE;
+  }
+
+  /** Pages not sent yet. */
+  get pagesLeft(): number {
+    return this.#left;
+  }
+
+  /**
+   * A destination page request: those pages go out next (pages already sent are skipped).
+   * @throws {ProtocolError} for a range outside guest RAM
+   */
+  request(gpa: number, pageCount: number): void {
+    const region = this.#memory.regionOf(gpa, pageCount * PAGE_SIZE);
+    if (!region) {
+      throw new ProtocolError(`Cannot serve a page request outside guest RAM: gpa 0x${gpa.toString(16)}`);
+    }
+    this.#counters.postcopyRequests++;
+    const ri = this.#memory.regions.indexOf(region);
+    this.#requests.push({ ri, page: (gpa - region.gpa) / PAGE_SIZE, count: pageCount });
+    this.#wake?.();
+  }
+
+  /** Sends until every needed page is out, then `postcopyEnd`. */
+  async run(): Promise<void> {
+    while (this.#left > 0) {
+      if (this.#options.signal?.aborted) throw this.#options.signal.reason;
+      const req = this.#requests.shift();
+      if (req) {
+        await this.#sendPages(req.ri, this.#take(req.ri, req.page, req.count), false);
+        continue;
+      }
+      const bg = this.#nextBackground();
+      if (!bg) throw new Error(`Cannot find the ${this.#left} pages still to send (internal error)`);
+      await this.#sendPages(bg.ri, bg.pages, true);
+    }
+    await this.#writer.send("postcopyEnd");
+  }
+
+  /** The needed pages among `[page, page + count)` of region `ri`; their bits are cleared. */
+  #take(ri: number, page: number, count: number): number[] {
+    const bm = this.#needed[ri]!;
+    const out: number[] = [];
+    for (let p = page; p < page + count; p++) {
+      const w = p >>> 5, bit = 1 << (p & 31);
+      if (w < bm.length && (bm[w]! & bit) !== 0) {
+        bm[w] = (bm[w]! & ~bit) >>> 0;
+        out.push(p);
+      }
+    }
+    return out;
+  }
+
+  /** Up to {@linkcode BACKGROUND_PAGES} needed pages from the cursor on. */
+  #nextBackground(): { ri: number; pages: number[] } | undefined {
+    while (this.#ri < this.#needed.length) {
+      const bm = this.#needed[this.#ri]!;
+      const ri = this.#ri;
+      const pages: number[] = [];
+      let w = this.#page >>> 5;
+      while (w < bm.length && pages.length < BACKGROUND_PAGES) {
+        let x = bm[w]!;
+        if (x === 0) {
+          w++;
+          continue;
+        }
+        while (x !== 0 && pages.length < BACKGROUND_PAGES) {
+          const b = 31 - Math.clz32(x & -x);
+          x = (x & ~(1 << b)) >>> 0;
+          pages.push(w * 32 + b);
+        }
+        bm[w] = x;
+        if (x === 0) w++;
+      }
+      this.#page = w * 32;
+      if (pages.length > 0) return { ri, pages };
+      this.#ri++;
+      this.#page = 0;
+    }
+    return undefined;
+  }
+
+  /** One `ram` message with `pages` (sorted) of region `ri`, as raw runs from guest RAM. */
+  async #sendPages(ri: number, pages: number[], throttle: boolean): Promise<void> {
+    if (pages.length === 0) return;
+    const region = this.#memory.regions[ri]!;
+    const runs: RamRun[] = [];
+    const parts: Uint8Array[] = [];
+    let start = pages[0]!, len = 1;
+    const flush = () => {
+      runs.push({ gpa: region.gpa + start * PAGE_SIZE, pageCount: len, zero: false });
+      parts.push(region.bytes.subarray(start * PAGE_SIZE, (start + len) * PAGE_SIZE));
+    };
+    for (let i = 1; i < pages.length; i++) {
+      if (pages[i] === start + len) len++;
+      else {
+        flush();
+        start = pages[i]!;
+        len = 1;
+      }
+    }
+    flush();
+    const table = encodeRunTable(runs);
+    await this.#writer.send("ram", table, ...parts);
+    const bytes = HEADER_BYTES + table.length + pages.length * PAGE_SIZE;
+    const c = this.#counters;
+    this.#left -= pages.length;
+    c.normalPages += pages.length;
+    c.transferredBytes += bytes;
+    c.remainingBytes = this.#left * PAGE_SIZE;
+    if (throttle && this.#options.limiter) await this.#options.limiter.consume(bytes, this.#options.signal);
+  }
+}
