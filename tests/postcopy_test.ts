@@ -36,7 +36,23 @@ async function throttledPair(): Promise<NetnsPair | string> {
   const ns = await createNetnsPair();
   if (typeof ns === "string") return ns;
   for (const [n, dev] of [[ns.a, ns.linkA], [ns.b, ns.linkA.replace("fma", "fmb")]] as const) {
-    const r = await sh("tc", "-n", n, "qdisc", "add", "dev", dev, "root", "tbf", "rate", LINK, "burst", "256kb", "latency", "50ms");
+    const r = await sh(
+      "tc",
+      "-n",
+      n,
+      "qdisc",
+      "add",
+      "dev",
+      dev,
+      "root",
+      "tbf",
+      "rate",
+      LINK,
+      "burst",
+      "256kb",
+      "latency",
+      "50ms",
+    );
     if (r.code !== 0) {
       await ns.remove();
       return `'tc qdisc add … tbf rate ${LINK}' failed: ${r.out.trim()}`;
@@ -126,7 +142,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: `post-copy moves a ${DIRTY} guest over a ${LINK} link: postcopy-active, then completed on both sides, and the guest runs on`,
+  name:
+    `post-copy moves a ${DIRTY} guest over a ${LINK} link: postcopy-active, then completed on both sides, and the guest runs on`,
   ignore: skip !== undefined,
   fn: () =>
     withLink(async (ns, dir) => {
@@ -169,7 +186,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: `post-copy of a ${FILL} guest: every page the guest checks on the destination holds what the source wrote`,
+  name:
+    `post-copy of a ${FILL} guest: every page the guest checks on the destination holds what the source wrote`,
   ignore: skip !== undefined,
   fn: () =>
     withLink(async (ns, dir) => {

@@ -44,7 +44,7 @@ import type { TlsCreds } from "./tls.ts";
 import { DEFAULT_MIGRATION_CAPABILITIES, type MigrationCapabilities } from "./parameters.ts";
 import { PostcopyDestination } from "./postcopy_destination.ts";
 import { decodeDirtyBitmaps } from "./postcopy_wire.ts";
-import { pausePostcopyGuest, PostcopyPausedError, postcopyInfo } from "./postcopy.ts";
+import { pausePostcopyGuest, postcopyInfo, PostcopyPausedError } from "./postcopy.ts";
 import {
   compareDigests,
   decodeDigest,
@@ -315,11 +315,15 @@ class IncomingMigration {
       }
       if (h.kind === "ram") {
         if (sections.length > 0 || needed) {
-          throw new ProtocolError(`Cannot receive migration: 'ram' after '${needed ? "postcopyDirty" : "state"}'`);
+          throw new ProtocolError(
+            `Cannot receive migration: 'ram' after '${needed ? "postcopyDirty" : "state"}'`,
+          );
         }
         const r = await receiveRamBatch(reader, h, vm.memory, {
           ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
-          ...(vm.populate && !postcopyAdvised ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) } : {}),
+          ...(vm.populate && !postcopyAdvised
+            ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) }
+            : {}),
           digest,
         });
         c.transferredBytes += h.length;
@@ -402,7 +406,9 @@ class IncomingMigration {
       await pausePostcopyGuest(vm);
       throw new PostcopyPausedError(
         `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused here: ` +
-          `${left} pages (${Math.round(left * PAGE_SIZE / 1048576)} MiB) of its memory are only on the source, ` +
+          `${left} pages (${
+            Math.round(left * PAGE_SIZE / 1048576)
+          } MiB) of its memory are only on the source, ` +
           "so it cannot run, and the source cannot take it back either",
         { cause: e },
       );

@@ -23,7 +23,13 @@ import { logger } from "../util/log.ts";
 import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
 import { discardPages, type PageFault, Userfault } from "../memory/userfault.ts";
 import { countDirtyPages, readRunTable } from "./ram.ts";
-import { decodeReason, MAX_REASON_BYTES, type MessageReader, type MessageWriter, ProtocolError } from "./stream.ts";
+import {
+  decodeReason,
+  MAX_REASON_BYTES,
+  type MessageReader,
+  type MessageWriter,
+  ProtocolError,
+} from "./stream.ts";
 import type { RamCounters } from "./stats.ts";
 import { encodePageRequest } from "./postcopy_wire.ts";
 
@@ -139,7 +145,11 @@ export class PostcopyDestination {
       this.#uf!.register(r.hostAddr, r.sizeBytes);
     });
     this.#registered = true;
-    log.info("Post-copy: %d pages to fetch; guest RAM registered with userfaultfd %d", this.#left, this.#uf.fd);
+    log.info(
+      "Post-copy: %d pages to fetch; guest RAM registered with userfaultfd %d",
+      this.#left,
+      this.#uf.fd,
+    );
   }
 
   /**
@@ -193,7 +203,9 @@ export class PostcopyDestination {
   #onFault(f: PageFault): void {
     const uf = this.#uf!;
     const addr = f.address & ~BigInt(PAGE_SIZE - 1);
-    const ri = this.#memory.regions.findIndex((r) => addr >= r.hostAddr && addr < r.hostAddr + BigInt(r.sizeBytes));
+    const ri = this.#memory.regions.findIndex((r) =>
+      addr >= r.hostAddr && addr < r.hostAddr + BigInt(r.sizeBytes)
+    );
     if (ri < 0) {
       log.warn("Post-copy: fault outside guest RAM at 0x%s", addr.toString(16));
       return;
@@ -249,14 +261,18 @@ export class PostcopyDestination {
     let ended = false;
     while (!ended || this.#left > 0) {
       const h = await this.#reader.readHeader();
-      if (!h) throw new ProtocolError(`the source closed the connection with ${this.#left} pages still there`);
+      if (!h) {
+        throw new ProtocolError(`the source closed the connection with ${this.#left} pages still there`);
+      }
       c.transferredBytes += 24 + h.length;
       if (h.kind === "cancel") {
         const reason = decodeReason(await this.#reader.readPayload(h, MAX_REASON_BYTES));
         throw new Error(`the source gave up: ${reason}`);
       }
       if (h.kind === "postcopyEnd") {
-        if (this.#left > 0) throw new ProtocolError(`the source ended post-copy with ${this.#left} pages unsent`);
+        if (this.#left > 0) {
+          throw new ProtocolError(`the source ended post-copy with ${this.#left} pages unsent`);
+        }
         ended = true;
         continue;
       }

@@ -51,7 +51,9 @@ export function decodeDirtyBitmaps(b: Uint8Array, regionPages: readonly number[]
     const pages = regionPages[r]!;
     const words = Math.ceil(pages / 32);
     if (o + 4 > b.length || v.getUint32(o, true) !== words) {
-      throw new ProtocolError(`Cannot accept the post-copy page bitmap: region ${r} must have ${words} words`);
+      throw new ProtocolError(
+        `Cannot accept the post-copy page bitmap: region ${r} must have ${words} words`,
+      );
     }
     o += 4;
     if (o + words * 4 > b.length) {

@@ -366,7 +366,8 @@ class OutgoingMigration {
       if (this.#postcopy && this.#committed && (this.#destinationResumed || this.#peerError === undefined)) {
         // The destination may run the guest and holds pages this side no longer has current:
         // neither side may run it. Stay paused (QEMU's postcopy-paused).
-        const message = `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused on ` +
+        const message =
+          `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused on ` +
           "both sides; this source must not be resumed (the destination may have run it)";
         log.error("%s", message);
         this.#finish("postcopy-paused", message);
@@ -615,7 +616,9 @@ class OutgoingMigration {
     const sender = new PostcopySender(writer, vm.memory, last, c, { limiter, signal: this.#abort.signal });
     log.info("Post-copy: %d pages still dirty go after the switch", sender.pagesLeft);
     await this.#step("send the post-copy page list and device state", async () => {
-      if (sections.length > MAX_SECTIONS) throw new RangeError(`${sections.length} sections exceed ${MAX_SECTIONS}`);
+      if (sections.length > MAX_SECTIONS) {
+        throw new RangeError(`${sections.length} sections exceed ${MAX_SECTIONS}`);
+      }
       const bitmap = encodeDirtyBitmaps(last);
       await writer.send("postcopyDirty", bitmap);
       c.transferredBytes += 24 + bitmap.length;
@@ -649,7 +652,10 @@ class OutgoingMigration {
         if (h.kind === "resumed") {
           this.#destinationResumed = true;
           this.#downtimeMs = performance.now() - this.#pausedAtMs!;
-          log.info("Post-copy: the guest runs on the destination (downtime %d ms)", Math.round(this.#downtimeMs));
+          log.info(
+            "Post-copy: the guest runs on the destination (downtime %d ms)",
+            Math.round(this.#downtimeMs),
+          );
           continue;
         }
         if (h.kind === "pageRequest" && this.#postcopy) {

@@ -114,7 +114,10 @@ export function registerMigrationCommands(server: QmpServer, migration: Migratio
         }
       }
       if (resume) {
-        throw new QmpError("GenericError", "Cannot migrate with 'resume': ferry cannot recover a paused post-copy");
+        throw new QmpError(
+          "GenericError",
+          "Cannot migrate with 'resume': ferry cannot recover a paused post-copy",
+        );
       }
       migration.migrate(uri);
       return {};
