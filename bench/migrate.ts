@@ -31,6 +31,7 @@ import { BenchVm, freePort } from "./_migrate_vm.ts";
 import { lineChart, type Panel, type Series } from "./_svg_chart.ts";
 import { ferryCommand, median, out, PROBE, qemuBaseArgs, qemuBinary, ROOT } from "./_util.ts";
 import { benchMigrateTls } from "./migrate_tls.ts";
+import { benchMigratePostcopy } from "./migrate_postcopy.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MIB = 1024 * 1024;
@@ -546,10 +547,14 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
   const list = scenarios(o);
   // The TLS rows (migrate_tls.ts) run with the rest, or alone with --only tls.
   const tls = o.only.every((w) => "tls-fill-448M-tcp".includes(w));
-  if (list.length === 0 && !tls) {
+  // The post-copy row (migrate_postcopy.ts) likewise: with the rest, or alone with --only postcopy.
+  const postcopy = o.only.every((w) => "postcopy-dirty-192M-25MBps".includes(w));
+  if (list.length === 0 && !tls && !postcopy) {
     throw new Error(`Cannot run migrate: --only '${o.only.join(",")}' matches no scenario`);
   }
-  if (list.length === 0) return await benchMigrateTls(o);
+  if (list.length === 0) {
+    return [...(tls ? await benchMigrateTls(o) : []), ...(postcopy ? await benchMigratePostcopy(o) : [])];
+  }
   out(`migrate: probe guest, 1 vCPU, ${o.runs} runs per VMM and scenario, interleaved, median`);
   out(
     "  guest runs native=0 (emulated ring 0): in native mode it needs the PVM MSR 0x4b564d10, which " +
@@ -689,6 +694,10 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
   if (tls) {
     out();
     rows.push(...await benchMigrateTls(o));
+  }
+  if (postcopy) {
+    out();
+    rows.push(...await benchMigratePostcopy(o));
   }
   return rows;
 }
