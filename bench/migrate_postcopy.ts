@@ -44,7 +44,14 @@ function args(vmm: Vmm, qmp: string, extra: string[]): { cmd: string; args: stri
   }
   return {
     cmd: "",
-    args: [...qemuBaseArgs(), "-no-user-config", ...guest, "-qmp", `unix:${qmp},server=on,wait=off`, ...extra],
+    args: [
+      ...qemuBaseArgs(),
+      "-no-user-config",
+      ...guest,
+      "-qmp",
+      `unix:${qmp},server=on,wait=off`,
+      ...extra,
+    ],
   };
 }
 
@@ -103,7 +110,9 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<PostcopyRun> {
         started = true;
       }
       const di = await dq.call("query-migrate") as Record<string, unknown>;
-      if (typeof di["postcopy-blocktime"] === "number") blocktime = Math.max(blocktime, di["postcopy-blocktime"]);
+      if (typeof di["postcopy-blocktime"] === "number") {
+        blocktime = Math.max(blocktime, di["postcopy-blocktime"]);
+      }
       const per = di["postcopy-vcpu-blocktime"];
       if (Array.isArray(per) && typeof per[0] === "number") vcpuBlocktime = Math.max(vcpuBlocktime, per[0]);
       if (typeof di["postcopy-latency"] === "number") latencyNs = di["postcopy-latency"];
