@@ -167,3 +167,34 @@ export class PostcopySender {
     if (throttle && this.#options.limiter) await this.#options.limiter.consume(bytes, this.#options.signal);
   }
 }
+
+/**
+ * The pages a pass that stopped early at `stoppedAt` did not send, as per-region bitmaps: the pages
+ * set in `bitmaps` (a dirty pass) or every page (the full pass; only those the host ever backed
+ * when `residency` knows: a page never backed is zero, and the destination maps a missing page it
+ * was not told about as zero) from `stoppedAt` on.
+ */
+export function unsentPages(
+  memory: GuestMemory,
+  stoppedAt: { region: number; page: number },
+  bitmaps: readonly Uint32Array[] | null,
+  residency?: (gpa: number, pageCount: number) => Uint8Array | undefined,
+): Uint32Array[] {
+  return memory.regions.map((r, ri) => {
+    const pages = r.sizeBytes / PAGE_SIZE;
+    const out = new Uint32Array(Math.ceil(pages / 32));
+    if (ri < stoppedAt.region) return out;
+    const from = ri === stoppedAt.region ? stoppedAt.page : 0;
+    const src = bitmaps?.[ri];
+    const resident = bitmaps ? undefined : residency?.(r.gpa + from * PAGE_SIZE, pages - from);
+    for (let p = from; p < pages; p++) {
+      const set = src
+        ? ((src[p >>> 5]! >>> (p & 31)) & 1) === 1
+        : resident
+        ? (resident[p - from]! & 1) === 1
+        : true;
+      if (set) out[p >>> 5] = (out[p >>> 5]! | (1 << (p & 31))) >>> 0;
+    }
+    return out;
+  });
+}

@@ -53,7 +53,7 @@ import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter 
 import { settleWithin } from "./_async.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
 import { MigrationBlockedError } from "../devices/device.ts";
-import { PostcopySender } from "./postcopy_source.ts";
+import { PostcopySender, unsentPages } from "./postcopy_source.ts";
 import { decodePageRequest, encodeDirtyBitmaps, PAGE_REQUEST_BYTES } from "./postcopy_wire.ts";
 
 const log = logger("migration");
@@ -499,11 +499,17 @@ class OutgoingMigration {
       signal,
       digest,
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
+      // migrate-start-postcopy switches without finishing the pass in progress.
+      ...(this.#capabilities["postcopy-ram"] ? { stopWhen: () => this.#postcopyRequested } : {}),
     });
+    const residency = vm.residency ? (gpa: number, n: number) => vm.residency!(gpa, n) : undefined;
+    /** Post-copy: the pages a pass stopped early by migrate-start-postcopy did not send. */
+    let unsent: Uint32Array[] | undefined;
     const iterStartMs = performance.now();
     this.#lastSyncMs = iterStartMs;
     c.remainingBytes = vm.memory.sizeBytes;
     this.#measure(await this.#step("send full RAM", () => sender.sendAll()));
+    if (sender.stoppedAt) unsent = unsentPages(vm.memory, sender.stoppedAt, null, residency);
 
     let pending: Uint32Array[];
     for (let pass = 1;; pass++) {
@@ -514,7 +520,7 @@ class OutgoingMigration {
       const thresholdBytes = this.#bandwidth() * p["downtime-limit"] / 1000;
       if (this.#postcopyRequested) {
         log.info("Switching to post-copy after %d dirty passes: %d bytes dirty", pass - 1, c.remainingBytes);
-        pending = bitmaps;
+        pending = unsent ? mergeBitmaps(bitmaps, unsent) : bitmaps;
         break;
       }
       if (c.remainingBytes <= thresholdBytes) {
@@ -550,6 +556,7 @@ class OutgoingMigration {
         }
       }
       this.#measure(await this.#step(`send dirty RAM (pass ${pass})`, () => sender.sendDirty(bitmaps)));
+      if (sender.stoppedAt) unsent = unsentPages(vm.memory, sender.stoppedAt, bitmaps);
     }
     await this.#step("stop throttling the vCPUs", () => this.#unthrottle(), false);
 
@@ -605,9 +612,15 @@ class OutgoingMigration {
    * destination runs the guest, and the rest of RAM streams (requested pages first) until the
    * destination has every page (`postcopyDone`).
    */
-  async #postcopyPhase(writer: MessageWriter, last: Uint32Array[], limiter: RateLimiter): Promise<void> {
+  async #postcopyPhase(writer: MessageWriter, dirty: Uint32Array[], limiter: RateLimiter): Promise<void> {
     const vm = this.#vm;
     const c = this.#counters;
+    // One bit per page of each region (KVM's bitmaps may be padded to 64-bit words).
+    const last = vm.memory.regions.map((r, i) => {
+      const words = Math.ceil(r.sizeBytes / PAGE_SIZE / 32);
+      const b = dirty[i] ?? new Uint32Array(words);
+      return b.length === words ? b : Uint32Array.from({ length: words }, (_, k) => b[k] ?? 0);
+    });
     await this.#step("stop dirty logging", () => {
       this.#dirtyLogging = false;
       vm.stopDirtyLog();
