@@ -76,7 +76,7 @@ export interface MigrationHandle {
    */
   setParameters(params: Readonly<MigrationParameters>): void;
   /**
-   * QMP `migrate-start-postcopy`: at the end of the current RAM pass the source pauses, sends
+   * QMP `migrate-start-postcopy`: after the RAM message in flight the source pauses, sends
    * the device state and the list of pages still dirty, and the destination runs the guest while
    * the rest follows (postcopy_source.ts). Needs capability `postcopy-ram` on both sides.
    * @throws {Error} when the capability is off or the migration is past its precopy phase
@@ -250,7 +250,7 @@ class OutgoingMigration {
     if (this.#finished || this.#committed || this.#pausedAtMs !== undefined) {
       throw new Error("Cannot start post-copy: the migration is past its precopy phase");
     }
-    if (!this.#postcopyRequested) log.info("Post-copy requested: switching at the end of this RAM pass");
+    if (!this.#postcopyRequested) log.info("Post-copy requested: switching after the RAM message in flight");
     this.#postcopyRequested = true;
   }
 
