@@ -32,7 +32,8 @@ export class PostcopySender {
   #options: PostcopySenderOptions;
   #left: number;
   #requests: { ri: number; page: number; count: number }[] = [];
-  #wake: (() => void) | undefined;
+  /** Ends the background stream's throttle sleep when a request arrives. */
+  #wake: AbortController | undefined;
   /** Background cursor: region and page. */
   #ri = 0;
   #page = 0;
@@ -74,7 +75,7 @@ export class PostcopySender {
     this.#counters.postcopyRequests++;
     const ri = this.#memory.regions.indexOf(region);
     this.#requests.push({ ri, page: (gpa - region.gpa) / PAGE_SIZE, count: pageCount });
-    this.#wake?.();
+    this.#wake?.abort();
   }
 
   /** Sends until every needed page is out, then `postcopyEnd`. */
@@ -164,7 +165,18 @@ export class PostcopySender {
     c.normalPages += pages.length;
     c.transferredBytes += bytes;
     c.remainingBytes = this.#left * PAGE_SIZE;
-    if (throttle && this.#options.limiter) await this.#options.limiter.consume(bytes, this.#options.signal);
+    if (!throttle || !this.#options.limiter) return;
+    // A requested page must not wait out the background stream's throttle sleep.
+    const wake = new AbortController();
+    this.#wake = wake;
+    const outer = this.#options.signal;
+    try {
+      await this.#options.limiter.consume(bytes, outer ? AbortSignal.any([outer, wake.signal]) : wake.signal);
+    } catch (e) {
+      if (!wake.signal.aborted || outer?.aborted) throw e;
+    } finally {
+      this.#wake = undefined;
+    }
   }
 }
 
