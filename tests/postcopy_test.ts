@@ -94,6 +94,14 @@ async function pair(ns: NetnsPair, dir: string, append: string, caps: Record<str
   await setCapabilities(dst.qmp, caps);
   await dst.qmp.call("migrate-incoming", { uri });
   await src.ferry.waitLine(/PROBE READY .*native=1/);
+  if (append === DIRTY) {
+    // The whole 192 MiB area holds data before the migration starts (count = pages written).
+    const deadline = Date.now() + 30000;
+    while (lastCount(src.ferry.lines) < 192 * 256) {
+      assert.ok(Date.now() < deadline, `the guest did not write its area\n${src.ferry.transcript()}`);
+      await sleep(50);
+    }
+  }
   await src.ferry.waitLine(/PROBE PROGRESS cpu=0 /);
   return { src, dst, uri };
 }
