@@ -260,6 +260,13 @@ Deno.test({
         assert.match(JSON.stringify(cont.error), /migration is in progress/);
         assert.equal((await dst.qmp.call("query-migrate") as QmpMessage).status, "postcopy-paused");
         assertNoStackTrace(dst.ferry);
+        // The operator gives up: quit ends the process (the guest was never run on without its pages).
+        const t0 = Date.now();
+        await dst.qmp.execute("quit");
+        const st = await dst.ferry.wait(15000);
+        assert.ok(Date.now() - t0 < 14000, `quit took ${Date.now() - t0} ms`);
+        assert.equal(st.signal, null, "ferry exited by itself");
+        assert.ok(!dst.ferry.lines.slice(n).some((l) => /FAIL|EXCEPTION/.test(l)), dst.ferry.transcript());
       } finally {
         await stopVm(src);
         await stopVm(dst);
