@@ -7,14 +7,7 @@
 import { check } from "../ffi/errno.ts";
 import { shim } from "../ffi/shim.ts";
 import { CAP, CLOCK_REALTIME, MEM_LOG_DIRTY_PAGES } from "../kvm/ioctls.ts";
-import {
-  type CpuidEntry,
-  Kvm,
-  platformMsrs,
-  requiredCaps,
-  type VcpuFd,
-  type VmFd,
-} from "../kvm/kvm.ts";
+import { type CpuidEntry, Kvm, platformMsrs, requiredCaps, type VcpuFd, type VmFd } from "../kvm/kvm.ts";
 import { applySregs, encodeRegs } from "../kvm/regs.ts";
 import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
 import { allocateRam, freeRam, hostGuestMemory } from "../memory/host_memory.ts";
