@@ -24,17 +24,17 @@ import { VmKernelMigratable, type VmKernelState } from "./vm_kernel_state.ts";
 import { VirtioPciDevices } from "../devices/virtio/virtio_pci.ts";
 import { IoControl } from "../devices/virtio/io_control.ts";
 import type { DriveConfig } from "../devices/virtio/block/block.ts";
-import { parseMac } from "../devices/virtio/net/net.ts";
+import type { PciAddress } from "../devices/pci/pci_address.ts";
 
 export type { VcpuState } from "./vcpu_state.ts";
 export type { VmKernelState } from "./vm_kernel_state.ts";
 
 const log = logger("vm");
 
-/** A PCI device on `pcie.0`. `addr` is QEMU's `SLOT[.FN]`; the first free slot when absent. */
+/** A PCI device on `pcie.0`; the first free slot when `addr` is absent. */
 export type PciDeviceSpec =
-  | { kind: "virtio-blk"; addr?: string; drive: DriveConfig }
-  | { kind: "virtio-net"; addr?: string; id: string; ifname: string; mac: string };
+  | { kind: "virtio-blk"; addr?: PciAddress; drive: DriveConfig }
+  | { kind: "virtio-net"; addr?: PciAddress; id: string; ifname: string; mac: Uint8Array };
 
 /** What a VM is made of (from the command line). */
 export interface VmSpec {
@@ -211,7 +211,7 @@ export class Vm {
           pci.addBlock(d.drive, { ...(d.addr ? { addr: d.addr } : {}), lock: boot ? "now" : "deferred" });
         } else {
           pci.addNet(
-            { id: d.id, ifname: d.ifname, mac: parseMac(d.mac, d.id) },
+            { id: d.id, ifname: d.ifname, mac: d.mac },
             d.addr ? { addr: d.addr } : {},
           );
         }

@@ -20,6 +20,9 @@
  * @module
  */
 import type { BusDevice } from "../device.ts";
+import { formatPciAddr, type PciAddress } from "./pci_address.ts";
+
+export type { PciAddress } from "./pci_address.ts";
 import {
   PCI_HEADER_TYPE,
   PCI_INTERRUPT_LINE,
@@ -54,41 +57,6 @@ export interface PciFunction {
   readBar(bar: number, offset: number, data: Uint8Array): void;
   /** A write at `offset` within BAR `bar`. */
   writeBar(bar: number, offset: number, data: Uint8Array): void;
-}
-
-/** A device/function number on bus 0. */
-export interface PciAddress {
-  slot: number;
-  fn: number;
-}
-
-/** `"04.0"`: slot and function as QEMU's `addr=` prints them. */
-export function formatPciAddr(a: PciAddress): string {
-  return `${a.slot.toString(16).padStart(2, "0")}.${a.fn}`;
-}
-
-/**
- * Parses QEMU's `addr=SLOT[.FN]` (hex, optional `0x`): `"4"`, `"0x4"`, `"04.1"`, `"1f.7"`.
- * @param deviceId the device the address belongs to (for messages)
- * @throws {SyntaxError} when it does not parse; {@linkcode RangeError} when out of range
- */
-export function parsePciAddr(text: string, deviceId: string): PciAddress {
-  const m = /^(?:0x)?([0-9a-f]{1,2})(?:\.([0-9a-f]))?$/i.exec(text.trim());
-  if (!m) {
-    throw new SyntaxError(
-      `Cannot parse addr '${text}' of '${deviceId}': expected SLOT[.FN] in hex, e.g. '04.0'`,
-    );
-  }
-  const slot = parseInt(m[1]!, 16), fn = m[2] === undefined ? 0 : parseInt(m[2], 16);
-  if (slot >= PCI_SLOTS) {
-    throw new RangeError(
-      `Cannot place '${deviceId}' at addr '${text}': slot 0x${slot.toString(16)} is outside 0x0..0x1f`,
-    );
-  }
-  if (fn >= PCI_FUNCTIONS) {
-    throw new RangeError(`Cannot place '${deviceId}' at addr '${text}': function ${fn} is outside 0..7`);
-  }
-  return { slot, fn };
 }
 
 /** The host bridge's read-only config space contents. */
@@ -216,10 +184,10 @@ export class PciRoot {
 
   /**
    * Reserves a slot/function for `deviceId` (main thread, while building the machine).
-   * @param addr QEMU's `addr=` text; without it the first free slot from 1, function 0
+   * @param addr the `addr=` given; without it the first free slot from 1, function 0
    * @throws {RangeError} naming the device when the address is out of range, taken, or the bus is full
    */
-  place(deviceId: string, addr?: string): PciAddress {
+  place(deviceId: string, addr?: PciAddress): PciAddress {
     if (addr === undefined) {
       for (let slot = 1; slot < PCI_SLOTS; slot++) {
         if (!this.#slotUsed(slot)) {
@@ -229,7 +197,13 @@ export class PciRoot {
       }
       throw new RangeError(`Cannot place '${deviceId}' on ${this.busName}: every slot is taken`);
     }
-    const a = parsePciAddr(addr, deviceId);
+    const a = addr;
+    if (
+      !Number.isInteger(a.slot) || !Number.isInteger(a.fn) || a.slot < 0 || a.fn < 0 || a.slot >= PCI_SLOTS ||
+      a.fn >= PCI_FUNCTIONS
+    ) {
+      throw new RangeError(`Cannot place '${deviceId}' at addr '${formatPciAddr(a)}': outside 0x0..0x1f.7`);
+    }
     const key = a.slot * PCI_FUNCTIONS + a.fn;
     const other = this.#reserved.get(key);
     if (other !== undefined) {

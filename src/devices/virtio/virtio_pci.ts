@@ -6,8 +6,8 @@
  * @example
  * ```ts
  * const pci = new VirtioPciDevices({ vm });                        // host bridge at 00.0
- * pci.addBlock({ id: "rootfs", file: "disk.img", readonly: false, direct: false }, { addr: "04.0" });
- * pci.addNet({ id: "net0", ifname: "tap0", mac: parseMac("52:54:00:12:34:56", "net0") }, { addr: "05.0" });
+ * pci.addBlock({ id: "rootfs", file: "disk.img", readonly: false, direct: false }, { addr: { slot: 4, fn: 0 } });
+ * pci.addNet({ id: "net0", ifname: "tap0", mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56) }, { addr: { slot: 5, fn: 0 } });
  * pci.wireKvm();                                                   // irqfds, routes, ioeventfds
  * pci.registerBuses(pio, mmio);                                    // main thread's buses
  * // vCPU Worker: buildPciRoot(plan.pci, vmFdFromNumber(plan.pci.vmFd)).registerBuses(pio, mmio)
@@ -21,8 +21,8 @@ import type { MemoryLayout } from "../../memory/guest_memory.ts";
 import { type Kvm, VmFd } from "../../kvm/kvm.ts";
 import { MsiRouting } from "../pci/msix.ts";
 import { createEventfd } from "../pci/eventfd.ts";
+import { pciSlotName } from "../pci/pci_address.ts";
 import {
-  formatPciAddr,
   PCI_CONFIG_ADDRESS_PORT,
   PCI_CONFIG_DATA_PORT,
   PCI_ECAM_BASE,
@@ -210,7 +210,10 @@ export class VirtioPciDevices {
    * @param device.addr `addr=SLOT[.FN]`; the first free slot when absent
    * @param device.lock `"deferred"` on an incoming migration's destination
    */
-  addBlock(drive: DriveConfig, device: { addr?: string; lock?: BlockImageOptions["lock"] } = {}): VirtioBlk {
+  addBlock(
+    drive: DriveConfig,
+    device: { addr?: PciAddress; lock?: BlockImageOptions["lock"] } = {},
+  ): VirtioBlk {
     // Placement first: a bad address is reported before the image is opened and locked.
     const addr = this.root.place(blockDeviceId(drive.id), device.addr);
     let blk: VirtioBlk | undefined;
@@ -226,7 +229,7 @@ export class VirtioPciDevices {
   }
 
   /** Adds a virtio-net-pci function on a tap (opens the tap). */
-  addNet(config: NetConfig, device: { addr?: string } = {}): VirtioNet {
+  addNet(config: NetConfig, device: { addr?: PciAddress } = {}): VirtioNet {
     const addr = this.root.place(netDeviceId(config.id), device.addr);
     let net: VirtioNet | undefined;
     try {
@@ -306,16 +309,16 @@ export class VirtioPciDevices {
 
   /**
    * Attributes that must match between migration source and destination (config digest):
-   * per device its type, bus address and identity (drive file, read-only, serial, MAC).
+   * per device its type, bus address and identity (read-only, serial, image size, MAC). Image paths
+   * are left out: a shared image may be mounted at another path on the destination.
    */
   configAttributes(): Record<string, string> {
     const out: Record<string, string> = {};
     for (const { transport, device, type } of this.#entries) {
       const k = `device ${device.id}`;
       out[`${k}: type`] = type;
-      out[`${k}: addr`] = `${this.root.busName}/${formatPciAddr(transport.plan.addr)}`;
+      out[`${k}: addr`] = `${this.root.busName}/${pciSlotName(transport.plan.addr)}`;
       if (device instanceof VirtioBlk) {
-        out[`${k}: file`] = device.image.path;
         out[`${k}: readonly`] = String(device.image.readonly);
         out[`${k}: serial`] = new TextDecoder().decode(device.serial);
         out[`${k}: sectors`] = String(device.image.capacitySectors);

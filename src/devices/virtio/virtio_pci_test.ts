@@ -31,7 +31,7 @@ Deno.test("virtio-blk-pci migrates: a fresh destination continues the rings and 
   const src = new VirtioPciDevices();
   let dst: VirtioPciDevices | undefined;
   try {
-    src.addBlock(drive, { addr: "04.0" });
+    src.addBlock(drive, { addr: { slot: 4, fn: 0 } });
     src.wireKvm();
     const srcT = src.migratables()[0] as VirtioPciTransport;
     const d = new TestDriver(memory, srcT.bar0);
@@ -57,7 +57,7 @@ Deno.test("virtio-blk-pci migrates: a fresh destination continues the rings and 
     // Source paused: save every section, release the lock at switchover.
     const sections = src.migratables().map((m) => ({ id: m.id, version: m.stateVersion, state: m.save() }));
     dst = new VirtioPciDevices();
-    dst.addBlock(drive, { addr: "04.0", lock: "deferred" });
+    dst.addBlock(drive, { addr: { slot: 4, fn: 0 }, lock: "deferred" });
     assert.deepEqual(dst.configAttributes(), src.configAttributes(), "same configuration digest");
     assert.throws(() => dst!.acquireLocks(), /another process holds it/, "the source still holds the image");
     src.onSwitchover();
