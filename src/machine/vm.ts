@@ -21,7 +21,7 @@ import { Platform, type SerialSink } from "./platform.ts";
 import type { Migratable } from "../devices/device.ts";
 import { VcpuMigratable, type VcpuState } from "./vcpu_state.ts";
 import { VmKernelMigratable, type VmKernelState } from "./vm_kernel_state.ts";
-import { VirtioPciDevices } from "../devices/virtio/virtio_pci.ts";
+import { VirtioPciDevices } from "./pci.ts";
 import { IoControl } from "../devices/virtio/io_control.ts";
 import type { DriveConfig } from "../devices/virtio/block/block.ts";
 import type { PciAddress } from "../devices/pci/pci_address.ts";

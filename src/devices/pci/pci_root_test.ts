@@ -2,6 +2,12 @@ import assert from "node:assert/strict";
 import { PciConfigSpace, type PciFunctionSpec } from "./config_space.ts";
 import { type PciFunction, PciRoot, Q35_HOST_DEVICE_ID, Q35_HOST_VENDOR_ID } from "./pci_root.ts";
 
+/** q35's windows (the machine passes them from its memory map). */
+const Q35 = {
+  ecam: { base: 0xb000_0000, sizeBytes: 0x1000_0000 },
+  window: { base: 0xc000_0000, sizeBytes: 0xfec0_0000 - 0xc000_0000 },
+};
+
 const SPEC: PciFunctionSpec = {
   vendorId: 0x1af4,
   deviceId: 0x1042,
@@ -71,7 +77,7 @@ function ecamWrite(root: PciRoot, slot: number, fn: number, reg: number, v: numb
 }
 
 Deno.test("PciRoot has the Q35 host bridge at 00.0", () => {
-  const root = new PciRoot({ shared: PciRoot.createShared() });
+  const root = new PciRoot({ ...Q35, shared: PciRoot.createShared() });
   assert.equal(cf8Read(root, 0, 0, 0), (Q35_HOST_DEVICE_ID << 16 | Q35_HOST_VENDOR_ID) >>> 0);
   assert.equal(cf8Read(root, 0, 0, 8) >>> 8, 0x060000);
   assert.equal(ecamRead(root, 0, 0, 0x60), 0xb0000001, "PCIEXBAR points at the ECAM, enabled");
@@ -79,7 +85,7 @@ Deno.test("PciRoot has the Q35 host bridge at 00.0", () => {
 });
 
 Deno.test("PciRoot config reads through 0xCF8/0xCFC and ECAM agree", () => {
-  const root = new PciRoot({ shared: PciRoot.createShared() });
+  const root = new PciRoot({ ...Q35, shared: PciRoot.createShared() });
   const a = root.place("dev/a", { slot: 4, fn: 0 });
   root.attach(a, new FakeFn("dev/a"));
   for (let reg = 0; reg < 0x48; reg += 4) {
@@ -96,7 +102,7 @@ Deno.test("PciRoot config reads through 0xCF8/0xCFC and ECAM agree", () => {
 });
 
 Deno.test("PciRoot BAR sizing reads back the size mask, 32- and 64-bit", () => {
-  const root = new PciRoot({ shared: PciRoot.createShared() });
+  const root = new PciRoot({ ...Q35, shared: PciRoot.createShared() });
   const a = root.place("dev/a", { slot: 3, fn: 0 });
   root.attach(a, new FakeFn("dev/a"));
   cf8Write(root, 3, 0, 0x10, 0xffffffff);
@@ -111,7 +117,7 @@ Deno.test("PciRoot BAR sizing reads back the size mask, 32- and 64-bit", () => {
 });
 
 Deno.test("PciRoot dispatches BAR accesses by the programmed address while memory decode is on", () => {
-  const root = new PciRoot({ shared: PciRoot.createShared() });
+  const root = new PciRoot({ ...Q35, shared: PciRoot.createShared() });
   const a = root.place("dev/a", { slot: 5, fn: 0 });
   const fn = new FakeFn("dev/a");
   root.attach(a, fn);
@@ -134,7 +140,7 @@ Deno.test("PciRoot dispatches BAR accesses by the programmed address while memor
 });
 
 Deno.test("PciRoot refuses address conflicts and out-of-range addresses, naming the device", () => {
-  const root = new PciRoot({ shared: PciRoot.createShared() });
+  const root = new PciRoot({ ...Q35, shared: PciRoot.createShared() });
   root.place("virtio-blk/rootfs", { slot: 4, fn: 0 });
   assert.throws(
     () => root.place("virtio-net/net0", { slot: 4, fn: 0 }),
@@ -151,7 +157,7 @@ Deno.test("PciRoot refuses address conflicts and out-of-range addresses, naming 
 });
 
 Deno.test("PciRoot validate refuses a function without function 0 in its slot", () => {
-  const root = new PciRoot({ shared: PciRoot.createShared() });
+  const root = new PciRoot({ ...Q35, shared: PciRoot.createShared() });
   root.place("dev/b", { slot: 6, fn: 2 });
   assert.throws(
     () => root.validate(),
@@ -162,7 +168,7 @@ Deno.test("PciRoot validate refuses a function without function 0 in its slot", 
 });
 
 Deno.test("PciRoot sets header type bit 7 on function 0 of a multi-function slot", () => {
-  const root = new PciRoot({ shared: PciRoot.createShared() });
+  const root = new PciRoot({ ...Q35, shared: PciRoot.createShared() });
   root.attach(root.place("dev/a", { slot: 6, fn: 0 }), new FakeFn("dev/a"));
   assert.equal(cf8Read(root, 6, 0, 0x0e, 1), 0);
   root.attach(root.place("dev/b", { slot: 6, fn: 1 }), new FakeFn("dev/b"));
@@ -173,12 +179,12 @@ Deno.test("PciRoot sets header type bit 7 on function 0 of a multi-function slot
 Deno.test("PciRoot writes the INTx GSI into the interrupt line and shares config across threads", () => {
   const shared = PciConfigSpace.createShared(SPEC);
   const rootShared = PciRoot.createShared();
-  const main = new PciRoot({ shared: rootShared });
+  const main = new PciRoot({ ...Q35, shared: rootShared });
   const a = main.place("dev/a", { slot: 7, fn: 0 });
   main.attach(a, new FakeFn("dev/a", shared));
   assert.equal(cf8Read(main, 7, 0, 0x3c) & 0xffff, 0x0100 | main.intxGsi(a));
   // A second "thread" over the same buffers sees the same latch and bytes.
-  const other = new PciRoot({ shared: rootShared });
+  const other = new PciRoot({ ...Q35, shared: rootShared });
   other.attach(a, new FakeFn("dev/a", shared));
   cf8Write(main, 7, 0, 0x04, 0x6);
   const d = new Uint8Array(4);
@@ -188,6 +194,7 @@ Deno.test("PciRoot writes the INTx GSI into the interrupt line and shares config
 
 Deno.test("PciRoot refuses BARs past the end of the window", () => {
   const root = new PciRoot({
+    ...Q35,
     shared: PciRoot.createShared(),
     window: { base: 0xc000_0000, sizeBytes: 0x10000 },
   });

@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
-import { fakeMemory, TestDriver } from "./_testing.ts";
-import { VirtioPciDevices } from "./virtio_pci.ts";
-import { BlockRequestHandler, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "./block/block.ts";
-import { VirtioPciTransport } from "./pci_transport.ts";
-import type { GuestMemory } from "../../memory/guest_memory.ts";
+import { fakeMemory, TestDriver } from "../devices/virtio/_testing.ts";
+import { VirtioPciDevices } from "./pci.ts";
+import {
+  BlockRequestHandler,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+} from "../devices/virtio/block/block.ts";
+import { VirtioPciTransport } from "../devices/virtio/pci_transport.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 
 function header(type: number, sector: number): Uint8Array {
   const h = new Uint8Array(16);
