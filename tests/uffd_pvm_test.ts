@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { Vm, type VmSpec } from "../src/machine/vm.ts";
 import { discardPages, Userfault } from "../src/memory/userfault.ts";
+import { restoreSections, saveSections } from "../src/migration/mod.ts";
 import { PROBE, tempDir } from "./_fixture/ferry.ts";
 import type { ServeReport, ServeRequest } from "./_fixture/uffd_server_worker.ts";
 
@@ -60,11 +61,10 @@ Deno.test("PVM resolves guest, KVM-internal and VMM accesses to missing pages th
     await waitFor(serial1, /PROBE FILLED pages=8192/);
     await waitFor(serial1, /PROBE VERIFY ok round=1/);
     await src.pause();
-    const state = src.saveAll();
-    const cr3 = Number(
-      new DataView(state.vcpus[0]!.sregs.buffer, state.vcpus[0]!.sregs.byteOffset).getBigUint64(240, true),
-    );
-    const vif = state.vcpus[0]!.msrs.find((m) => m.index === 0x4b564d10);
+    const sections = saveSections(src.migratables());
+    const vcpu0 = src.saveVcpu(0);
+    const cr3 = Number(new DataView(vcpu0.sregs.buffer, vcpu0.sregs.byteOffset).getBigUint64(240, true));
+    const vif = vcpu0.msrs.find((m) => m.index === 0x4b564d10);
     assert.ok(vif && (vif.value & 1n) === 1n, "the source vCPU ran in PVM native mode");
     const vifGpa = Number(vif.value & ~0xfffn);
 
@@ -98,7 +98,7 @@ Deno.test("PVM resolves guest, KVM-internal and VMM accesses to missing pages th
     assert.deepEqual(seen, src.memory.regionOf(probeGpa, 4096)!.bytes.slice(probeGpa, probeGpa + 4096));
     assert.ok(Atomics.load(new Int32Array(served), 0) >= 1, "the VMM's read was served through userfaultfd");
 
-    dst.restoreAll(state);
+    restoreSections(dst.migratables(), sections);
     await dst.resume();
     // Two more rounds hold at least one full verify sweep: every page of the area is read.
     const before = lines(serial2).length;
