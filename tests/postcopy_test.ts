@@ -131,7 +131,7 @@ Deno.test({
         ({ src, dst, uri } = await pair(ns, dir, DIRTY, { "auto-converge": false }));
         const none = await src.qmp.execute("migrate-start-postcopy");
         assert.match(JSON.stringify(none.error), /no outgoing migration is in progress/);
-        await src.qmp.call("migrate-set-parameters", { "max-precopy-time": 10000 });
+        await src.qmp.call("migrate-set-parameters", { "max-precopy-time": 4000 });
         await src.qmp.call("migrate", { uri });
         await waitMigration(src.qmp, ["active"], 10000);
         const off = await src.qmp.execute("migrate-start-postcopy");
@@ -267,6 +267,44 @@ Deno.test({
         assert.ok(Date.now() - t0 < 14000, `quit took ${Date.now() - t0} ms`);
         assert.equal(st.signal, null, "ferry exited by itself");
         assert.ok(!dst.ferry.lines.slice(n).some((l) => /FAIL|EXCEPTION/.test(l)), dst.ferry.transcript());
+      } finally {
+        await stopVm(src);
+        await stopVm(dst);
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "post-copy: when the destination dies during postcopy-active the source stays paused in postcopy-paused and refuses to run the guest again",
+  ignore: skip !== undefined,
+  fn: () =>
+    withLink(async (ns, dir) => {
+      let src: Vm | undefined, dst: Vm | undefined;
+      try {
+        let uri: string;
+        ({ src, dst, uri } = await pair(ns, dir, DIRTY, POSTCOPY));
+        await src.qmp.call("migrate", { uri });
+        await waitMigration(src.qmp, ["active"], 10000);
+        await src.qmp.call("migrate-start-postcopy");
+        await waitMigration(src.qmp, ["postcopy-active"], 60000, 5);
+        assert.deepEqual(
+          await src.qmp.execute("migrate_cancel"),
+          { return: {} },
+          "ignored, as after complete",
+        );
+        await sleep(300);
+        await dst.ferry.kill("SIGKILL");
+        const r = await waitMigration(src.qmp, ["postcopy-paused", ...FINAL], 20000);
+        assert.equal(r.status, "postcopy-paused", JSON.stringify(r));
+        assert.match(String(r["error-desc"]), /Post-copy failed after the switch: .*must not be resumed/);
+        assert.deepEqual(events(src.qmp), ["setup", "active", "postcopy-active", "postcopy-paused"]);
+        assert.equal(await runState(src.qmp), "paused");
+        const n = src.ferry.lines.length;
+        await sleep(1000);
+        assert.deepEqual(src.ferry.lines.slice(n), [], "the source guest stays paused");
+        assert.match(JSON.stringify((await src.qmp.execute("cont")).error), /migration is in progress/);
+        assertNoStackTrace(src.ferry);
       } finally {
         await stopVm(src);
         await stopVm(dst);
