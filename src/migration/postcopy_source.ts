@@ -84,7 +84,13 @@ export class PostcopySender {
       if (this.#options.signal?.aborted) throw this.#options.signal.reason;
       const req = this.#requests.shift();
       if (req) {
-        await this.#sendPages(req.ri, this.#take(req.ri, req.page, req.count), false);
+        const pages = this.#take(req.ri, req.page, req.count);
+        if (pages.length === 0) continue; // sent meanwhile
+        await this.#sendPages(req.ri, pages, false);
+        // The background stream goes on from there (QEMU does the same): the guest's next
+        // accesses are likely nearby, and the pages behind are picked up after the wrap.
+        this.#ri = req.ri;
+        this.#page = req.page + req.count;
         continue;
       }
       const bg = this.#nextBackground();
@@ -108,28 +114,36 @@ export class PostcopySender {
     return out;
   }
 
-  /** Up to {@linkcode BACKGROUND_PAGES} needed pages from the cursor on. */
+  /** Up to {@linkcode BACKGROUND_PAGES} needed pages from the cursor on, wrapping once. */
   #nextBackground(): { ri: number; pages: number[] } | undefined {
+    const found = this.#scanFromCursor();
+    if (found) return found;
+    this.#ri = 0;
+    this.#page = 0;
+    return this.#scanFromCursor();
+  }
+
+  #scanFromCursor(): { ri: number; pages: number[] } | undefined {
     while (this.#ri < this.#needed.length) {
       const bm = this.#needed[this.#ri]!;
       const ri = this.#ri;
       const pages: number[] = [];
       let w = this.#page >>> 5;
+      let low = this.#page & 31; // bits below it in word w are behind the cursor
       while (w < bm.length && pages.length < BACKGROUND_PAGES) {
-        let x = bm[w]!;
-        if (x === 0) {
-          w++;
-          continue;
-        }
+        const ahead = low === 0 ? 0xffffffff : (~((1 << low) - 1)) >>> 0;
+        let x = (bm[w]! & ahead) >>> 0;
         while (x !== 0 && pages.length < BACKGROUND_PAGES) {
           const b = 31 - Math.clz32(x & -x);
           x = (x & ~(1 << b)) >>> 0;
+          bm[w] = (bm[w]! & ~(1 << b)) >>> 0;
           pages.push(w * 32 + b);
         }
-        bm[w] = x;
-        if (x === 0) w++;
+        if (x !== 0) break; // full: the cursor stays on this word
+        w++;
+        low = 0;
       }
-      this.#page = w * 32;
+      this.#page = pages.length > 0 ? pages[pages.length - 1]! + 1 : w * 32;
       if (pages.length > 0) return { ri, pages };
       this.#ri++;
       this.#page = 0;

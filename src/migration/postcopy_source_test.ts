@@ -72,7 +72,7 @@ Deno.test("PostcopySender sends every needed page once, in order, then postcopyE
   assert.equal(c.normalPages, 8);
 });
 
-Deno.test("PostcopySender puts a requested page ahead of the background stream and never sends a page twice", async () => {
+Deno.test("PostcopySender puts a requested page ahead of the background stream, continues after it, and never sends a page twice", async () => {
   const mem = memory(256);
   const needed = [new Uint32Array(8).fill(0xffffffff)];
   const c = new RamCounters();
@@ -88,6 +88,8 @@ Deno.test("PostcopySender puts a requested page ahead of the background stream a
   s = new PostcopySender(rec.writer, mem, needed, c);
   await s.run();
   assert.deepEqual(rec.sent[1], [250], "the request went out right after the message in flight");
+  assert.deepEqual(rec.sent[2], [251, 252, 253, 254, 255], "the background stream goes on after the request");
+  assert.equal(rec.sent[3]![0], 32, "then wraps to the pages it skipped");
   const all = rec.sent.flat().sort((a, b) => a - b);
   assert.deepEqual(all, Array.from({ length: 256 }, (_, i) => i));
   assert.equal(c.postcopyRequests, 2);
