@@ -3,6 +3,7 @@
  * opened or checked here; the VMM does that).
  * @module
  */
+import type { MigrationUri } from "../migration/uri.ts";
 
 /** The machine: always x86_64 q35 on KVM. */
 export interface MachineTypeConfig {
@@ -45,10 +46,8 @@ export interface QmpConfig {
 
 /** `-incoming`: this process is a migration destination. */
 export type IncomingConfig =
-  /** `tcp:HOST:PORT` (HOST without brackets; port 0 asks for an ephemeral port). */
-  | { kind: "tcp"; host: string; port: number }
-  /** `unix:PATH`. */
-  | { kind: "unix"; path: string }
+  /** `tcp:HOST:PORT` (port 0 asks for an ephemeral port), `unix:PATH` or `file:PATH` (a snapshot). */
+  | MigrationUri
   /** `defer` (QEMU): wait for QMP `migrate-incoming`, e.g. after `migrate-set-parameters`. */
   | { kind: "defer" };
 
