@@ -13,7 +13,11 @@ Deno.test("parseIncoming reads tcp:HOST:PORT, unix:PATH and file:PATH", () => {
     uri: "unix:/tmp/stratovirt-migrate.socket",
     path: "/tmp/stratovirt-migrate.socket",
   });
-  assert.deepEqual(parseIncoming("file:/tmp/snap"), { kind: "file", uri: "file:/tmp/snap", path: "/tmp/snap" });
+  assert.deepEqual(parseIncoming("file:/tmp/snap"), {
+    kind: "file",
+    uri: "file:/tmp/snap",
+    path: "/tmp/snap",
+  });
 });
 
 Deno.test("parseIncoming refuses a missing or bad uri naming the accepted form", () => {

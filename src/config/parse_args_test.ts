@@ -36,7 +36,12 @@ Deno.test("parseArgs parses the example source command", () => {
 
 Deno.test("parseArgs parses the destination with -incoming tcp or unix", () => {
   const tcp = parseArgs([...SOURCE_ARGS, "-incoming", "tcp:192.168.0.1:4446"]);
-  assert.deepEqual(tcp.incoming, { kind: "tcp", uri: "tcp:192.168.0.1:4446", host: "192.168.0.1", port: 4446 });
+  assert.deepEqual(tcp.incoming, {
+    kind: "tcp",
+    uri: "tcp:192.168.0.1:4446",
+    host: "192.168.0.1",
+    port: 4446,
+  });
   const unix = parseArgs([...SOURCE_ARGS, "-incoming", "unix:/tmp/migrate.sock"]);
   assert.deepEqual(unix.incoming, { kind: "unix", uri: "unix:/tmp/migrate.sock", path: "/tmp/migrate.sock" });
 });

@@ -131,15 +131,17 @@ export async function receiveMigration(
     incoming.end();
     let message = (e as Error).message;
     // A damaged snapshot is the cause of whatever the parser tripped on: say that instead.
-    if (file && !message.startsWith("Cannot restore from")) {
-      message = `Cannot restore from '${file.path}': ${(await file.corruption()) ?? message}`;
+    if (target.kind === "file" && !message.startsWith("Cannot restore from")) {
+      message = `Cannot restore from '${target.path}': ${(await file?.corruption()) ?? message}`;
     }
     if (options.signal?.aborted) {
       message = `Incoming migration stopped: ${
         String(options.signal.reason?.message ?? options.signal.reason)
       }`;
     }
-    log.error("Incoming migration failed: %s", message);
+    // A refused snapshot is one line, the one the process exits with (vmm.ts); a live failure is logged too.
+    if (target.kind === "file") log.debug("Restore failed: %s", message);
+    else log.error("Incoming migration failed: %s", message);
     if (conn && !file) await incoming.refuse(conn, message);
     status.transition("failed", message);
     throw new Error(message, { cause: e });

@@ -25,6 +25,9 @@ export const END_MAGIC: Uint8Array = new TextEncoder().encode("FERRYEND");
 /** Bytes of the end record. */
 export const END_RECORD_BYTES = 24;
 
+/** Bytes copied out of guest RAM per write (see {@linkcode SnapshotFileSink.write}). */
+const STAGING_BYTES = 4 * 1024 * 1024;
+
 /** A snapshot file that is truncated, corrupted or not a ferry snapshot. */
 export class SnapshotFileError extends Error {
   override name = "SnapshotFileError";
@@ -80,6 +83,7 @@ export class SnapshotFileSink {
   #length = 0;
   #committed = false;
   #closed = false;
+  #staging = new Uint8Array(STAGING_BYTES);
 
   private constructor(path: string, file: Deno.FsFile) {
     this.path = path;
@@ -92,10 +96,17 @@ export class SnapshotFileSink {
    */
   static async create(path: string): Promise<SnapshotFileSink> {
     try {
-      const file = await Deno.open(partialPath(path), { write: true, create: true, truncate: true, mode: 0o600 });
+      const file = await Deno.open(partialPath(path), {
+        write: true,
+        create: true,
+        truncate: true,
+        mode: 0o600,
+      });
       return new SnapshotFileSink(path, file);
     } catch (e) {
-      throw new Error(`Cannot create snapshot file '${partialPath(path)}': ${(e as Error).message}`, { cause: e });
+      throw new Error(`Cannot create snapshot file '${partialPath(path)}': ${(e as Error).message}`, {
+        cause: e,
+      });
     }
   }
 
@@ -104,11 +115,17 @@ export class SnapshotFileSink {
     return this.#length;
   }
 
-  /** Writes some of `p` (the stream writer loops until all is written). */
+  /**
+   * Writes some of `p` (the stream writer loops until all is written). `p` may be a view of
+   * guest RAM that a running guest changes meanwhile, so the bytes are copied once and the copy
+   * is both written and summed: the CRC covers exactly what the file holds.
+   */
   async write(p: Uint8Array): Promise<number> {
     if (this.#closed) throw new Deno.errors.BadResource(`snapshot file '${this.path}' is closed`);
-    const n = await this.#file.write(p);
-    this.#crc = crc32c(p.subarray(0, n), this.#crc);
+    const chunk = this.#staging.subarray(0, Math.min(p.length, this.#staging.length));
+    chunk.set(p.subarray(0, chunk.length));
+    const n = await this.#file.write(chunk);
+    this.#crc = crc32c(chunk.subarray(0, n), this.#crc);
     this.#length += n;
     return n;
   }
@@ -177,14 +194,14 @@ export class SnapshotFileSource {
 
   /**
    * Opens `path` and checks its end record (so a truncated file is refused before anything is read).
-   * @throws {SnapshotFileError} truncated or not a snapshot; {Error} naming the file when it cannot be opened
+   * @throws {SnapshotFileError} truncated or not a snapshot; {Error} `cannot open it: …` (the caller names the file)
    */
   static async open(path: string): Promise<SnapshotFileSource> {
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
     } catch (e) {
-      throw new Error(`Cannot open snapshot file '${path}': ${(e as Error).message}`, { cause: e });
+      throw new Error(`cannot open it: ${(e as Error).message}`, { cause: e });
     }
     try {
       const size = (await file.stat()).size;
@@ -221,7 +238,9 @@ export class SnapshotFileSource {
     const left = this.#length - this.#pos;
     if (left === 0) return null;
     const n = await this.#file.read(left < p.length ? p.subarray(0, left) : p);
-    if (n === null) throw new SnapshotFileError("the file ended before its end record (it shrank while being read)");
+    if (n === null) {
+      throw new SnapshotFileError("the file ended before its end record (it shrank while being read)");
+    }
     this.#crc = crc32c(p.subarray(0, n), this.#crc);
     this.#pos += n;
     if (this.#pos === this.#length) this.#check();

@@ -152,7 +152,9 @@ export function startMigration(
   if (status.isActive) throw new Error("Cannot start migration: a migration is already in progress");
   const target = typeof uri === "string" ? parseMigrationUri(uri) : uri;
   if (target.kind === "file" && options.tls) {
-    throw new TypeError(`Cannot migrate to '${target.uri}' with tls-creds '${options.tls.creds.id}': TLS needs a tcp: uri`);
+    throw new TypeError(
+      `Cannot migrate to '${target.uri}' with tls-creds '${options.tls.creds.id}': TLS needs a tcp: uri`,
+    );
   }
   const blockers = vm.migrationBlockers();
   if (blockers.length > 0) {
