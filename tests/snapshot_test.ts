@@ -35,12 +35,16 @@ function lifecycle(vm: Vm): string[] {
 }
 
 /** Saves `src` to `file`; asserts QEMU's events and run state after a migration to a file. */
-async function save(src: Vm, file: string): Promise<QmpMessage> {
+async function save(
+  src: Vm,
+  file: string,
+  events = ["MIGRATION:setup", "MIGRATION:active", "STOP", "MIGRATION:completed"],
+): Promise<QmpMessage> {
   assert.deepEqual(await src.qmp.execute("migrate", { uri: `file:${file}` }), { return: {} });
   const r = await waitMigration(src.qmp, FINAL);
   assert.equal(r.status, "completed", JSON.stringify(r) + "\n" + src.ferry.transcript());
   assert.equal(await runState(src.qmp), "postmigrate");
-  assert.deepEqual(lifecycle(src), ["MIGRATION:setup", "MIGRATION:active", "STOP", "MIGRATION:completed"]);
+  assert.deepEqual(lifecycle(src), events);
   assert.ok(exists(file) && !exists(`${file}.partial`), "the file is in place, no partial file is left");
   assert.ok((ram(r).transferred as number) > 0, JSON.stringify(r));
   return r;
@@ -130,14 +134,15 @@ Deno.test("a guest with a virtio-blk disk saved to a file restores with -incomin
   }
 });
 
-Deno.test("a truncated file, a file with one flipped byte and another configuration are refused with one line naming the reason, and no guest runs", async () => {
+Deno.test("a truncated file, a file with one flipped byte and another configuration are refused with one line naming the reason, and no guest runs; the good file of a paused source restores paused", async () => {
   const dir = tempDir();
   const file = `${dir}/vm.snap`;
   let src: Vm | undefined;
   try {
     src = await startVm({ dir, name: "src", mem: "128M", append: PATTERN });
     await src.ferry.waitLine(/PROBE VERIFY ok round=/, 20000);
-    await save(src, file);
+    await src.qmp.execute("stop");
+    await save(src, file, ["STOP", "MIGRATION:setup", "MIGRATION:active", "MIGRATION:completed"]);
     await stopVm(src);
     src = undefined;
     const good = Deno.readFileSync(file);
@@ -182,6 +187,18 @@ Deno.test("a truncated file, a file with one flipped byte and another configurat
       assert.deepEqual(r.console.filter((l) => /PROBE/.test(l)), [], "no guest ran");
     }
     assert.deepEqual(Deno.readFileSync(file), good, "a refused restore leaves the file alone");
+
+    // The intact file restores; a guest saved paused stays paused until cont (as after a live migration).
+    const dst = await startVm({ dir, name: "dst", mem: "128M", append: PATTERN, incoming: `file:${file}` });
+    try {
+      await waitMigration(dst.qmp, ["completed"]);
+      assert.equal(await runState(dst.qmp), "paused");
+      await dst.qmp.execute("cont");
+      await dst.ferry.waitLine(/PROBE VERIFY ok round=/, 20000);
+      assertNoFail(dst.ferry, "restored paused guest");
+    } finally {
+      await stopVm(dst);
+    }
   } finally {
     await stopVm(src);
     Deno.removeSync(dir, { recursive: true });
@@ -228,7 +245,7 @@ Deno.test("a canceled snapshot leaves the source running and no file (final or p
   }
 });
 
-Deno.test("-incoming file: of a missing file exits non-zero naming it; migrate-incoming needs -incoming defer as for live migration", async () => {
+Deno.test("-incoming file: of a missing file exits non-zero naming it in one line; migrate-incoming refuses QEMU's exec: by name", async () => {
   const dir = tempDir();
   try {
     const r = await refused(probeArgs({ append: PATTERN, extra: ["-incoming", `file:${dir}/nope.snap`] }));
