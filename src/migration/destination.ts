@@ -11,6 +11,10 @@
  * every RAM run is checked against this VM's RAM before any byte is written, and any bad input,
  * truncation, unexpected order or a `cancel` fails the migration with a clear error (sent back as
  * a `nack` when the connection still works). The VM is never resumed after a failure.
+ *
+ * From a `file:` uri (a snapshot, snapshot_file.ts) the same machine reads the file one-way: no
+ * `ack`, `nack` or `resumed` is sent, the configuration and digest are checked here against what
+ * the file carries, and the file must end right after `complete` (reaching its end checks its CRC).
  * @module
  */
 import { logger } from "../util/log.ts";
