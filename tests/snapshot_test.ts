@@ -205,7 +205,7 @@ Deno.test("a truncated file, a file with one flipped byte and another configurat
   }
 });
 
-Deno.test("a canceled snapshot leaves the source running and no file (final or partial); a failing one too", async () => {
+Deno.test("a canceled snapshot leaves the source running, no partial file and an older snapshot at the path untouched; a failing one too", async () => {
   const dir = tempDir();
   const file = `${dir}/vm.snap`;
   let src: Vm | undefined;
@@ -214,10 +214,12 @@ Deno.test("a canceled snapshot leaves the source running and no file (final or p
     await src.ferry.waitLine(/PROBE VERIFY ok round=/, 20000);
     // 32 MiB at 4 MiB/s: several seconds of active precopy to cancel in.
     await src.qmp.call("migrate-set-parameters", { "max-bandwidth": 4 << 20 });
+    Deno.writeTextFileSync(file, "an older snapshot");
     await src.qmp.call("migrate", { uri: `file:${file}` });
     await waitMigration(src.qmp, ["active"]);
     await sleep(300);
-    assert.ok(exists(`${file}.partial`) && !exists(file), "written under the partial name");
+    assert.ok(exists(`${file}.partial`), "written under the partial name");
+    assert.equal(Deno.readTextFileSync(file), "an older snapshot");
     const progress = ram(await src.qmp.call("query-migrate") as QmpMessage);
     assert.ok((progress.transferred as number) > 0, JSON.stringify(progress));
     assert.deepEqual(await src.qmp.execute("migrate_cancel"), { return: {} });
@@ -227,8 +229,9 @@ Deno.test("a canceled snapshot leaves the source running and no file (final or p
     await assertGuestRuns(src.ferry, "source after cancel");
     assert.deepEqual(
       [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.startsWith("vm.snap")),
-      [],
+      ["vm.snap"],
     );
+    assert.equal(Deno.readTextFileSync(file), "an older snapshot", "the older snapshot is untouched");
 
     // A directory that does not exist: the snapshot fails naming the file, the source runs on.
     await src.qmp.call("migrate-set-parameters", { "max-bandwidth": 0 });
