@@ -26,6 +26,7 @@ Deno.test("parseArgs parses the example source command", () => {
         bus: "pcie.0",
         addr: { slot: 3, fn: 0 },
         props: { netdev: "net0", mac: "52:54:00:12:34:56" },
+        mac: Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56),
       },
     ],
     netdevs: [{ kind: "tap", id: "net0", ifname: "tap0" }],

@@ -72,13 +72,9 @@ export interface VmmEnd {
   message: string;
 }
 
-/**
- * What the PCI devices add to the configuration check: image size, bus placement and identity.
- * Image paths are left out: a shared image may be mounted at another path on the destination.
- */
+/** What the PCI devices add to the configuration check: image size, bus placement and identity. */
 function pciAttributes(vm: Vm): Record<string, string> {
-  const all = vm.pci?.configAttributes() ?? {};
-  return Object.fromEntries(Object.entries(all).filter(([k]) => !k.endsWith(": file")));
+  return vm.pci?.configAttributes() ?? {};
 }
 
 class EventFanout implements QmpEventSink {
