@@ -30,7 +30,17 @@ interface SnapRun {
   error?: string;
   saveMs: number;
   restoreMs: number;
+  /** CPU seconds of the VMM process and its reaped children (QEMU's `cat`) during the save / restore. */
+  saveCpuS: number;
+  restoreCpuS: number;
   fileBytes: number;
+}
+
+/** utime + stime + cutime + cstime of a process in seconds (/proc/PID/stat, USER_HZ 100). */
+function cpuSeconds(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
 }
 
 function vmArgs(vmm: Vmm, qmp: string, extra: string[]): { cmd: string; args: string[] } {
@@ -65,7 +75,14 @@ async function poll(
 }
 
 async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
-  const run: SnapRun = { ok: false, saveMs: NaN, restoreMs: NaN, fileBytes: NaN };
+  const run: SnapRun = {
+    ok: false,
+    saveMs: NaN,
+    restoreMs: NaN,
+    saveCpuS: NaN,
+    restoreCpuS: NaN,
+    fileBytes: NaN,
+  };
   const dir = Deno.makeTempDirSync({ prefix: "ferry-bench-snap-" });
   const file = `${dir}/vm.snap`;
   const vms: BenchVm[] = [];
@@ -82,6 +99,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
     }
     await sq.call("stop");
     await sq.call("migrate-set-parameters", { "max-bandwidth": MAX_BANDWIDTH, "downtime-limit": 300 });
+    let cpu0 = cpuSeconds(src.child.pid);
     let t0 = performance.now();
     await sq.call("migrate", { uri: vmm === "ferry" ? `file:${file}` : `exec:cat > ${file}` });
     const info = await poll(
@@ -90,6 +108,8 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
       `${vmm} save`,
     );
     run.saveMs = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 100)); // let QEMU reap its `cat`
+    run.saveCpuS = cpuSeconds(src.child.pid) - cpu0;
     if (info.status !== "completed") {
       throw new Error(`${vmm} save ${String(info.status)}: ${String(info["error-desc"] ?? "")}`);
     }
@@ -101,6 +121,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
     const dst = new BenchVm(`${vmm} restore`, d.cmd || qemu!, d.args, `${dir}/dst.qmp`);
     vms.push(dst);
     const dq = await dst.qmp();
+    cpu0 = cpuSeconds(dst.child.pid);
     t0 = performance.now();
     await dq.call("migrate-incoming", { uri: vmm === "ferry" ? `file:${file}` : `exec:cat ${file}` });
     const st = await poll(
@@ -109,6 +130,8 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
       `${vmm} restore`,
     );
     run.restoreMs = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 100));
+    run.restoreCpuS = cpuSeconds(dst.child.pid) - cpu0;
     if (st.status !== "paused") {
       throw new Error(`${vmm} restore ended ${String(st.status)}: ${dst.stderrTail()}`);
     }
@@ -143,25 +166,33 @@ export async function benchMigrateSnapshot(
       if (!r.ok) out(`  ERROR snapshot ${v} run ${i + 1}: ${r.error}`);
     }
   }
-  const med = (v: Vmm, k: "saveMs" | "restoreMs" | "fileBytes") => {
+  const med = (v: Vmm, k: "saveMs" | "restoreMs" | "saveCpuS" | "restoreCpuS" | "fileBytes") => {
     const ok = runs.get(v)!.filter((r) => r.ok);
     return ok.length ? median(ok.map((r) => r[k])) : NaN;
   };
   const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : "–");
-  out("  vmm    ok   save ms  restore ms  file MiB   each run save/restore ms");
+  out("  vmm    ok   save ms  restore ms  save cpu s  restore cpu s  file MiB   each run save/restore ms");
   for (const v of vmms) {
     const rs = runs.get(v)!;
     out(
       `  ${v.padEnd(6)} ${`${rs.filter((r) => r.ok).length}/${rs.length}`.padEnd(4)} ${
         med(v, "saveMs").toFixed(0).padStart(8)
-      }  ${med(v, "restoreMs").toFixed(0).padStart(10)}  ${
-        (med(v, "fileBytes") / MIB).toFixed(0).padStart(8)
-      }   ${rs.map((r) => (r.ok ? `${r.saveMs.toFixed(0)}/${r.restoreMs.toFixed(0)}` : "✗")).join(" ")}`,
+      }  ${med(v, "restoreMs").toFixed(0).padStart(10)}  ${med(v, "saveCpuS").toFixed(2).padStart(10)}  ${
+        med(v, "restoreCpuS").toFixed(2).padStart(13)
+      }  ${(med(v, "fileBytes") / MIB).toFixed(0).padStart(8)}   ${
+        rs.map((r) => (r.ok ? `${r.saveMs.toFixed(0)}/${r.restoreMs.toFixed(0)}` : "✗")).join(" ")
+      }`,
     );
   }
   const save = o.qemu ? med("ferry", "saveMs") / med("qemu", "saveMs") : NaN;
   const restore = o.qemu ? med("ferry", "restoreMs") / med("qemu", "restoreMs") : NaN;
-  out(`  ratios ferry/qemu: save ${f2(save)}, restore ${f2(restore)} (lower is better)`);
+  const saveCpu = o.qemu ? med("ferry", "saveCpuS") / med("qemu", "saveCpuS") : NaN;
+  const restoreCpu = o.qemu ? med("ferry", "restoreCpuS") / med("qemu", "restoreCpuS") : NaN;
+  out(
+    `  ratios ferry/qemu: save ${f2(save)}, restore ${f2(restore)}; CPU seconds: save ${
+      f2(saveCpu)
+    }, restore ${f2(restoreCpu)} (lower is better; CPU ratios suffer less when other work shares the host)`,
+  );
   if (vmms.some((v) => runs.get(v)!.some((r) => !r.ok))) Deno.exitCode = 1;
   return [{
     bench: "migrate snapshot-fill-448M",
@@ -175,5 +206,7 @@ export async function benchMigrateSnapshot(
       : {}),
     save_ratio: f2(save),
     restore_ratio: f2(restore),
+    save_cpu_ratio: f2(saveCpu),
+    restore_cpu_ratio: f2(restoreCpu),
   }];
 }
