@@ -194,7 +194,10 @@ Deno.test("migrate with a malformed uri, or with blk or resume, is refused at on
     const before = await src.qmp.call("query-migrate");
     for (
       const [args, re] of [
-        [{ uri: "rdma:1.2.3.4:5" }, /'rdma:1.2.3.4:5': want tcp:HOST:PORT or unix:PATH/],
+        [
+          { uri: "rdma:1.2.3.4:5" },
+          /'rdma:1.2.3.4:5': rdma: is not supported; want tcp:HOST:PORT, unix:PATH or file:PATH/,
+        ],
         [{ uri: "tcp:127.0.0.1" }, /want tcp:HOST:PORT/],
         [{ uri: "tcp:127.0.0.1:99999" }, /port 99999/],
         [{ uri: "unix:" }, /empty path/],
