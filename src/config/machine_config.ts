@@ -3,6 +3,7 @@
  * opened or checked here; the VMM does that).
  * @module
  */
+import type { MigrationUri } from "../migration/uri.ts";
 import type { PciAddress } from "../devices/pci/pci_address.ts";
 import type { DriveConfig } from "../devices/virtio/block/block.ts";
 
@@ -50,10 +51,8 @@ export interface QmpConfig {
 
 /** `-incoming`: this process is a migration destination. */
 export type IncomingConfig =
-  /** `tcp:HOST:PORT` (HOST without brackets; port 0 asks for an ephemeral port). */
-  | { kind: "tcp"; host: string; port: number }
-  /** `unix:PATH`. */
-  | { kind: "unix"; path: string }
+  /** `tcp:HOST:PORT` (port 0 asks for an ephemeral port), `unix:PATH` or `file:PATH` (a snapshot). */
+  | MigrationUri
   /** `defer` (QEMU): wait for QMP `migrate-incoming`, e.g. after `migrate-set-parameters`. */
   | { kind: "defer" };
 

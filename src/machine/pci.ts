@@ -9,7 +9,7 @@
  * pci.addBlock({ id: "rootfs", file: "disk.img", readonly: false, direct: false }, { addr: { slot: 4, fn: 0 } });
  * pci.addNet({ id: "net0", ifname: "tap0", mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56) }, { addr: { slot: 5, fn: 0 } });
  * pci.wireKvm();                                                   // irqfds, routes, ioeventfds
- * // each thread's buses (platform.ts): registerPciBuses(buildPciRoot(plan, VmFd.fromRawFd(plan.vmFd)).root, pio, mmio)
+ * // each thread's buses (platform.ts): registerPciBuses(buildPciRoot(plan, VmFd.fromRawFd(fd)).root, pio, mmio)
  * const io = await IoControl.start({ plan: pci.ioPlan(memory.layout) }); io.resume();
  * migration: pci.migratables() (transports, then devices); pci.onSwitchover()/onRollback()/beforeResume()
  * ```
@@ -19,7 +19,6 @@ import type { Migratable } from "../devices/device.ts";
 import type { MemoryLayout } from "../memory/guest_memory.ts";
 import type { IoDevicePlan, IoPlan } from "../devices/virtio/io_plan.ts";
 import { IOAPIC_GPA, PCI_HOLE_START, PCIE_ECAM_BYTES, PCIE_ECAM_GPA } from "./boot/layout.ts";
-import { VmFd } from "../kvm/kvm.ts";
 import { MsiRouting } from "../devices/pci/msix.ts";
 import { createEventfd } from "../devices/pci/eventfd.ts";
 import { pciSlotName } from "../devices/pci/pci_address.ts";

@@ -11,6 +11,10 @@
  * every RAM run is checked against this VM's RAM before any byte is written, and any bad input,
  * truncation, unexpected order or a `cancel` fails the migration with a clear error (sent back as
  * a `nack` when the connection still works). The VM is never resumed after a failure.
+ *
+ * From a `file:` uri (a snapshot, snapshot_file.ts) the same machine reads the file one-way: no
+ * `ack`, `nack` or `resumed` is sent, the configuration and digest are checked here against what
+ * the file carries, and the file must end right after `complete` (reaching its end checks its CRC).
  * @module
  */
 import { logger } from "../util/log.ts";
@@ -19,7 +23,9 @@ import type { MigrationVm, Section } from "./vm_port.ts";
 import type { MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import { checkCompatibility } from "./compat.ts";
-import { MigrationListener, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { MigrationListener, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { type MigrationUri, parseMigrationUri } from "./uri.ts";
+import { SnapshotFileSource } from "./snapshot_file.ts";
 import {
   decodeComplete,
   decodeConfig,
@@ -81,7 +87,8 @@ const MAX_TOTAL_STATE_BYTES = 256 * 1024 * 1024;
  * is resumed only after every byte of state arrived and `restoreState` succeeded.
  *
  * @param vm the freshly built, paused destination VM (same command line as the source)
- * @param uri `tcp:HOST:PORT` or `unix:PATH`
+ * @param uri `tcp:HOST:PORT` or `unix:PATH`, or `file:PATH` to restore a snapshot (one-way: the
+ *   configuration and digest checks run here against what the file carries, nothing is sent back)
  * @param status the VM's status tracker (`query-migrate` works meanwhile)
  * @throws {TypeError} for a bad uri; {Error} for any migration failure
  * @example
@@ -91,11 +98,14 @@ const MAX_TOTAL_STATE_BYTES = 256 * 1024 * 1024;
  */
 export async function receiveMigration(
   vm: MigrationVm,
-  uri: string,
+  uri: string | MigrationUri,
   status: MigrationStatusTracker,
   options: ReceiveMigrationOptions = {},
 ): Promise<void> {
-  const target = parseMigrationUri(uri, { listen: true });
+  const target = typeof uri === "string" ? parseMigrationUri(uri, { listen: true }) : uri;
+  if (target.kind === "file" && options.tls) {
+    throw new TypeError(`Cannot restore from '${target.uri}' with tls-creds: TLS needs a tcp: uri`);
+  }
   const incoming = new IncomingMigration(
     vm,
     status,
@@ -106,10 +116,18 @@ export async function receiveMigration(
   status.attachInfo(() => incoming.info());
   let listener: MigrationListener | undefined;
   let conn: Deno.Conn | undefined;
+  let file: SnapshotFileSource | undefined;
   try {
-    listener = await MigrationListener.open(target, options.tls);
-    options.onListening?.(listener.addr);
-    conn = await listener.acceptOne(options.signal);
+    if (target.kind === "file") {
+      file = await SnapshotFileSource.open(target.path).catch((e: Error) => {
+        throw new Error(`Cannot restore from '${target.path}': ${e.message}`, { cause: e });
+      });
+      conn = file as unknown as Deno.Conn;
+    } else {
+      listener = await MigrationListener.open(target, options.tls);
+      options.onListening?.(listener.addr);
+      conn = await listener.acceptOne(options.signal);
+    }
     const c = conn;
     const onAbort = () => {
       try {
@@ -118,7 +136,7 @@ export async function receiveMigration(
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await incoming.run(conn, status);
+      await incoming.run(conn, status, file !== undefined);
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
     }
@@ -127,6 +145,10 @@ export async function receiveMigration(
   } catch (e) {
     incoming.end();
     let message = (e as Error).message;
+    // A damaged snapshot is the cause of whatever the parser tripped on: say that instead.
+    if (target.kind === "file" && !message.startsWith("Cannot restore from")) {
+      message = `Cannot restore from '${target.path}': ${(await file?.corruption()) ?? message}`;
+    }
     if (options.signal?.aborted) {
       message = `Incoming migration stopped: ${
         String(options.signal.reason?.message ?? options.signal.reason)
@@ -138,8 +160,10 @@ export async function receiveMigration(
       status.transition("postcopy-paused", e.message);
       throw e;
     }
-    log.error("Incoming migration failed: %s", message);
-    if (conn) await incoming.refuse(conn, message);
+    // A refused snapshot is one line, the one the process exits with (vmm.ts); a live failure is logged too.
+    if (target.kind === "file") log.debug("Restore failed: %s", message);
+    else log.error("Incoming migration failed: %s", message);
+    if (conn && !file) await incoming.refuse(conn, message);
     status.transition("failed", message);
     throw new Error(message, { cause: e });
   } finally {
@@ -196,7 +220,8 @@ class IncomingMigration {
     await settleWithin(w.send("nack", encodeReason(reason)), 200);
   }
 
-  async run(conn: Deno.Conn, status: MigrationStatusTracker): Promise<void> {
+  /** Receives from `conn`; `oneWay` (a snapshot file): nothing is sent back and the file must end after `complete`. */
+  async run(conn: Deno.Conn, status: MigrationStatusTracker, oneWay = false): Promise<void> {
     const vm = this.#vm;
     const guard = new StallGuard(conn, {
       peer: "source",
@@ -273,7 +298,7 @@ class IncomingMigration {
     const config = decodeConfig(await reader.readPayload(h, MAX_CONFIG_BYTES));
     c.transferredBytes += h.length;
     checkCompatibility(config, { config: vm.configAttributes(), host: vm.hostAttributes() });
-    await send("ack");
+    if (!oneWay) await send("ack");
     this.#setupMs = performance.now() - this.#startMs;
     status.transition("active");
 
@@ -368,6 +393,10 @@ class IncomingMigration {
       const mismatch = compareDigests(sourceDigest, digest.finish());
       log.debug("Switch-over digest checked in %s ms", (performance.now() - t0).toFixed(2));
       if (mismatch) throw new Error(`Cannot verify the switch-over digest: ${mismatch}`);
+      // A file ends here; reaching its end checks its CRC (snapshot_file.ts).
+      if (oneWay && await reader.readHeader()) {
+        throw new ProtocolError("Cannot receive migration: a message after 'complete'");
+      }
       break;
     }
 
@@ -388,6 +417,7 @@ class IncomingMigration {
     } catch (e) {
       throw new Error(`Cannot resume the destination VM: ${(e as Error).message}`, { cause: e });
     }
+    if (oneWay) return;
     try {
       await writer.send("resumed");
     } catch (e) {

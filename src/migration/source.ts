@@ -6,6 +6,10 @@
  * pause → switchover hook → last dirty pass → save state → send state → complete → wait for the
  * destination's `resumed` → `completed` (the source stays paused: the caller keeps it `postmigrate`).
  *
+ * To a `file:` uri (a snapshot, snapshot_file.ts) the same steps write the same stream one-way:
+ * no `ack` is awaited (the restoring side checks the configuration), and instead of waiting for
+ * `resumed` the file is sealed and renamed into place; a failure or cancel removes it.
+ *
  * With capability `auto-converge`, a dirty pass that did not shrink the dirty set enough throttles
  * the vCPUs ({@linkcode AutoConverge}); the throttle is off again before the pause and in every
  * rollback. `migrate-set-parameters` applies to the running migration ({@linkcode MigrationHandle.setParameters}).
@@ -28,13 +32,9 @@ import {
   type MigrationParameters,
 } from "./parameters.ts";
 import { AutoConverge } from "./auto_converge.ts";
-import {
-  connectMigration,
-  type MigrationTls,
-  parseMigrationUri,
-  STALL_TIMEOUT_MS,
-  StallGuard,
-} from "./transport.ts";
+import { connectMigration, type MigrationTls, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { type MigrationUri, parseMigrationUri } from "./uri.ts";
+import { SnapshotFileSink } from "./snapshot_file.ts";
 import {
   decodeReason,
   encodeComplete,
@@ -140,7 +140,7 @@ const PEER_REASON_WAIT_MS = 200;
  * Starts migrating `vm` to `uri` in the background (QMP `migrate` returns at once).
  *
  * @param vm the running source VM
- * @param uri `tcp:HOST:PORT` or `unix:PATH`
+ * @param uri `tcp:HOST:PORT`, `unix:PATH` or `file:PATH` (a snapshot), as text or parsed once (uri.ts)
  * @param params tunables, e.g. from `migrate-set-parameters`
  * @param status the VM's status tracker (emits `MIGRATION` events)
  * @returns a handle with `cancel()`, `done` and `queryMigrate()`
@@ -154,13 +154,18 @@ const PEER_REASON_WAIT_MS = 200;
  */
 export function startMigration(
   vm: MigrationVm,
-  uri: string,
+  uri: string | MigrationUri,
   params: Readonly<MigrationParameters> = DEFAULT_MIGRATION_PARAMETERS,
   status: MigrationStatusTracker = new MigrationStatusTracker(),
   options: StartMigrationOptions = {},
 ): MigrationHandle {
   if (status.isActive) throw new Error("Cannot start migration: a migration is already in progress");
-  const target = parseMigrationUri(uri);
+  const target = typeof uri === "string" ? parseMigrationUri(uri) : uri;
+  if (target.kind === "file" && options.tls) {
+    throw new TypeError(
+      `Cannot migrate to '${target.uri}' with tls-creds '${options.tls.creds.id}': TLS needs a tcp: uri`,
+    );
+  }
   const blockers = vm.migrationBlockers();
   if (blockers.length > 0) {
     throw new MigrationBlockedError(
@@ -169,13 +174,17 @@ export function startMigration(
       } cannot be migrated`,
     );
   }
-  const m = new OutgoingMigration(vm, target.uri, params, status, options);
+  const m = new OutgoingMigration(vm, target, params, status, options);
   return m.handle();
 }
 
 class OutgoingMigration {
   #vm: MigrationVm;
+  #target: MigrationUri;
   #uri: string;
+  /** To a file: nothing answers (snapshot_file.ts). */
+  #oneWay: boolean;
+  #file: SnapshotFileSink | undefined;
   #params: Readonly<MigrationParameters>;
   #capabilities: Readonly<MigrationCapabilities>;
   #status: MigrationStatusTracker;
@@ -216,13 +225,15 @@ class OutgoingMigration {
 
   constructor(
     vm: MigrationVm,
-    uri: string,
+    target: MigrationUri,
     params: Readonly<MigrationParameters>,
     status: MigrationStatusTracker,
     options: StartMigrationOptions,
   ) {
     this.#vm = vm;
-    this.#uri = uri;
+    this.#target = target;
+    this.#uri = target.uri;
+    this.#oneWay = target.kind === "file";
     this.#params = params;
     this.#capabilities = options.capabilities ?? DEFAULT_MIGRATION_CAPABILITIES;
     this.#status = status;
@@ -244,6 +255,9 @@ class OutgoingMigration {
   }
 
   #startPostcopy(): void {
+    if (this.#oneWay) {
+      throw new Error("Cannot start post-copy: a snapshot to a file has no destination to run the guest");
+    }
     if (!this.#capabilities["postcopy-ram"]) {
       throw new Error("Cannot start post-copy: enable capability 'postcopy-ram' before the migration starts");
     }
@@ -326,7 +340,7 @@ class OutgoingMigration {
       } catch { /* already closed */ }
     };
     const w = this.#writer;
-    if (!w || w.busy) return close();
+    if (!w || w.busy || this.#oneWay) return close();
     settleWithin(w.send("cancel", encodeReason(reason)), PEER_REASON_WAIT_MS).then(close);
   }
 
@@ -436,15 +450,21 @@ class OutgoingMigration {
     const signal = this.#abort.signal;
     const c = this.#counters;
 
-    const conn = await this.#step(
-      "connect to the destination",
-      () =>
-        connectMigration(parseMigrationUri(this.#uri), {
-          timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
-          signal,
-          ...(this.#options.tls ? { tls: this.#options.tls } : {}),
-        }),
-    );
+    const target = this.#target;
+    const conn = target.kind === "file"
+      ? await this.#step("create the snapshot file", async () => {
+        this.#file = await SnapshotFileSink.create(target.path);
+        return this.#file as unknown as Deno.Conn;
+      }, false)
+      : await this.#step(
+        "connect to the destination",
+        () =>
+          connectMigration(target, {
+            timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
+            signal,
+            ...(this.#options.tls ? { tls: this.#options.tls } : {}),
+          }),
+      );
     this.#conn = conn;
     if (signal.aborted) {
       this.#closeConn("migrate_cancel");
@@ -469,6 +489,7 @@ class OutgoingMigration {
         encodeHello({ pageSize: PAGE_SIZE, product: this.#options.product ?? "ferry" }),
       );
       await writer.send("config", encodeConfig({ config: vm.configAttributes(), host: vm.hostAttributes() }));
+      if (this.#oneWay) return; // the restoring side checks the configuration
       const h = await reader.readHeader();
       if (!h) throw new ProtocolError("the destination closed the connection");
       if (h.kind === "nack") {
@@ -478,10 +499,12 @@ class OutgoingMigration {
       if (h.kind !== "ack" || h.length !== 0) throw new ProtocolError(`expected 'ack', got '${h.kind}'`);
     });
     guard.setReadTimeout(0);
-    this.#replies = this.#readReplies(reader);
-    this.#replies.catch(() => {});
-    if (this.#capabilities["postcopy-ram"]) {
-      await this.#step("advise post-copy", () => writer.send("postcopyAdvise"));
+    if (!this.#oneWay) {
+      this.#replies = this.#readReplies(reader);
+      this.#replies.catch(() => {});
+      if (this.#capabilities["postcopy-ram"]) {
+        await this.#step("advise post-copy", () => writer.send("postcopyAdvise"));
+      }
     }
 
     await this.#step("start dirty logging", () => {
@@ -500,7 +523,9 @@ class OutgoingMigration {
       digest,
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
       // migrate-start-postcopy switches without finishing the pass in progress.
-      ...(this.#capabilities["postcopy-ram"] ? { stopWhen: () => this.#postcopyRequested } : {}),
+      ...(this.#capabilities["postcopy-ram"] && !this.#oneWay
+        ? { stopWhen: () => this.#postcopyRequested }
+        : {}),
     });
     const residency = vm.residency ? (gpa: number, n: number) => vm.residency!(gpa, n) : undefined;
     /** Post-copy: the pages a pass stopped early by migrate-start-postcopy did not send. */
@@ -601,9 +626,17 @@ class OutgoingMigration {
     });
     await this.#step("send complete", async () => {
       await writer.send("complete", encodeComplete(sections.length));
-      this.#committed = true;
+      if (!this.#oneWay) this.#committed = true;
     });
-    await this.#step("wait for the destination to resume", () => this.#replies);
+    if (this.#file) {
+      const file = this.#file;
+      await this.#step("complete the snapshot file", async () => {
+        await file.commit();
+        this.#committed = true;
+      }, false);
+    } else {
+      await this.#step("wait for the destination to resume", () => this.#replies);
+    }
     this.#downtimeMs = performance.now() - this.#pausedAtMs!;
   }
 

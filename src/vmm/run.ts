@@ -9,7 +9,7 @@
  * | 2    | bad command line, or the guest triple-faulted                   |
  * @module
  */
-import { formatIncoming, helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
+import { helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
 import type { PciDeviceSpec, VmSpec } from "../machine/vm.ts";
 import type { MachineConfig } from "../config/mod.ts";
 import { configureLog, logger } from "../util/log.ts";
@@ -81,7 +81,7 @@ export async function vmmOptions(config: MachineConfig): Promise<VmmOptions> {
       }
       : {}),
   };
-  const incoming = config.incoming ? formatIncoming(config.incoming) : undefined;
+  const incoming = config.incoming?.kind === "defer" ? "defer" : config.incoming;
   return {
     spec,
     qmp: config.qmp.map((q) => ({ path: q.path, wait: q.wait })),

@@ -22,6 +22,8 @@ import {
   type MigrationHandle,
   type MigrationParameters,
   MigrationStatusTracker,
+  type MigrationUri,
+  parseMigrationUri,
   PostcopyPausedError,
   receiveMigration,
   startMigration,
@@ -50,8 +52,11 @@ const log = logger("vmm");
 export interface VmmOptions {
   spec: VmSpec;
   qmp: { path: string; wait: boolean }[];
-  /** `tcp:HOST:PORT` / `unix:PATH` for a migration destination, or `defer` (QMP `migrate-incoming`). */
-  incoming?: string;
+  /**
+   * `-incoming`, parsed once: a migration destination's `tcp:`/`unix:` address, a snapshot
+   * `file:` to restore, or `defer` (QMP `migrate-incoming`).
+   */
+  incoming?: MigrationUri | "defer";
   /** `-object tls-creds-x509` (their files are read at start). */
   tlsCreds?: TlsCredsConfig[];
   /** Migration parameters from the command line (`-global migration.tls-creds=ID`). */
@@ -96,6 +101,8 @@ export class Vmm implements MachineControl, MigrationControl {
   #active: MigrationHandle | undefined;
   #incoming: Promise<void> | undefined;
   #incomingAbort: AbortController | undefined;
+  /** The last completed migration wrote a snapshot file: the guest runs nowhere else, `cont` may resume it. */
+  #snapshotSaved = false;
   #endResolve!: (e: VmmEnd) => void;
   /** Settles when the process should exit. */
   readonly ended: Promise<VmmEnd>;
@@ -177,15 +184,16 @@ export class Vmm implements MachineControl, MigrationControl {
     return creds;
   }
 
-  #receive(uri: string): void {
-    const tls = this.#tls("server");
+  #receive(uri: string | MigrationUri): void {
+    const target = typeof uri === "string" ? parseMigrationUri(uri, { listen: true }) : uri;
+    const tls = target.kind === "file" ? undefined : this.#tls("server");
     const abort = new AbortController();
     this.#incomingAbort = abort;
     // Post-copy: the guest runs here before the migration completes.
     const off = this.#migration.onChange((s) => {
       if (s === "postcopy-active" && this.#state === "inmigrate") this.#setState("running");
     });
-    this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, {
+    this.#incoming = receiveMigration(this.#adapter, target, this.#migration, {
       signal: abort.signal,
       capabilities: this.#capabilities,
       ...(tls ? { tls } : {}),
@@ -289,8 +297,14 @@ export class Vmm implements MachineControl, MigrationControl {
     if (this.#state === "inmigrate") {
       throw new QmpError("MigrationExpected", "Cannot continue: the VM is waiting for an incoming migration");
     }
-    if (this.#state === "postmigrate") {
+    if (this.#state === "postmigrate" && !this.#snapshotSaved) {
       throw new QmpError("GenericError", "Cannot continue: the VM was migrated away; quit this process");
+    }
+    if (this.#state === "postmigrate") {
+      // After a snapshot, as QEMU: the guest ran nowhere else, so it may go on here.
+      await this.vm.resume();
+      this.#setState("running");
+      return;
     }
     if (this.#state !== "paused") return;
     await this.vm.resume();
@@ -328,17 +342,19 @@ export class Vmm implements MachineControl, MigrationControl {
     if (this.#state === "inmigrate") {
       throw new QmpError("GenericError", "Cannot migrate: an incoming migration is pending");
     }
-    if (this.#state === "postmigrate") {
+    if (this.#state === "postmigrate" && !this.#snapshotSaved) {
       throw new QmpError("GenericError", "Cannot migrate: the VM was already migrated away");
     }
     if (this.#state === "shutdown") {
       throw new QmpError("GenericError", "Cannot migrate: the VM is shutting down");
     }
     let handle: MigrationHandle;
+    let target: MigrationUri;
     try {
-      const creds = this.#tls("client");
+      target = parseMigrationUri(uri);
+      const creds = target.kind === "file" ? undefined : this.#tls("client");
       const hostname = this.#params["tls-hostname"];
-      handle = startMigration(this.#adapter, uri, this.#params, this.#migration, {
+      handle = startMigration(this.#adapter, target, this.#params, this.#migration, {
         capabilities: this.#capabilities,
         // QEMU's switch-over run state; leaving `running` emits STOP before MIGRATION completed.
         onPaused: () => this.#setState("finish-migrate"),
@@ -352,6 +368,7 @@ export class Vmm implements MachineControl, MigrationControl {
     const wasRunning = this.#state === "running";
     handle.done.then((final) => {
       if (this.#active === handle) this.#active = undefined;
+      if (final === "completed") this.#snapshotSaved = target.kind === "file";
       if (final === "completed") {
         // The guest runs on the destination now: stay paused until quit.
         this.#setState("postmigrate");
