@@ -132,13 +132,13 @@ export class VmMigrationAdapter implements MigrationVm {
     return this.#pausedByMigration;
   }
 
-  /** `vm:runstate`, then the VM's own list ({@linkcode Vm.migratables}), in restore order. */
+  /** The VM's own list ({@linkcode Vm.migratables}), in restore order, then `vm:runstate`. */
   #migratables(): Migratable[] {
     const runstate = new RunstateMigratable(
       () => this.#pausedByMigration,
       (running) => this.#runAfterRestore = running,
     );
-    return [runstate, ...this.#vm.migratables()];
+    return [...this.#vm.migratables(), runstate];
   }
 
   saveState(): Promise<Section[]> {
