@@ -70,6 +70,17 @@ export const MessageKind = {
   resumed: 9,
   /** S→D, after the last `state`: the switch-over digest of RAM and state (digest.ts). */
   digest: 10,
+  // Post-copy (postcopy_wire.ts).
+  /** S→D after `ack`: the source may switch to post-copy (capability `postcopy-ram`). */
+  postcopyAdvise: 11,
+  /** S→D at the switch: the bitmap of pages the destination still lacks. */
+  postcopyDirty: 12,
+  /** D→S during post-copy: send these pages first (u64 gpa, u32 page count). */
+  pageRequest: 13,
+  /** S→D: every page of `postcopyDirty` was sent. */
+  postcopyEnd: 14,
+  /** D→S: every page landed; the source may let go. */
+  postcopyDone: 15,
 } as const;
 /** A message kind name. */
 export type MessageKindName = keyof typeof MessageKind;

@@ -28,7 +28,8 @@ import {
   IO_W_REQ,
   IO_W_STATE,
 } from "./io_control.ts";
-import { type IoPlan, vmFdFromNumber } from "./virtio_pci.ts";
+import type { IoPlan } from "./io_plan.ts";
+import { VmFd } from "../../kvm/kvm.ts";
 
 const EPOLL_CTL_ADD = 1, EPOLLIN = 0x1, EPOLLET = 0x80000000;
 const EINTR = 4;
@@ -86,7 +87,7 @@ export class IoLoop {
     this.#w = new Int32Array(options.control);
     this.#controlFd = options.controlFd;
     this.memory = options.memory ?? new GuestMemory(plan.memory, (addr, size) => viewAt(addr, size));
-    const vm = options.vm ?? (plan.vmFd >= 0 ? vmFdFromNumber(plan.vmFd) : undefined);
+    const vm = options.vm ?? (plan.vmFd >= 0 ? VmFd.fromRawFd(plan.vmFd) : undefined);
     for (const d of plan.devices) {
       const transport = new VirtioPciTransport({
         plan: d.transport,

@@ -62,14 +62,17 @@ export const BLK_CONFIG_BYTES = 36;
 /** Queue size offered. */
 export const BLK_QUEUE_SIZE = 256;
 
-/** `-drive` + `-device virtio-blk-pci` options, as the machine parsed them. */
+/** `-drive id=ID,file=PATH,...` (+ the device's `serial=`): the one declaration, config's too. */
 export interface DriveConfig {
-  /** The drive id (`-drive id=`); the device id is `"virtio-blk/<id>"`. */
+  /** The drive id (`-drive id=`), unique among drives; the device id is `"virtio-blk/<id>"`. */
   id: string;
+  /** Host path of the image, as given. */
   file: string;
+  /** @default false */
   readonly: boolean;
+  /** Open with `O_DIRECT` (StratoVirt's default is on). @default true */
   direct: boolean;
-  /** Up to 20 bytes, returned by GET_ID. */
+  /** Up to 20 bytes, returned by GET_ID (`serial=` on `-device`, or QEMU's legacy place on `-drive`). */
   serial?: string;
 }
 
