@@ -20,7 +20,7 @@ import type { MemoryLayout } from "../memory/guest_memory.ts";
 import type { IoDevicePlan, IoPlan } from "../devices/virtio/io_plan.ts";
 import { IOAPIC_GPA, PCI_HOLE_START, PCIE_ECAM_BYTES, PCIE_ECAM_GPA } from "./boot/layout.ts";
 import { MsiRouting } from "../devices/pci/msix.ts";
-import { createEventfd } from "../devices/pci/eventfd.ts";
+import { createEventfd } from "../sys/eventfd.ts";
 import { pciSlotName } from "../devices/pci/pci_address.ts";
 import {
   PCI_CONFIG_ADDRESS_PORT,

@@ -15,7 +15,7 @@
  * @module
  */
 import { logger } from "../../util/log.ts";
-import { closeFd, createEventfd, signalEventfd } from "../pci/eventfd.ts";
+import { closeFd, createEventfd, signalEventfd } from "../../sys/eventfd.ts";
 import type { IoPlan } from "./io_plan.ts";
 
 export const IO_REQ_RUN = 0, IO_REQ_PAUSE = 1, IO_REQ_STOP = 2;

@@ -8,10 +8,10 @@
  * starve the others. Pause/resume/stop follow io_control.ts.
  * @module
  */
-import { check } from "../../ffi/errno.ts";
-import { shim, viewAt } from "../../ffi/shim.ts";
+import { viewAt } from "../../sys/mman.ts";
+import { Epoll, EPOLLET, EPOLLIN } from "../../sys/epoll.ts";
 import { GuestMemory } from "../../memory/guest_memory.ts";
-import { drainEventfd } from "../pci/eventfd.ts";
+import { drainEventfd } from "../../sys/eventfd.ts";
 import { logger } from "../../util/log.ts";
 import { type TransportVm, VirtioPciTransport } from "./pci_transport.ts";
 import { BlockRequestHandler } from "./block/block.ts";
@@ -31,8 +31,6 @@ import {
 import type { IoPlan } from "./io_plan.ts";
 import { VmFd } from "../../kvm/kvm.ts";
 
-const EPOLL_CTL_ADD = 1, EPOLLIN = 0x1, EPOLLET = 0x80000000;
-const EINTR = 4;
 const log = logger("io-worker");
 
 type Work = () => "idle" | "more";
@@ -80,7 +78,7 @@ export class IoLoop {
   readonly #closers: Array<() => void> = [];
   /** Wait for requests in flight (before a pause is acknowledged). */
   readonly #drains: Array<() => void> = [];
-  readonly #ep: number;
+  readonly #ep: Epoll;
 
   constructor(options: IoLoopOptions) {
     const plan = options.plan;
@@ -121,7 +119,7 @@ export class IoLoop {
         this.#add(d.net.tapFd, false, rx);
       }
     }
-    this.#ep = check(shim().ferry_epoll_create(), "create the I/O Worker's epoll set");
+    this.#ep = new Epoll("the I/O Worker's epoll set");
     this.#watch(this.#controlFd, 0, EPOLLIN);
     this.#sources.forEach((s, i) =>
       this.#watch(s.fd, i + 1, s.drain === false ? EPOLLIN | EPOLLET : EPOLLIN)
@@ -134,10 +132,7 @@ export class IoLoop {
   }
 
   #watch(fd: number, token: number, events: number): void {
-    check(
-      shim().ferry_epoll_ctl(this.#ep, EPOLL_CTL_ADD, fd, events >>> 0, BigInt(token)),
-      `watch fd ${fd} in the I/O Worker`,
-    );
+    this.#ep.add(fd, events, BigInt(token), `fd ${fd} in the I/O Worker`);
   }
 
   /** Processes every queue once (after start/resume: notifications may predate us). */
@@ -164,9 +159,7 @@ export class IoLoop {
 
   /** Runs until a stop request. */
   run(): void {
-    const s = shim();
-    const out = new BigUint64Array(64);
-    const outBytes = new Uint8Array(out.buffer);
+    const out = this.#ep.tokens;
     let more = new Set<Work>();
     const ready = new Set<Work>();
     let running = false;
@@ -195,8 +188,7 @@ export class IoLoop {
         }
         continue;
       }
-      const n = Number(s.ferry_epoll_wait(this.#ep, outBytes, 64, more.size > 0 ? 0 : -1));
-      if (n < 0 && n !== -EINTR) throw new Error(`Cannot wait in the I/O Worker: epoll_wait errno ${-n}`);
+      const n = this.#ep.wait(more.size > 0 ? 0 : -1);
       // Reuse the two sets (no allocation per wakeup): ready = what was left over + what woke.
       ready.clear();
       for (const w of more) ready.add(w);
@@ -237,6 +229,6 @@ export class IoLoop {
   close(): void {
     for (const c of this.#closers) c();
     this.#closers.length = 0;
-    shim().ferry_close(this.#ep);
+    this.#ep.close();
   }
 }

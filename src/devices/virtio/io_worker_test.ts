@@ -4,7 +4,7 @@ import { IO_ST_PAUSED, IO_ST_RUNNING, IoControl } from "./io_control.ts";
 import { type PciVm, VirtioPciDevices } from "../../machine/pci.ts";
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "./block/block.ts";
 import { BAR_NOTIFY } from "./pci_transport.ts";
-import { drainEventfd } from "../pci/eventfd.ts";
+import { drainEventfd } from "../../sys/eventfd.ts";
 import { pciSlotName } from "../pci/pci_address.ts";
 
 function header(type: number, sector: number): Uint8Array {

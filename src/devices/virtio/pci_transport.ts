@@ -37,7 +37,7 @@ import {
 } from "../pci/config_space.ts";
 import type { PciFunction } from "../pci/pci_root.ts";
 import { type GsiRoutingTarget, MsiRouting, MsixVectors } from "../pci/msix.ts";
-import { signalEventfd } from "../pci/eventfd.ts";
+import { signalEventfd } from "../../sys/eventfd.ts";
 import { QUEUE_WORDS, QueueRegs, VIRTIO_MSI_NO_VECTOR } from "./queue_state.ts";
 import { type DescriptorChain, Virtqueue } from "./queue.ts";
 import {

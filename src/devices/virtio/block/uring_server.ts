@@ -25,7 +25,7 @@
  * @module
  */
 import type { GuestMemory } from "../../../memory/guest_memory.ts";
-import { shim } from "../../../ffi/shim.ts";
+import { fsyncFd } from "../../../sys/fd.ts";
 import { logger } from "../../../util/log.ts";
 import type { DescriptorChain } from "../queue.ts";
 import { HostMemory } from "../host_memory.ts";
@@ -368,7 +368,7 @@ export class BlockUringServer {
 
   #fsyncResult(res: number): number {
     if (res !== -ECANCELED) return res;
-    return Number(shim().ferry_fsync(this.#p.fd)); // its link broke: do it here
+    return fsyncFd(this.#p.fd); // its link broke: do it here
   }
 
   /** @returns bytes moved, or -errno */
