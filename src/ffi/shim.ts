@@ -70,6 +70,22 @@ export const symbols = {
     parameters: ["buffer", "buffer", "buffer", "u32", "u32", "buffer", "u32", "u32", "u32", "buffer"],
     result: "i64",
   },
+  // ---- userfaultfd (shim/uffd.zig; post-copy, src/memory/userfault.ts) ----
+  ferry_uffd_open: { parameters: ["i32"], result: "isize" }, // int flags (O_CLOEXEC | O_NONBLOCK)
+  ferry_uffd_api: { parameters: ["i32", "u64", "buffer"], result: "isize" }, // fd, features, u64 out[2]
+  ferry_uffd_register: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "isize" }, // fd, start, len, mode, u64 *ioctls
+  ferry_uffd_unregister: { parameters: ["i32", "u64", "u64"], result: "isize" }, // fd, start, len
+  ferry_uffd_copy: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "isize" }, // fd, dst, src, len, mode
+  ferry_uffd_zeropage: { parameters: ["i32", "u64", "u64", "u64"], result: "isize" }, // fd, start, len, mode
+  ferry_uffd_wake: { parameters: ["i32", "u64", "u64"], result: "isize" }, // fd, start, len
+  ferry_uffd_read: { parameters: ["i32", "buffer", "u32"], result: "isize" }, // fd, struct uffd_msg *buf, max → count
+  ferry_poll_in: { parameters: ["i32", "i32"], result: "isize" }, // fd, timeout ms → 1 readable, 0 timeout
+  ferry_poll_in_async: {
+    name: "ferry_poll_in",
+    parameters: ["i32", "i32"],
+    result: "isize",
+    nonblocking: true,
+  }, // the same wait on a Deno blocking-pool thread (a Promise)
   ferry_madvise_async: {
     name: "ferry_madvise",
     parameters: ["u64", "u64", "i32"],

@@ -11,6 +11,10 @@
  * every RAM run is checked against this VM's RAM before any byte is written, and any bad input,
  * truncation, unexpected order or a `cancel` fails the migration with a clear error (sent back as
  * a `nack` when the connection still works). The VM is never resumed after a failure.
+ *
+ * From a `file:` uri (a snapshot, snapshot_file.ts) the same machine reads the file one-way: no
+ * `ack`, `nack` or `resumed` is sent, the configuration and digest are checked here against what
+ * the file carries, and the file must end right after `complete` (reaching its end checks its CRC).
  * @module
  */
 import { logger } from "../util/log.ts";
@@ -19,7 +23,9 @@ import type { MigrationVm, Section } from "./vm_port.ts";
 import type { MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import { checkCompatibility } from "./compat.ts";
-import { MigrationListener, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { MigrationListener, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { type MigrationUri, parseMigrationUri } from "./uri.ts";
+import { SnapshotFileSource } from "./snapshot_file.ts";
 import {
   decodeComplete,
   decodeConfig,
@@ -39,6 +45,10 @@ import {
 import { receiveRamBatch } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import type { TlsCreds } from "./tls.ts";
+import { DEFAULT_MIGRATION_CAPABILITIES, type MigrationCapabilities } from "./parameters.ts";
+import { PostcopyDestination } from "./postcopy_destination.ts";
+import { decodeDirtyBitmaps } from "./postcopy_wire.ts";
+import { pausePostcopyGuest, postcopyInfo, PostcopyPausedError } from "./postcopy.ts";
 import {
   compareDigests,
   decodeDigest,
@@ -62,6 +72,8 @@ export interface ReceiveMigrationOptions {
   stallTimeoutMs?: number;
   /** Speak TLS with these server credentials (tls.ts); plaintext when absent. */
   tls?: TlsCreds;
+  /** This side's capabilities (`postcopy-ram` must be on to accept post-copy). */
+  capabilities?: Readonly<MigrationCapabilities>;
 }
 
 /** Largest total of all section payloads. */
@@ -73,7 +85,8 @@ const MAX_TOTAL_STATE_BYTES = 256 * 1024 * 1024;
  * is resumed only after every byte of state arrived and `restoreState` succeeded.
  *
  * @param vm the freshly built, paused destination VM (same command line as the source)
- * @param uri `tcp:HOST:PORT` or `unix:PATH`
+ * @param uri `tcp:HOST:PORT` or `unix:PATH`, or `file:PATH` to restore a snapshot (one-way: the
+ *   configuration and digest checks run here against what the file carries, nothing is sent back)
  * @param status the VM's status tracker (`query-migrate` works meanwhile)
  * @throws {TypeError} for a bad uri; {Error} for any migration failure
  * @example
@@ -83,20 +96,36 @@ const MAX_TOTAL_STATE_BYTES = 256 * 1024 * 1024;
  */
 export async function receiveMigration(
   vm: MigrationVm,
-  uri: string,
+  uri: string | MigrationUri,
   status: MigrationStatusTracker,
   options: ReceiveMigrationOptions = {},
 ): Promise<void> {
-  const target = parseMigrationUri(uri, { listen: true });
-  const incoming = new IncomingMigration(vm, status, options.stallTimeoutMs ?? STALL_TIMEOUT_MS);
+  const target = typeof uri === "string" ? parseMigrationUri(uri, { listen: true }) : uri;
+  if (target.kind === "file" && options.tls) {
+    throw new TypeError(`Cannot restore from '${target.uri}' with tls-creds: TLS needs a tcp: uri`);
+  }
+  const incoming = new IncomingMigration(
+    vm,
+    status,
+    options.stallTimeoutMs ?? STALL_TIMEOUT_MS,
+    options.capabilities ?? DEFAULT_MIGRATION_CAPABILITIES,
+  );
   status.transition("setup");
   status.attachInfo(() => incoming.info());
   let listener: MigrationListener | undefined;
   let conn: Deno.Conn | undefined;
+  let file: SnapshotFileSource | undefined;
   try {
-    listener = await MigrationListener.open(target, options.tls);
-    options.onListening?.(listener.addr);
-    conn = await listener.acceptOne(options.signal);
+    if (target.kind === "file") {
+      file = await SnapshotFileSource.open(target.path).catch((e: Error) => {
+        throw new Error(`Cannot restore from '${target.path}': ${e.message}`, { cause: e });
+      });
+      conn = file as unknown as Deno.Conn;
+    } else {
+      listener = await MigrationListener.open(target, options.tls);
+      options.onListening?.(listener.addr);
+      conn = await listener.acceptOne(options.signal);
+    }
     const c = conn;
     const onAbort = () => {
       try {
@@ -105,7 +134,7 @@ export async function receiveMigration(
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await incoming.run(conn, status);
+      await incoming.run(conn, status, file !== undefined);
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
     }
@@ -117,13 +146,25 @@ export async function receiveMigration(
     // Bad input inside a message: name the message and where it started in the stream.
     const at = incoming.lastMessage;
     if (e instanceof ProtocolError && at && !message.includes("stream offset")) message += ` (${at})`;
+    // A damaged snapshot is the cause of whatever the parser tripped on: say that instead.
+    if (target.kind === "file" && !message.startsWith("Cannot restore from")) {
+      message = `Cannot restore from '${target.path}': ${(await file?.corruption()) ?? message}`;
+    }
     if (options.signal?.aborted) {
       message = `Incoming migration stopped: ${
         String(options.signal.reason?.message ?? options.signal.reason)
       }`;
     }
-    log.error("Incoming migration failed: %s", message);
-    if (conn) await incoming.refuse(conn, message);
+    if (e instanceof PostcopyPausedError) {
+      // The guest's memory is split between the two sides: keep everything, say so.
+      log.error("%s", e.message);
+      status.transition("postcopy-paused", e.message);
+      throw e;
+    }
+    // A refused snapshot is one line, the one the process exits with (vmm.ts); a live failure is logged too.
+    if (target.kind === "file") log.debug("Restore failed: %s", message);
+    else log.error("Incoming migration failed: %s", message);
+    if (conn && !file) await incoming.refuse(conn, message);
     status.transition("failed", message);
     throw new Error(message, { cause: e });
   } finally {
@@ -145,10 +186,18 @@ class IncomingMigration {
   #writer: MessageWriter | undefined;
   #reader: MessageReader | undefined;
   #stallMs: number;
+  #capabilities: Readonly<MigrationCapabilities>;
+  #postcopy: PostcopyDestination | undefined;
 
-  constructor(vm: MigrationVm, _status: MigrationStatusTracker, stallMs: number) {
+  constructor(
+    vm: MigrationVm,
+    _status: MigrationStatusTracker,
+    stallMs: number,
+    capabilities: Readonly<MigrationCapabilities>,
+  ) {
     this.#vm = vm;
     this.#stallMs = stallMs;
+    this.#capabilities = capabilities;
     this.#counters.totalBytes = vm.memory.sizeBytes;
   }
 
@@ -158,6 +207,7 @@ class IncomingMigration {
       ram: this.#counters.toInfo(),
     };
     if (this.#setupMs !== undefined) info["setup-time"] = Math.round(this.#setupMs);
+    if (this.#postcopy) Object.assign(info, postcopyInfo(this.#postcopy.stats(), this.#capabilities));
     return info;
   }
 
@@ -177,7 +227,8 @@ class IncomingMigration {
     await settleWithin(w.send("nack", encodeReason(reason)), 200);
   }
 
-  async run(conn: Deno.Conn, status: MigrationStatusTracker): Promise<void> {
+  /** Receives from `conn`; `oneWay` (a snapshot file): nothing is sent back and the file must end after `complete`. */
+  async run(conn: Deno.Conn, status: MigrationStatusTracker, oneWay = false): Promise<void> {
     const vm = this.#vm;
     const guard = new StallGuard(conn, {
       peer: "source",
@@ -255,7 +306,7 @@ class IncomingMigration {
     const config = decodeConfig(await reader.readPayload(h, MAX_CONFIG_BYTES));
     c.transferredBytes += h.length;
     checkCompatibility(config, { config: vm.configAttributes(), host: vm.hostAttributes() });
-    await send("ack");
+    if (!oneWay) await send("ack");
     this.#setupMs = performance.now() - this.#startMs;
     status.transition("active");
 
@@ -265,16 +316,47 @@ class IncomingMigration {
     const sections: Section[] = [];
     const ids = new Set<string>();
     let stateBytes = 0;
+    let postcopyAdvised = false;
+    let needed: Uint32Array[] | undefined;
     for (;;) {
       h = await next("before complete");
+      if (h.kind === "postcopyAdvise") {
+        if (!this.#capabilities["postcopy-ram"]) {
+          throw new Error(
+            "Cannot receive migration: the source may switch to post-copy but capability 'postcopy-ram' is off here (set it on both sides)",
+          );
+        }
+        // From here on guest RAM is never backed ahead: a page backed while the switch drops
+        // stale pages could hide a missing one.
+        postcopyAdvised = true;
+        await reader.readPayload(h, 0);
+        continue;
+      }
+      if (h.kind === "postcopyDirty") {
+        if (!postcopyAdvised || needed || sections.length > 0) {
+          throw new ProtocolError("Cannot receive migration: unexpected 'postcopyDirty'");
+        }
+        needed = decodeDirtyBitmaps(
+          await reader.readPayload(h, 64 * 1024 * 1024),
+          vm.memory.regions.map((r) => r.sizeBytes / PAGE_SIZE),
+        );
+        c.transferredBytes += h.length;
+        continue;
+      }
       if (sourceDigest && h.kind !== "complete") {
         throw new ProtocolError(`Cannot receive migration: '${h.kind}' after 'digest'`);
       }
       if (h.kind === "ram") {
-        if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
+        if (sections.length > 0 || needed) {
+          throw new ProtocolError(
+            `Cannot receive migration: 'ram' after '${needed ? "postcopyDirty" : "state"}'`,
+          );
+        }
         const r = await receiveRamBatch(reader, h, vm.memory, {
           ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
-          ...(vm.populate ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) } : {}),
+          ...(vm.populate && !postcopyAdvised
+            ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) }
+            : {}),
           digest,
         });
         c.transferredBytes += h.length;
@@ -311,6 +393,7 @@ class IncomingMigration {
           `Cannot receive migration: source sent ${sections.length} sections but announced ${count}`,
         );
       }
+      if (needed) break; // post-copy: RAM is not complete yet, so there is no digest
       if (!sourceDigest) {
         throw new ProtocolError("Cannot receive migration: 'complete' without the switch-over 'digest'");
       }
@@ -318,14 +401,25 @@ class IncomingMigration {
       const mismatch = compareDigests(sourceDigest, digest.finish());
       log.debug("Switch-over digest checked in %s ms", (performance.now() - t0).toFixed(2));
       if (mismatch) throw new Error(`Cannot verify the switch-over digest: ${mismatch}`);
+      // A file ends here; reaching its end checks its CRC (snapshot_file.ts).
+      if (oneWay && await reader.readHeader()) {
+        throw new ProtocolError("Cannot receive migration: a message after 'complete'");
+      }
       // 'complete' ends the stream: anything already behind it (a replay, a cancel) is refused.
-      if (reader.buffered > 0) {
+      if (!oneWay && reader.buffered > 0) {
         h = await next("after complete");
         throw new ProtocolError(`Cannot receive migration: '${h.kind}' after 'complete'`);
       }
       break;
     }
 
+    let postcopy: PostcopyDestination | undefined;
+    if (needed) {
+      postcopy = new PostcopyDestination(vm.memory, reader, writer, needed, c, {
+        ...(vm.vcpuThreadIds ? { vcpuThreadIds: vm.vcpuThreadIds() } : {}),
+      });
+      postcopy.prepare();
+    }
     try {
       await vm.restoreState(sections);
     } catch (e) {
@@ -336,6 +430,7 @@ class IncomingMigration {
     } catch (e) {
       throw new Error(`Cannot resume the destination VM: ${(e as Error).message}`, { cause: e });
     }
+    if (oneWay) return;
     try {
       await writer.send("resumed");
     } catch (e) {
@@ -343,5 +438,24 @@ class IncomingMigration {
       await vm.pause().catch(() => {});
       throw new Error(`Cannot confirm the resume to the source: ${(e as Error).message}`, { cause: e });
     }
+    if (!postcopy) return;
+    this.#postcopy = postcopy;
+    status.transition("postcopy-active");
+    const t0 = performance.now();
+    try {
+      await postcopy.run();
+    } catch (e) {
+      const left = postcopy.pagesLeft;
+      await pausePostcopyGuest(vm);
+      throw new PostcopyPausedError(
+        `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused here: ` +
+          `${left} pages (${
+            Math.round(left * PAGE_SIZE / 1048576)
+          } MiB) of its memory are only on the source, ` +
+          "so it cannot run, and the source cannot take it back either",
+        { cause: e },
+      );
+    }
+    log.info("Post-copy completed in %d ms", Math.round(performance.now() - t0));
   }
 }

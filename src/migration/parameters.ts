@@ -159,11 +159,20 @@ export interface MigrationCapabilities {
    * @default {true}
    */
   "auto-converge": boolean;
+  /**
+   * Allow `migrate-start-postcopy`: the destination runs the guest before all RAM arrived and
+   * fetches the rest on demand (userfaultfd). Needed on both sides, as in QEMU. @default {false}
+   */
+  "postcopy-ram": boolean;
+  /** Destination: report `postcopy-blocktime` and `postcopy-vcpu-blocktime`. @default {false} */
+  "postcopy-blocktime": boolean;
 }
 
 /** The default capabilities. */
 export const DEFAULT_MIGRATION_CAPABILITIES: Readonly<MigrationCapabilities> = Object.freeze({
   "auto-converge": true,
+  "postcopy-ram": false,
+  "postcopy-blocktime": false,
 });
 
 /** One entry of `migrate-set-capabilities` / `query-migrate-capabilities`. */

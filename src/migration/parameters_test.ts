@@ -49,6 +49,8 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
   assert.equal(c["auto-converge"], true);
   assert.deepEqual(updateMigrationCapabilities(c, [{ capability: "auto-converge", state: false }]), {
     "auto-converge": false,
+    "postcopy-ram": false,
+    "postcopy-blocktime": false,
   });
   assert.throws(
     () =>
@@ -62,5 +64,9 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
     () => updateMigrationCapabilities(c, [{ capability: "auto-converge", state: 1 }]),
     /must be a boolean/,
   );
-  assert.deepEqual(listMigrationCapabilities(c), [{ capability: "auto-converge", state: true }]);
+  assert.deepEqual(listMigrationCapabilities(c), [
+    { capability: "auto-converge", state: true },
+    { capability: "postcopy-ram", state: false },
+    { capability: "postcopy-blocktime", state: false },
+  ]);
 });

@@ -115,6 +115,11 @@ export interface RamSenderOptions {
   residency?: (gpa: number, pageCount: number) => Uint8Array | undefined;
   /** The switch-over digest: every sent run is recorded in it. */
   digest?: MigrationDigest;
+  /**
+   * Asked after each message: true ends the pass there ({@linkcode RamSender.stoppedAt} then says
+   * where). Post-copy uses it to switch without finishing the pass.
+   */
+  stopWhen?: () => boolean;
 }
 
 /** What one pass sent. */
@@ -153,6 +158,8 @@ export class RamSender {
   #scanNext = new Uint32Array(1);
   /** CRC32C of each raw page of the message being sent (for the digest); reused. */
   #pageCrcs = new Uint32Array(MAX_COVER_PAGES);
+  #stopWhen: (() => boolean) | undefined;
+  #stoppedAt: { region: number; page: number } | undefined;
 
   constructor(
     writer: MessageWriter,
@@ -168,6 +175,15 @@ export class RamSender {
     this.#signal = options.signal;
     this.#residency = options.residency;
     this.#digest = options.digest;
+    this.#stopWhen = options.stopWhen;
+  }
+
+  /**
+   * Where the last pass stopped early (`stopWhen`): every page before `page` of region `region`
+   * (and of the regions before it) went out in that pass, none after. Undefined when it finished.
+   */
+  get stoppedAt(): { region: number; page: number } | undefined {
+    return this.#stoppedAt;
   }
 
   /**
@@ -197,9 +213,10 @@ export class RamSender {
   async #pass_(throttle: boolean, walk: (ri: number) => Promise<void>): Promise<PassResult> {
     this.#throttle = throttle;
     this.#pass = { bytes: 0, pages: 0, elapsedMs: 0, sendMs: 0 };
+    this.#stoppedAt = undefined;
     const t0 = performance.now();
     this.#limiter?.reset();
-    for (let ri = 0; ri < this.#memory.regions.length; ri++) await walk(ri);
+    for (let ri = 0; ri < this.#memory.regions.length && !this.#stoppedAt; ri++) await walk(ri);
     await this.#flush();
     this.#pass.elapsedMs = performance.now() - t0;
     return this.#pass;
@@ -248,6 +265,10 @@ export class RamSender {
         this.#zeroPages + this.#rawPages >= MAX_COVER_PAGES || n === 0
       ) {
         await this.#flush();
+        if (this.#stopWhen?.()) {
+          this.#stoppedAt = { region: ri, page: p };
+          return;
+        }
       }
       if (sinceYield >= YIELD_EVERY_PAGES) {
         sinceYield = 0;

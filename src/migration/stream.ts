@@ -84,6 +84,17 @@ export const MessageKind = {
   resumed: 9,
   /** S→D, after the last `state`: the switch-over digest of RAM and state (digest.ts). */
   digest: 10,
+  // Post-copy (postcopy_wire.ts).
+  /** S→D after `ack`: the source may switch to post-copy (capability `postcopy-ram`). */
+  postcopyAdvise: 11,
+  /** S→D at the switch: the bitmap of pages the destination still lacks. */
+  postcopyDirty: 12,
+  /** D→S during post-copy: send these pages first (u64 gpa, u32 page count). */
+  pageRequest: 13,
+  /** S→D: every page of `postcopyDirty` was sent. */
+  postcopyEnd: 14,
+  /** D→S: every page landed; the source may let go. */
+  postcopyDone: 15,
 } as const;
 /** A message kind name. */
 export type MessageKindName = keyof typeof MessageKind;
@@ -109,6 +120,13 @@ export const PAYLOAD_BYTES: Readonly<Record<MessageKindName, readonly [number, n
   cancel: [0, MAX_REASON_BYTES],
   resumed: [0, 0],
   digest: [DIGEST_PAYLOAD_BYTES, DIGEST_PAYLOAD_BYTES],
+  postcopyAdvise: [0, 0],
+  // u32 region count, then per region u32 words and the words (postcopy_wire.ts).
+  postcopyDirty: [4, MAX_MESSAGE_BYTES],
+  // u64 gpa, u32 page count, u32 reserved (postcopy_wire.ts PAGE_REQUEST_BYTES).
+  pageRequest: [16, 16],
+  postcopyEnd: [0, 0],
+  postcopyDone: [0, 0],
 };
 
 /** Bytes of a whole message (header and payload) with `payloadBytes` of payload. */

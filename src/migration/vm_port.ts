@@ -70,6 +70,8 @@ export interface MigrationVm {
    * than faulting them in one by one during `recv`). Never changes guest RAM contents.
    */
   populate?(gpa: number, pageCount: number): void;
+  /** Optional, destination: OS thread ids of the vCPUs in vCPU order (post-copy blocktimes). */
+  vcpuThreadIds?(): readonly number[];
   /** Source, paused, before the last state is sent (e.g. release disk locks). */
   onSwitchover?(): Promise<void>;
   /** Source, after a failure or cancel that happened after `onSwitchover` (e.g. re-take locks). */
