@@ -144,7 +144,10 @@ for (
               });
               await src.qmp.call("migrate-set-parameters", {
                 "max-bandwidth": 48 << 20,
-                "downtime-limit": 10,
+                // 0: only a sync that finds nothing dirty converges. The guest writes RAM even while it
+                // waits for its disk, but a dirty pass takes under a millisecond, and on 2 cores its
+                // vCPU may not run in that window: a later pass can still find nothing and converge.
+                "downtime-limit": 0,
                 "max-iterations": 5,
                 "convergence-policy": "force",
               });
@@ -154,7 +157,8 @@ for (
             const t = () =>
               `hop ${hop}: ${JSON.stringify(r)}\n${src.ferry.transcript()}\n${dst.ferry.transcript()}`;
             assert.equal(r.status, "completed", t());
-            if (v.throttle) assert.ok(Number(ram(r)["dirty-sync-count"]) >= 4, `several passes\n${t()}`);
+            // The full pass's sync, at least one dirty pass's, and the last one in the pause.
+            if (v.throttle) assert.ok(Number(ram(r)["dirty-sync-count"]) >= 3, `several passes\n${t()}`);
             assert.equal(await runState(src.qmp), "postmigrate");
             // Its console is complete once it exited (a line the switchover split continues on dst).
             await src.qmp.execute("quit");
