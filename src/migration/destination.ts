@@ -426,7 +426,7 @@ class IncomingMigration {
       throw new Error(`Cannot restore device state: ${(e as Error).message}`, { cause: e });
     }
     try {
-      await vm.resume();
+      await vm.startIncomingGuest();
     } catch (e) {
       throw new Error(`Cannot resume the destination VM: ${(e as Error).message}`, { cause: e });
     }

@@ -53,7 +53,6 @@ import {
 import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
-import { MigrationBlockedError } from "../devices/device.ts";
 import { PostcopySender, unsentPages } from "./postcopy_source.ts";
 import { decodePageRequest, encodeDirtyBitmaps, PAGE_REQUEST_BYTES } from "./postcopy_wire.ts";
 
@@ -145,8 +144,8 @@ const PEER_REASON_WAIT_MS = 200;
  * @param params tunables, e.g. from `migrate-set-parameters`
  * @param status the VM's status tracker (emits `MIGRATION` events)
  * @returns a handle with `cancel()`, `done` and `queryMigrate()`
- * @throws {TypeError} for a bad uri; {Error} when a migration is already active;
- *   {MigrationBlockedError} naming the devices that cannot migrate. Nothing has changed then.
+ * @throws {TypeError} for a bad uri; {Error} when a migration is already active. Nothing has
+ *   changed then.
  * @example
  * ```ts
  * const h = startMigration(vm, "tcp:10.0.0.2:4446", DEFAULT_MIGRATION_PARAMETERS, status);
@@ -165,14 +164,6 @@ export function startMigration(
   if (target.kind === "file" && options.tls) {
     throw new TypeError(
       `Cannot migrate to '${target.uri}' with tls-creds '${options.tls.creds.id}': TLS needs a tcp: uri`,
-    );
-  }
-  const blockers = vm.migrationBlockers();
-  if (blockers.length > 0) {
-    throw new MigrationBlockedError(
-      `Cannot migrate: device${blockers.length > 1 ? "s" : ""} ${
-        blockers.map((b) => `'${b}'`).join(", ")
-      } cannot be migrated`,
     );
   }
   const m = new OutgoingMigration(vm, target, params, status, options);
@@ -438,7 +429,7 @@ class OutgoingMigration {
     // Resume only what this migration paused: a VM the operator had stopped stays stopped.
     if (this.#paused && vm.pausedByMigration !== false) {
       try {
-        await vm.resume();
+        await vm.resumeAfterRollback();
         this.#paused = false;
       } catch (e) {
         log.error("Rollback: cannot resume the source VM: %s", (e as Error).message);

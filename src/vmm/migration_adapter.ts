@@ -58,17 +58,15 @@ export function hostAttributes(vm: Vm): Record<string, string> {
 export class VmMigrationAdapter implements MigrationVm {
   readonly #vm: Vm;
   readonly #config: () => Record<string, string>;
-  readonly #blockers: () => string[];
   #pausedByMigration = false;
   #populator: Populator | undefined;
   #restored = false;
   /** Destination: whether the guest ran on the source, so it runs here after the load. */
   #runAfterRestore = true;
 
-  constructor(vm: Vm, opts: { configAttributes: () => Record<string, string>; blockers?: () => string[] }) {
+  constructor(vm: Vm, opts: { configAttributes: () => Record<string, string> }) {
     this.#vm = vm;
     this.#config = opts.configAttributes;
-    this.#blockers = opts.blockers ?? (() => []);
   }
 
   get memory(): GuestMemory {
@@ -79,9 +77,6 @@ export class VmMigrationAdapter implements MigrationVm {
   }
   hostAttributes(): Record<string, string> {
     return hostAttributes(this.#vm);
-  }
-  migrationBlockers(): string[] {
-    return this.#blockers();
   }
   startDirtyLog(): void {
     this.#vm.startDirtyLog();
@@ -111,13 +106,13 @@ export class VmMigrationAdapter implements MigrationVm {
     this.#pausedByMigration = !this.#vm.paused;
     await this.#vm.pause();
   }
-  async resume(): Promise<void> {
-    if (!this.#restored) {
-      await this.#vm.resume();
-      return;
-    }
-    // Destination: the state is loaded. The guest runs only if it ran on the source (QEMU keeps
-    // a guest that was paused there paused here); then tell the network where it went.
+  async resumeAfterRollback(): Promise<void> {
+    await this.#vm.resume();
+  }
+  async startIncomingGuest(): Promise<void> {
+    if (!this.#restored) throw new Error("Cannot start the incoming guest: its state was not restored");
+    // The guest runs only if it ran on the source (QEMU keeps a guest that was paused there paused
+    // here); then tell the network where it went.
     this.#restored = false;
     if (!this.#runAfterRestore) return;
     await this.#vm.resume();

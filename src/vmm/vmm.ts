@@ -44,7 +44,6 @@ import {
 import { logger } from "../util/log.ts";
 import { VmMigrationAdapter } from "./migration_adapter.ts";
 import { loadTlsCreds, type TlsCreds, type TlsCredsConfig } from "../migration/tls.ts";
-import { MigrationBlockedError } from "../devices/device.ts";
 
 const log = logger("vmm");
 
@@ -63,8 +62,6 @@ export interface VmmOptions {
   migrationParameters?: Record<string, unknown>;
   /** Canonical configuration attributes a migration peer must match. */
   configAttributes: Record<string, string>;
-  /** Ids of configured devices that cannot migrate. */
-  migrationBlockers?: string[];
 }
 
 /** How the process should end. */
@@ -114,7 +111,6 @@ export class Vmm implements MachineControl, MigrationControl {
     this.#events = new MachineEvents(this.#fanout);
     this.#adapter = new VmMigrationAdapter(vm, {
       configAttributes: () => ({ ...opts.configAttributes, ...pciAttributes(vm) }),
-      blockers: () => opts.migrationBlockers ?? [],
     });
     this.ended = new Promise((r) => (this.#endResolve = r));
     this.#migration.onChange((status) => this.#fanout.emit("MIGRATION", { status }));
@@ -361,7 +357,6 @@ export class Vmm implements MachineControl, MigrationControl {
         ...(creds ? { tls: { creds, ...(hostname ? { hostname } : {}) } } : {}),
       });
     } catch (e) {
-      if (e instanceof MigrationBlockedError) throw new QmpError("GenericError", e.message);
       throw new QmpError("GenericError", (e as Error).message);
     }
     this.#active = handle;

@@ -488,12 +488,12 @@ export class InProcessDestination {
       },
       configAttributes: () => adapter.configAttributes(),
       hostAttributes: () => adapter.hostAttributes(),
-      migrationBlockers: () => [],
       startDirtyLog: () => adapter.startDirtyLog(),
       syncDirtyLog: () => adapter.syncDirtyLog(),
       stopDirtyLog: () => adapter.stopDirtyLog(),
       pause: () => Promise.resolve(),
-      resume() {
+      resumeAfterRollback: () => Promise.resolve(),
+      startIncomingGuest() {
         count.resumed++;
         return Promise.resolve();
       },
