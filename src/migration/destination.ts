@@ -41,6 +41,7 @@ import {
 import { receiveRamBatch } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import type { TlsCreds } from "./tls.ts";
+import { checkMultifd, decodeChannel, decodeSync, MultifdReceiver, SYNC_BYTES } from "./multifd.ts";
 import {
   compareDigests,
   decodeDigest,
@@ -64,6 +65,8 @@ export interface ReceiveMigrationOptions {
   stallTimeoutMs?: number;
   /** Speak TLS with these server credentials (tls.ts); plaintext when absent. */
   tls?: TlsCreds;
+  /** Capability `multifd` with this many channels (multifd.ts); 0 or absent = off. */
+  multifdChannels?: number;
 }
 
 /** Largest total of all section payloads. */
@@ -98,7 +101,11 @@ export async function receiveMigration(
   try {
     listener = await MigrationListener.open(target, options.tls);
     options.onListening?.(listener.addr);
-    conn = await listener.acceptOne(options.signal);
+    const multifd = options.multifdChannels ?? 0;
+    if (multifd > 0 && options.tls) {
+      throw new TypeError("Cannot receive a migration: multifd with TLS is not supported");
+    }
+    conn = multifd > 0 ? await listener.accept(options.signal) : await listener.acceptOne(options.signal);
     const c = conn;
     const onAbort = () => {
       try {
@@ -107,7 +114,7 @@ export async function receiveMigration(
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await incoming.run(conn, status);
+      await incoming.run(conn, status, { listener, channels: multifd, signal: options.signal });
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
     }
@@ -143,6 +150,7 @@ class IncomingMigration {
   #endMs: number | undefined;
   #writer: MessageWriter | undefined;
   #stallMs: number;
+  #multifd: MultifdReceiver | undefined;
 
   constructor(vm: MigrationVm, _status: MigrationStatusTracker, stallMs: number) {
     this.#vm = vm;
@@ -170,7 +178,27 @@ class IncomingMigration {
     await settleWithin(w.send("nack", encodeReason(reason)), 200);
   }
 
-  async run(conn: Deno.Conn, status: MigrationStatusTracker): Promise<void> {
+  /** Receives on `conn` (and the multifd channels from `mf.listener`). */
+  async run(
+    conn: Deno.Conn,
+    status: MigrationStatusTracker,
+    mf: { listener: MigrationListener; channels: number; signal: AbortSignal | undefined },
+  ): Promise<void> {
+    try {
+      await this.#run(conn, status, mf);
+    } catch (e) {
+      // A channel failure closed the main connection: its reason is the cause.
+      throw this.#multifd?.failure ?? e;
+    } finally {
+      this.#multifd?.close();
+    }
+  }
+
+  async #run(
+    conn: Deno.Conn,
+    status: MigrationStatusTracker,
+    mf: { listener: MigrationListener; channels: number; signal: AbortSignal | undefined },
+  ): Promise<void> {
     const vm = this.#vm;
     const guard = new StallGuard(conn, {
       peer: "source",
@@ -246,6 +274,7 @@ class IncomingMigration {
     expect(h, "config", "after hello");
     const config = decodeConfig(await reader.readPayload(h, MAX_CONFIG_BYTES));
     c.transferredBytes += h.length;
+    checkMultifd(config.config, mf.channels);
     checkCompatibility(config, { config: vm.configAttributes(), host: vm.hostAttributes() });
     await send("ack");
     this.#setupMs = performance.now() - this.#startMs;
@@ -253,6 +282,30 @@ class IncomingMigration {
 
     // ram* state* digest complete
     const digest = new MigrationDigest(vm.memory);
+    if (mf.channels > 0) {
+      h = await next("before the multifd channels");
+      expect(h, "channel", "after ack");
+      const main = decodeChannel(await reader.readPayload(h, 64));
+      this.#multifd = await MultifdReceiver.accept({
+        listener: mf.listener,
+        memory: vm.memory,
+        main,
+        channels: mf.channels,
+        stallTimeoutMs: this.#stallMs,
+        populate: vm.populate !== undefined,
+        onLanded: (runs, zeroPages, rawPages, bytes) => {
+          digest.recordRuns(runs);
+          c.transferredBytes += bytes;
+          c.zeroPages += zeroPages;
+          c.normalPages += rawPages;
+        },
+        ...(mf.signal ? { signal: mf.signal } : {}),
+      });
+      mf.listener.close();
+      this.#multifd.onFailure((e) => {
+        void settleWithin(writer.send("nack", encodeReason(e.message)), 200).then(() => conn.close());
+      });
+    }
     let sourceDigest: SwitchoverDigest | undefined;
     const sections: Section[] = [];
     const ids = new Set<string>();
@@ -272,6 +325,10 @@ class IncomingMigration {
         c.transferredBytes += h.length;
         c.zeroPages += r.zeroPages;
         c.normalPages += r.rawPages;
+        continue;
+      }
+      if (h.kind === "sync" && this.#multifd) {
+        await this.#multifd.sync(decodeSync(await reader.readPayload(h, SYNC_BYTES)));
         continue;
       }
       if (h.kind === "state") {

@@ -114,6 +114,14 @@ export interface RamSenderOptions {
   residency?: (gpa: number, pageCount: number) => Uint8Array | undefined;
   /** The switch-over digest: every sent run is recorded in it. */
   digest?: MigrationDigest;
+  /**
+   * multifd: RAM messages go to these channels instead of the writer, and each pass ends with
+   * their `sync()` (multifd.ts).
+   */
+  channels?: {
+    send(table: Uint8Array, parts: readonly Uint8Array[]): Promise<void>;
+    sync(): Promise<void>;
+  };
 }
 
 /** What one pass sent. */
@@ -147,6 +155,7 @@ export class RamSender {
   #pass: PassResult = { bytes: 0, pages: 0, elapsedMs: 0, sendMs: 0 };
   #residency: RamSenderOptions["residency"];
   #digest: MigrationDigest | undefined;
+  #channels: RamSenderOptions["channels"];
   /** `ferry_scan_runs` output: (first page, count, zero) triples, and where it stopped. */
   #scanOut = new Uint32Array(MAX_RUNS_PER_MESSAGE * 3);
   #scanNext = new Uint32Array(1);
@@ -165,6 +174,7 @@ export class RamSender {
     this.#signal = options.signal;
     this.#residency = options.residency;
     this.#digest = options.digest;
+    this.#channels = options.channels;
   }
 
   /**
@@ -198,6 +208,11 @@ export class RamSender {
     this.#limiter?.reset();
     for (let ri = 0; ri < this.#memory.regions.length; ri++) await walk(ri);
     await this.#flush();
+    if (this.#channels) {
+      const ts = performance.now();
+      await this.#channels.sync();
+      this.#pass.sendMs += performance.now() - ts;
+    }
     this.#pass.elapsedMs = performance.now() - t0;
     return this.#pass;
   }
@@ -300,7 +315,8 @@ export class RamSender {
     this.#zeroPages = 0;
     this.#rawPages = 0;
     const t0 = performance.now();
-    await this.#writer.send("ram", table, ...parts);
+    if (this.#channels) await this.#channels.send(table, parts);
+    else await this.#writer.send("ram", table, ...parts);
     // After the write: a page the guest changes meanwhile is dirty and is sent (and recorded) again.
     this.#digest?.recordRuns(runs);
     c.transferredBytes += bytes;

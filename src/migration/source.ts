@@ -52,6 +52,7 @@ import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter 
 import { settleWithin } from "./_async.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
 import { MigrationBlockedError } from "../devices/device.ts";
+import { multifdAttributes, multifdChannels, MultifdSender } from "./multifd.ts";
 
 const log = logger("migration");
 
@@ -178,6 +179,7 @@ class OutgoingMigration {
   #replies: Promise<void> | undefined;
   #peerError: string | undefined;
   #connClosed = false;
+  #multifd: MultifdSender | undefined;
   // What the rollback must undo.
   #dirtyLogging = false;
   #paused = false;
@@ -350,6 +352,7 @@ class OutgoingMigration {
 
   #finish(to: MigrationStatus, errorDesc?: string): void {
     this.#endMs = performance.now();
+    this.#multifd?.close();
     this.#finished = true;
     if (this.#conn && !this.#connClosed) {
       this.#connClosed = true;
@@ -364,6 +367,7 @@ class OutgoingMigration {
   async #rollback(reason: string): Promise<void> {
     await this.#unthrottle();
     this.#closeConn(reason);
+    this.#multifd?.close();
     const vm = this.#vm;
     if (this.#dirtyLogging) {
       this.#dirtyLogging = false;
@@ -432,7 +436,8 @@ class OutgoingMigration {
         "hello",
         encodeHello({ pageSize: PAGE_SIZE, product: this.#options.product ?? "ferry" }),
       );
-      await writer.send("config", encodeConfig({ config: vm.configAttributes(), host: vm.hostAttributes() }));
+      const config = { ...vm.configAttributes(), ...multifdAttributes(this.#channelCount()) };
+      await writer.send("config", encodeConfig({ config, host: vm.hostAttributes() }));
       const h = await reader.readHeader();
       if (!h) throw new ProtocolError("the destination closed the connection");
       if (h.kind === "nack") {
@@ -444,6 +449,20 @@ class OutgoingMigration {
     guard.setReadTimeout(0);
     this.#replies = this.#readReplies(reader);
     this.#replies.catch(() => {});
+    if (this.#channelCount() > 0) {
+      this.#multifd = await this.#step("open the multifd channels", () => {
+        if (this.#options.tls) throw new TypeError("multifd with TLS is not supported");
+        return MultifdSender.open({
+          uri: this.#uri,
+          memory: vm.memory,
+          channels: this.#channelCount(),
+          writer,
+          stallTimeoutMs: stallMs,
+          connectTimeoutMs: this.#options.connectTimeoutMs ?? 10_000,
+          signal,
+        });
+      });
+    }
 
     await this.#step("start dirty logging", () => {
       vm.startDirtyLog();
@@ -459,6 +478,7 @@ class OutgoingMigration {
       limiter,
       signal,
       digest,
+      ...(this.#multifd ? { channels: this.#multifd } : {}),
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
     });
     const iterStartMs = performance.now();
@@ -584,6 +604,11 @@ class OutgoingMigration {
       }
       throw e;
     }
+  }
+
+  /** multifd channels (capability `multifd`), 0 when off. */
+  #channelCount(): number {
+    return multifdChannels(this.#capabilities, this.#params);
   }
 
   #sync(): Uint32Array[] {

@@ -70,6 +70,10 @@ export const MessageKind = {
   resumed: 9,
   /** S→D, after the last `state`: the switch-over digest of RAM and state (digest.ts). */
   digest: 10,
+  /** S→D, first on a multifd channel (and on the main one): migration id and channel index (multifd.ts). */
+  channel: 11,
+  /** S→D on every multifd channel and then the main one: the end of a pass (u32 sync count). */
+  sync: 12,
 } as const;
 /** A message kind name. */
 export type MessageKindName = keyof typeof MessageKind;

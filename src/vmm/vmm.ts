@@ -22,6 +22,7 @@ import {
   type MigrationHandle,
   type MigrationParameters,
   MigrationStatusTracker,
+  multifdChannels,
   receiveMigration,
   startMigration,
   updateMigrationCapabilities,
@@ -186,6 +187,7 @@ export class Vmm implements MachineControl, MigrationControl {
     this.#incomingAbort = abort;
     this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, {
       signal: abort.signal,
+      multifdChannels: multifdChannels(this.#capabilities, this.#params),
       ...(tls ? { tls } : {}),
     }).then(
       () => {
