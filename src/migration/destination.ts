@@ -41,7 +41,14 @@ import {
 import { receiveRamBatch } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import type { TlsCreds } from "./tls.ts";
-import { checkMultifd, decodeChannel, decodeSync, MultifdReceiver, SYNC_BYTES } from "./multifd.ts";
+import {
+  checkMultifd,
+  decodeChannel,
+  decodeSync,
+  MultifdReceiver,
+  MultifdWorkers,
+  SYNC_BYTES,
+} from "./multifd.ts";
 import {
   compareDigests,
   decodeDigest,
@@ -98,6 +105,10 @@ export async function receiveMigration(
   status.attachInfo(() => incoming.info());
   let listener: MigrationListener | undefined;
   let conn: Deno.Conn | undefined;
+  // multifd: the channel Workers load while the destination waits for its source.
+  const workers = (options.multifdChannels ?? 0) > 0
+    ? new MultifdWorkers(options.multifdChannels!)
+    : undefined;
   try {
     listener = await MigrationListener.open(target, options.tls);
     options.onListening?.(listener.addr);
@@ -114,7 +125,7 @@ export async function receiveMigration(
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await incoming.run(conn, status, { listener, channels: multifd, signal: options.signal });
+      await incoming.run(conn, status, { listener, channels: multifd, signal: options.signal, workers });
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
     }
@@ -133,6 +144,7 @@ export async function receiveMigration(
     status.transition("failed", message);
     throw new Error(message, { cause: e });
   } finally {
+    workers?.close();
     listener?.close();
     if (conn) {
       try {
@@ -182,7 +194,12 @@ class IncomingMigration {
   async run(
     conn: Deno.Conn,
     status: MigrationStatusTracker,
-    mf: { listener: MigrationListener; channels: number; signal: AbortSignal | undefined },
+    mf: {
+      listener: MigrationListener;
+      channels: number;
+      signal: AbortSignal | undefined;
+      workers: MultifdWorkers | undefined;
+    },
   ): Promise<void> {
     try {
       await this.#run(conn, status, mf);
@@ -197,7 +214,12 @@ class IncomingMigration {
   async #run(
     conn: Deno.Conn,
     status: MigrationStatusTracker,
-    mf: { listener: MigrationListener; channels: number; signal: AbortSignal | undefined },
+    mf: {
+      listener: MigrationListener;
+      channels: number;
+      signal: AbortSignal | undefined;
+      workers: MultifdWorkers | undefined;
+    },
   ): Promise<void> {
     const vm = this.#vm;
     const guard = new StallGuard(conn, {
@@ -300,6 +322,7 @@ class IncomingMigration {
           c.normalPages += rawPages;
         },
         ...(mf.signal ? { signal: mf.signal } : {}),
+        ...(mf.workers ? { workers: mf.workers } : {}),
       });
       mf.listener.close();
       this.#multifd.onFailure((e) => {

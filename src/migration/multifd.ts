@@ -207,6 +207,32 @@ class Channel {
   }
 }
 
+/**
+ * Channel Workers started ahead of the connections, so that their modules load while the main
+ * connection says hello (a Worker takes a few hundred ms to start on a busy host).
+ */
+export class MultifdWorkers {
+  /** @internal */
+  readonly channels: Channel[] = [];
+
+  /** Starts `count` Workers. */
+  constructor(count: number) {
+    for (let i = 0; i < count; i++) this.channels.push(new Channel(i));
+  }
+
+  /** Ends the Workers; idempotent. */
+  close(): void {
+    for (const c of this.channels) c.close();
+  }
+}
+
+/** `workers` when they fit `count`, else new ones (those are closed). */
+function takeWorkers(workers: MultifdWorkers | undefined, count: number): Channel[] {
+  if (workers && workers.channels.length === count) return workers.channels;
+  workers?.close();
+  return new MultifdWorkers(count).channels;
+}
+
 /** A promise that rejects when any channel fails (and rejects nothing meanwhile). */
 class FailureLatch {
   failure: Error | undefined;
@@ -247,6 +273,8 @@ export interface MultifdSenderOptions {
   connectTimeoutMs: number;
   /** Aborting closes every channel. */
   signal?: AbortSignal;
+  /** Workers started earlier ({@linkcode MultifdWorkers}). */
+  workers?: MultifdWorkers;
 }
 
 /** Source side: spreads RAM messages over the channels. */
@@ -289,8 +317,7 @@ export class MultifdSender {
     const layout = workerLayout(o.memory);
     const id = crypto.getRandomValues(new Uint8Array(MIGRATION_ID_BYTES));
     await o.writer.send("channel", encodeChannel({ id, index: MAIN_CHANNEL, count: o.channels }));
-    const channels: Channel[] = [];
-    for (let i = 0; i < o.channels; i++) channels.push(new Channel(i));
+    const channels = takeWorkers(o.workers, o.channels);
     const s = new MultifdSender(channels, o.writer, o.memory);
     const onAbort = () => s.close();
     o.signal?.addEventListener("abort", onAbort, { once: true });
@@ -393,6 +420,8 @@ export interface MultifdReceiverOptions {
   /** Every landed RAM message: its runs (for the digest) and counts. */
   onLanded: (runs: RamRun[], zeroPages: number, rawPages: number, bytes: number) => void;
   signal?: AbortSignal;
+  /** Workers started earlier ({@linkcode MultifdWorkers}). */
+  workers?: MultifdWorkers;
 }
 
 /** The socket descriptors of this process, by number, with their inode link. */
@@ -447,6 +476,7 @@ export class MultifdReceiver {
       );
     }
     const layout = workerLayout(o.memory);
+    const workers = takeWorkers(o.workers, o.channels);
     const seen = new Set<number>();
     for (let i = 0; i < o.channels; i++) {
       const before = socketFds();
@@ -472,7 +502,7 @@ export class MultifdReceiver {
       if (fresh.length !== 1) {
         throw new Error(`Cannot accept multifd channel: cannot find its socket (${fresh.length} candidates)`);
       }
-      const c = new Channel(i);
+      const c = workers[i]!;
       this.#channels.push(c);
       c.onFailure = (e) => this.#latch.fail(e);
       c.onReply = (m) => {

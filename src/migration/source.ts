@@ -52,7 +52,7 @@ import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter 
 import { settleWithin } from "./_async.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
 import { MigrationBlockedError } from "../devices/device.ts";
-import { multifdAttributes, multifdChannels, MultifdSender } from "./multifd.ts";
+import { multifdAttributes, multifdChannels, MultifdSender, MultifdWorkers } from "./multifd.ts";
 
 const log = logger("migration");
 
@@ -180,6 +180,7 @@ class OutgoingMigration {
   #peerError: string | undefined;
   #connClosed = false;
   #multifd: MultifdSender | undefined;
+  #multifdWorkers: MultifdWorkers | undefined;
   // What the rollback must undo.
   #dirtyLogging = false;
   #paused = false;
@@ -353,6 +354,7 @@ class OutgoingMigration {
   #finish(to: MigrationStatus, errorDesc?: string): void {
     this.#endMs = performance.now();
     this.#multifd?.close();
+    this.#multifdWorkers?.close();
     this.#finished = true;
     if (this.#conn && !this.#connClosed) {
       this.#connClosed = true;
@@ -368,6 +370,7 @@ class OutgoingMigration {
     await this.#unthrottle();
     this.#closeConn(reason);
     this.#multifd?.close();
+    this.#multifdWorkers?.close();
     const vm = this.#vm;
     if (this.#dirtyLogging) {
       this.#dirtyLogging = false;
@@ -403,6 +406,8 @@ class OutgoingMigration {
     const vm = this.#vm;
     const signal = this.#abort.signal;
     const c = this.#counters;
+    // The channel Workers load while the main connection is set up.
+    if (this.#channelCount() > 0) this.#multifdWorkers = new MultifdWorkers(this.#channelCount());
 
     const conn = await this.#step(
       "connect to the destination",
@@ -460,6 +465,7 @@ class OutgoingMigration {
           stallTimeoutMs: stallMs,
           connectTimeoutMs: this.#options.connectTimeoutMs ?? 10_000,
           signal,
+          ...(this.#multifdWorkers ? { workers: this.#multifdWorkers } : {}),
         });
       });
     }
