@@ -18,7 +18,7 @@ import {
 } from "../kvm/kvm.ts";
 import { applySregs, encodeRegs } from "../kvm/regs.ts";
 import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
-import { allocateRam, freeRam, hostGuestMemory } from "../memory/host_memory.ts";
+import { allocateRam, freeRam, hostGuestMemory, preallocRam } from "../memory/host_memory.ts";
 import { logger } from "../util/log.ts";
 import { loadKernel } from "./boot/mod.ts";
 import { ramRegions } from "./boot/layout.ts";
@@ -42,6 +42,8 @@ export type PciDeviceSpec =
 /** What a VM is made of (from the command line). */
 export interface VmSpec {
   memoryBytes: number;
+  /** `-mem-prealloc`: back all guest RAM before the VM starts (or waits for its migration). */
+  memPrealloc?: boolean;
   cpus: number;
   kernel?: { path: string; cmdline: string; initrd?: string };
   serial: SerialSink;
@@ -198,6 +200,14 @@ export class Vm {
     vmFd.createIrqchip();
     vmFd.createPit2();
     const layout = allocateRam(ramRegions(spec.memoryBytes));
+    if (spec.memPrealloc) {
+      try {
+        await preallocRam(layout);
+      } catch (e) {
+        freeRam(layout);
+        throw e;
+      }
+    }
     for (const r of layout.regions) {
       vmFd.setMemorySlot({
         slot: r.slot,
