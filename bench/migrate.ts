@@ -1,6 +1,6 @@
 /**
  * `deno task bench migrate [--runs N] [--scenario idle,dirty,filled] [--rate PAGES_PER_S]
- * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--multifd 0,2,4] [--only WORDS]`:
+ * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--multifd 0,2,4] [--prealloc on] [--only WORDS]`:
  * live migration, ferry beside QEMU, on the same probe guest, sizes and parameters, on this host.
  *
  * Filled (issue 9): a 512 MiB and a 2 GiB guest whose work area (all RAM above 16 MiB but 16 MiB,
@@ -12,6 +12,7 @@
  * `--scenario filled --only 512M` for a quick look. `--multifd 0,2,4` (default `0,2`): each filled
  * row once per channel count, capability `multifd` with `multifd-channels` N on both sides of both
  * VMMs (0 = off; ids end in `-mfdN`); those destinations start with `-incoming defer`.
+ * `--prealloc on`: both VMMs' destinations start with `-mem-prealloc` (RAM backed before `migrate`).
  *
  * Scenarios (issue 4): a 1 GiB guest idle (`mode=idle`) and a 256 MiB guest dirtying 128 MiB at a
  * converging rate (`mode=dirty mib=128 rate=R`), each over `tcp:127.0.0.1:PORT` and `unix:PATH`,
@@ -84,6 +85,8 @@ export interface MigrateOptions {
   only: string[];
   /** filled, running: pages per second the guest keeps rewriting after the fill. */
   fillRate: number;
+  /** Destinations of both VMMs start with `-mem-prealloc`. */
+  prealloc: boolean;
   /** filled: multifd channel counts to run (0 = capability off). */
   multifd: number[];
   /** Which workloads to run (`--scenario idle,dirty,filled`). */
@@ -102,6 +105,8 @@ interface Scenario {
   downtimeGoalMs: number;
   /** filled: QMP `stop` on the source once the guest has filled its area (else it keeps running). */
   paused?: boolean;
+  /** The destination starts with `-mem-prealloc`. */
+  prealloc?: boolean;
   /** Capability `multifd` with this many channels on both sides; 0/absent = off. */
   multifd?: number;
 }
@@ -157,6 +162,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     only: [],
     fillRate: DEFAULT_FILL_RATE,
     multifd: [0, 2],
+    prealloc: false,
     workloads: ["idle", "dirty", "filled"],
     qemu: qemuBinary(),
   };
@@ -167,6 +173,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     else if (k === "only") o.only = v.split(",").filter((x) => x);
     else if (k === "qemu") o.qemu = v === "none" ? undefined : v;
     else if (k === "fill-rate") o.fillRate = Number.parseInt(v, 10);
+    else if (k === "prealloc") o.prealloc = !["false", "off", "0"].includes(v);
     else if (k === "multifd") {
       o.multifd = v.split(",").map((x) => Number.parseInt(x, 10));
       if (o.multifd.some((n) => !(n >= 0 && n <= 255))) {
@@ -183,7 +190,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     } else {
       throw new Error(
         `Cannot use option '--${k}' with migrate: choose from --runs, --rate, --bandwidth, --only, ` +
-          "--scenario, --fill-rate, --multifd, --qemu",
+          "--scenario, --fill-rate, --multifd, --prealloc, --qemu",
       );
     }
   }
@@ -216,6 +223,7 @@ function scenarios(o: MigrateOptions): Scenario[] {
                 multifd ? `-mfd${multifd}` : ""
               }`,
               multifd,
+              prealloc: o.prealloc,
               workload: "filled",
               memMiB,
               append: `mode=fill mib=${memMiB - 32} rate=${paused ? 0 : o.fillRate} ${GUEST_COMMON}`,
@@ -270,7 +278,7 @@ function vmArgs(
     "-serial",
     "stdio",
   ];
-  const inc = incoming ? ["-incoming", incoming] : [];
+  const inc = incoming ? ["-incoming", incoming, ...(sc.prealloc ? ["-mem-prealloc"] : [])] : [];
   if (vmm === "ferry") {
     return ferryCommand(["-machine", "q35", ...guest, "-qmp", `unix:${qmpPath},server,nowait`, ...inc]);
   }

@@ -107,7 +107,7 @@ export async function receiveMigration(
   let conn: Deno.Conn | undefined;
   // multifd: the channel Workers load while the destination waits for its source.
   const workers = (options.multifdChannels ?? 0) > 0
-    ? new MultifdWorkers(options.multifdChannels!)
+    ? MultifdWorkers.take(options.multifdChannels!)
     : undefined;
   try {
     listener = await MigrationListener.open(target, options.tls);

@@ -57,4 +57,4 @@ export {
   type StartMigrationOptions,
 } from "./source.ts";
 export { receiveMigration, type ReceiveMigrationOptions } from "./destination.ts";
-export { multifdChannels } from "./multifd.ts";
+export { multifdChannels, prewarmMultifd } from "./multifd.ts";

@@ -224,6 +224,29 @@ export class MultifdWorkers {
   close(): void {
     for (const c of this.channels) c.close();
   }
+
+  /** The Workers {@linkcode prewarmMultifd} started, when they are `count`; else new ones. */
+  static take(count: number): MultifdWorkers {
+    const w = warm;
+    if (w && w.channels.length === count) {
+      warm = undefined;
+      return w;
+    }
+    return new MultifdWorkers(count);
+  }
+}
+
+let warm: MultifdWorkers | undefined;
+
+/**
+ * Starts `count` channel Workers now (0: ends them), so that the next migration (either side)
+ * finds them loaded instead of paying a few hundred ms in its setup. The VMM calls it when
+ * `multifd` or `multifd-channels` is set.
+ */
+export function prewarmMultifd(count: number): void {
+  if (warm?.channels.length === count) return;
+  warm?.close();
+  warm = count > 0 ? new MultifdWorkers(count) : undefined;
 }
 
 /** `workers` when they fit `count`, else new ones (those are closed). */

@@ -181,6 +181,8 @@ class OutgoingMigration {
   #connClosed = false;
   #multifd: MultifdSender | undefined;
   #multifdWorkers: MultifdWorkers | undefined;
+  /** multifd channels, fixed at the start (a later `multifd-channels` applies to the next migration). */
+  #channels: number | undefined;
   // What the rollback must undo.
   #dirtyLogging = false;
   #paused = false;
@@ -407,7 +409,7 @@ class OutgoingMigration {
     const signal = this.#abort.signal;
     const c = this.#counters;
     // The channel Workers load while the main connection is set up.
-    if (this.#channelCount() > 0) this.#multifdWorkers = new MultifdWorkers(this.#channelCount());
+    if (this.#channelCount() > 0) this.#multifdWorkers = MultifdWorkers.take(this.#channelCount());
 
     const conn = await this.#step(
       "connect to the destination",
@@ -614,7 +616,8 @@ class OutgoingMigration {
 
   /** multifd channels (capability `multifd`), 0 when off. */
   #channelCount(): number {
-    return multifdChannels(this.#capabilities, this.#params);
+    this.#channels ??= multifdChannels(this.#capabilities, this.#params);
+    return this.#channels;
   }
 
   #sync(): Uint32Array[] {

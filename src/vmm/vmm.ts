@@ -23,6 +23,7 @@ import {
   type MigrationParameters,
   MigrationStatusTracker,
   multifdChannels,
+  prewarmMultifd,
   receiveMigration,
   startMigration,
   updateMigrationCapabilities,
@@ -406,6 +407,7 @@ export class Vmm implements MachineControl, MigrationControl {
       throw new QmpError("GenericError", (e as Error).message);
     }
     this.#active?.setParameters(this.#params);
+    if (!this.#migration.isActive) prewarmMultifd(multifdChannels(this.#capabilities, this.#params));
   }
 
   /** `migrate-set-capabilities`; refused during a migration, as QEMU does. */
@@ -418,6 +420,7 @@ export class Vmm implements MachineControl, MigrationControl {
     } catch (e) {
       throw new QmpError("GenericError", (e as Error).message);
     }
+    prewarmMultifd(multifdChannels(this.#capabilities, this.#params));
   }
 
   capabilities(): MigrationCapabilityStatus[] {
