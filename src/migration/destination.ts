@@ -315,8 +315,8 @@ class IncomingMigration {
         channels: mf.channels,
         stallTimeoutMs: this.#stallMs,
         populate: vm.populate !== undefined,
-        onLanded: (runs, zeroPages, rawPages, bytes) => {
-          digest.recordRuns(runs);
+        digestTables: digest.tables,
+        onLanded: (zeroPages, rawPages, bytes) => {
           c.transferredBytes += bytes;
           c.zeroPages += zeroPages;
           c.normalPages += rawPages;

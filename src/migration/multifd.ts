@@ -25,7 +25,7 @@
 import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
 import type { MigrationCapabilities, MigrationParameters } from "./parameters.ts";
 import type { MigrationListener } from "./transport.ts";
-import { type MessageWriter, ProtocolError, type RamRun } from "./stream.ts";
+import { type MessageWriter, ProtocolError } from "./stream.ts";
 
 /** Index in the `channel` message that marks the main connection. */
 export const MAIN_CHANNEL = 0xffff;
@@ -143,7 +143,7 @@ type WorkerReply =
   | { type: "sent" }
   | { type: "synced"; n: number }
   | { type: "hello"; id: Uint8Array; index: number; count: number }
-  | { type: "landed"; runs: Float64Array; zeroPages: number; rawPages: number; bytes: number }
+  | { type: "landed"; zeroPages: number; rawPages: number; bytes: number }
   | { type: "error"; message: string };
 
 /** One Worker and its connection, as seen from the main thread. */
@@ -372,6 +372,14 @@ export class MultifdSender {
     return this.#latch.failure;
   }
 
+  /**
+   * The channels record every run they send in these switch-over digest tables
+   * (`MigrationDigest.tables`), so the checksums run on the channel Workers.
+   */
+  recordInto(tables: readonly Uint32Array[]): void {
+    for (const c of this.#channels) c.post({ type: "digest", tables });
+  }
+
   #wakeCredit(): void {
     const ws = this.#creditWaiters;
     this.#creditWaiters = [];
@@ -440,8 +448,10 @@ export interface MultifdReceiverOptions {
   stallTimeoutMs: number;
   /** Whether to back RAM ahead of the landing (`MigrationVm.populate` is present). */
   populate: boolean;
-  /** Every landed RAM message: its runs (for the digest) and counts. */
-  onLanded: (runs: RamRun[], zeroPages: number, rawPages: number, bytes: number) => void;
+  /** Every landed RAM message: its counts. */
+  onLanded: (zeroPages: number, rawPages: number, bytes: number) => void;
+  /** The switch-over digest tables (`MigrationDigest.tables`): the Workers record what lands. */
+  digestTables: readonly Uint32Array[];
   signal?: AbortSignal;
   /** Workers started earlier ({@linkcode MultifdWorkers}). */
   workers?: MultifdWorkers;
@@ -530,11 +540,7 @@ export class MultifdReceiver {
       c.onFailure = (e) => this.#latch.fail(e);
       c.onReply = (m) => {
         if (m.type === "landed") {
-          const runs: RamRun[] = [];
-          for (let k = 0; k < m.runs.length; k += 3) {
-            runs.push({ gpa: m.runs[k]!, pageCount: m.runs[k + 1]!, zero: m.runs[k + 2] === 1 });
-          }
-          o.onLanded(runs, m.zeroPages, m.rawPages, m.bytes);
+          o.onLanded(m.zeroPages, m.rawPages, m.bytes);
           return;
         }
         c.dispatch(m);
@@ -547,6 +553,7 @@ export class MultifdReceiver {
         layout,
         stallMs: o.stallTimeoutMs,
         populate: o.populate,
+        tables: o.digestTables,
       });
       const h = await this.#latch.race(hello);
       if (!sameId(h.id, o.main.id)) {

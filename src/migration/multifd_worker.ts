@@ -15,13 +15,16 @@ import { shim } from "../ffi/shim.ts";
 import { connectMigration, parseMigrationUri, StallGuard } from "./transport.ts";
 import {
   decodeReason,
+  decodeRuns,
   HEADER_BYTES,
   MAX_REASON_BYTES,
   MessageReader,
   MessageWriter,
   ProtocolError,
+  RAM_PREFIX_BYTES,
 } from "./stream.ts";
 import { landRawRun, landZeroRun, readRunTable } from "./ram.ts";
+import { recordPages } from "./digest.ts";
 import {
   CHANNEL_BYTES,
   decodeChannel,
@@ -50,6 +53,8 @@ interface DestinationInit {
   layout: MemoryLayout;
   stallMs: number;
   populate: boolean;
+  /** Switch-over digest tables (shared with the main thread). */
+  tables: Uint32Array[];
 }
 
 type Incoming =
@@ -57,6 +62,7 @@ type Incoming =
   | DestinationInit
   | { type: "batch"; table: Uint8Array; parts: number[] }
   | { type: "sync"; n: number }
+  | { type: "digest"; tables: Uint32Array[] }
   | { type: "go" };
 
 // deno-lint-ignore no-explicit-any
@@ -99,6 +105,8 @@ self_.onmessage = (e: MessageEvent<Incoming>) => {
 
 let writer: MessageWriter | undefined;
 let views: Uint8Array[] = [];
+let gpas: number[] = [];
+let tables: Uint32Array[] | undefined;
 
 async function sourceStep(m: Incoming): Promise<void> {
   if (m.type === "init" && m.role === "source") {
@@ -111,6 +119,7 @@ async function sourceStep(m: Incoming): Promise<void> {
     const guard = new StallGuard(conn, { peer: "destination", writeTimeoutMs: m.stallMs });
     writer = new MessageWriter(guard);
     views = hostGuestMemory(m.layout).regions.map((r) => r.bytes);
+    gpas = m.layout.regions.map((r) => r.gpa);
     await send("channel", encodeChannel({ id: m.id, index: m.index, count: m.count }));
     post({ type: "ready" });
     return;
@@ -122,7 +131,19 @@ async function sourceStep(m: Incoming): Promise<void> {
       parts.push(views[m.parts[i]!]!.subarray(off, off + m.parts[i + 2]!));
     }
     await send("ram", ...parts);
+    // Right after the write, as the single-connection sender records (digest.ts).
+    if (tables) {
+      for (const run of decodeRuns(m.table.subarray(RAM_PREFIX_BYTES))) {
+        let ri = gpas.length - 1;
+        while (ri > 0 && run.gpa < gpas[ri]!) ri--;
+        recordPages(tables[ri]!, views[ri]!, run.gpa - gpas[ri]!, run.pageCount, run.zero);
+      }
+    }
     post({ type: "sent" });
+    return;
+  }
+  if (m.type === "digest") {
+    tables = m.tables;
     return;
   }
   if (m.type === "sync") {
@@ -214,7 +235,6 @@ async function receive(m: DestinationInit): Promise<void> {
       if (!h) throw new ProtocolError("the source closed the connection");
       if (h.kind === "ram") {
         const runs = await readRunTable(reader, h, memory);
-        const out = new Float64Array(runs.length * 3);
         let zeroPages = 0;
         let rawPages = 0;
         for (let i = 0; i < runs.length; i++) {
@@ -226,13 +246,10 @@ async function receive(m: DestinationInit): Promise<void> {
             await landRawRun(reader, run, land);
             rawPages += run.pageCount;
           }
-          out[i * 3] = run.gpa;
-          out[i * 3 + 1] = run.pageCount;
-          out[i * 3 + 2] = run.zero ? 1 : 0;
+          const table = m.tables[memory.regions.indexOf(run.region)]!;
+          recordPages(table, run.region.bytes, run.off, run.pageCount, run.zero);
         }
-        post({ type: "landed", runs: out, zeroPages, rawPages, bytes: HEADER_BYTES + h.length }, [
-          out.buffer,
-        ]);
+        post({ type: "landed", zeroPages, rawPages, bytes: HEADER_BYTES + h.length });
         continue;
       }
       if (h.kind === "sync") {

@@ -171,7 +171,7 @@ export interface MigrationCapabilities {
    * sides (multifd.ts); the main connection keeps control and state. Both sides must set it.
    * @default {false}
    */
-  multifd: boolean;
+  multifd?: boolean;
 }
 
 /** The default capabilities. */

@@ -49,7 +49,9 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
   assert.equal(c["auto-converge"], true);
   assert.deepEqual(updateMigrationCapabilities(c, [{ capability: "auto-converge", state: false }]), {
     "auto-converge": false,
+    multifd: false,
   });
+  assert.equal(updateMigrationCapabilities(c, [{ capability: "multifd", state: true }]).multifd, true);
   assert.throws(
     () =>
       updateMigrationCapabilities(c, [{ capability: "auto-converge", state: false }, {
@@ -62,5 +64,8 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
     () => updateMigrationCapabilities(c, [{ capability: "auto-converge", state: 1 }]),
     /must be a boolean/,
   );
-  assert.deepEqual(listMigrationCapabilities(c), [{ capability: "auto-converge", state: true }]);
+  assert.deepEqual(listMigrationCapabilities(c), [
+    { capability: "auto-converge", state: true },
+    { capability: "multifd", state: false },
+  ]);
 });

@@ -482,11 +482,12 @@ class OutgoingMigration {
     const limiter = new RateLimiter(this.#params["max-bandwidth"]);
     this.#limiter = limiter;
     const digest = new MigrationDigest(vm.memory);
+    this.#multifd?.recordInto(digest.tables);
     const sender = new RamSender(writer, vm.memory, c, {
       limiter,
       signal,
-      digest,
-      ...(this.#multifd ? { channels: this.#multifd } : {}),
+      // multifd: the channel Workers record what they send in the digest.
+      ...(this.#multifd ? { channels: this.#multifd } : { digest }),
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
     });
     const iterStartMs = performance.now();
