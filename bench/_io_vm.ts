@@ -10,6 +10,30 @@
 export interface TimedLine {
   t: number;
   text: string;
+  /**
+   * Host CPU seconds the process had used outside its guest when the line arrived (only for lines
+   * matching the process's `cpuAt` pattern): see {@linkcode hostCpuSeconds}.
+   */
+  cpu?: number;
+}
+
+/** Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux). */
+const USER_HZ = 100;
+
+/**
+ * CPU seconds process `pid` (all its threads, exited ones included) spent on the host, without the
+ * time its vCPU threads ran the guest: utime + stime − guest_time from /proc/PID/stat (the guest's
+ * own spinning is not VMM work). NaN when unreadable.
+ */
+export function hostCpuSeconds(pid: number): number {
+  try {
+    const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" "); // f[0] is field 3 (state)
+    const utime = Number(f[11]), stime = Number(f[12]), guest = Number(f[40]);
+    return (utime + stime - guest) / USER_HZ;
+  } catch {
+    return NaN;
+  }
 }
 
 /** A child process scanned line by line; see the module doc. */
@@ -21,10 +45,20 @@ export class TimedProcess {
   #ended = false;
   readonly #pumps: Promise<void>[];
 
-  constructor(cmd: string, args: string[]) {
+  /**
+   * @param cpuAt lines matching it get {@linkcode TimedLine.cpu} (the process must be the VMM
+   *   itself: `ip netns exec` execs it in place)
+   */
+  constructor(cmd: string, args: string[], cpuAt?: RegExp) {
     this.child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" }).spawn();
+    const pid = this.child.pid;
+    const push = (text: string) => {
+      const l: TimedLine = { t: performance.now(), text };
+      if (cpuAt?.test(text)) l.cpu = hostCpuSeconds(pid);
+      this.lines.push(l);
+    };
     this.#pumps = [
-      this.#pump(this.child.stdout, (text) => this.lines.push({ t: performance.now(), text })).then(() => {
+      this.#pump(this.child.stdout, push).then(() => {
         this.#ended = true;
         this.#notify();
       }),

@@ -24,6 +24,12 @@
  * between them. The blaster's offered and refused rates are printed: when it had no frame refused
  * (tap queue never full), it and not the VMM set the RX rate.
  *
+ * Efficiency beside speed (every group): `… per CPU s` rows are requests (or frames) per second of
+ * host CPU the VMM process used outside its guest (utime + stime − guest_time of /proc/PID/stat, all
+ * threads) between the first and last rate lines of the run; the guest's own spinning is not counted.
+ * They move much less with the host's load than the rates do, which on a shared 2-core host swing by
+ * ±50–150% between runs.
+ *
  * `--only WORDS` keeps the groups whose id contains every word (ids: `blk-<writeback|direct>-<seq64k-d32|
  * 4k-d1|4k-d32>`, `net-tx`, `net-rx`; e.g. `--only blk,direct`); `--verbose=1` (with `=`: main.ts
  * takes the next argument as an option's value) prints every run's value under the table.
@@ -40,6 +46,7 @@ import {
   type IoNetns,
   removeNetnsSync,
   startBlaster,
+  type TimedLine,
   TimedProcess,
 } from "./_io_vm.ts";
 
@@ -181,7 +188,7 @@ async function withVm<T>(
   c: { cmd: string; args: string[] },
   body: (vm: TimedProcess) => Promise<T>,
 ): Promise<T> {
-  const vm = new TimedProcess(c.cmd, c.args);
+  const vm = new TimedProcess(c.cmd, c.args, CPU_AT);
   ctx.live.add(vm);
   try {
     return await body(vm);
@@ -194,6 +201,18 @@ async function withVm<T>(
 function assertClean(vm: TimedProcess): void {
   const bad = vm.lines.find((l) => BAD.test(l.text));
   if (bad) throw new Error(`guest reported '${bad.text}'`);
+}
+
+/** The guest lines at which the VMM's host CPU time is sampled (TimedLine.cpu). */
+const CPU_AT = /PROBE (BLK RATE|NET RATE|NET TX seq)/;
+
+/**
+ * Operations per host CPU second of the VMM (its CPU time outside the guest, hostCpuSeconds)
+ * between two sampled lines; NaN when the time did not advance by at least 2 clock ticks.
+ */
+function perCpuSecond(ops: number, a: TimedLine, b: TimedLine): number {
+  const d = (b.cpu ?? NaN) - (a.cpu ?? NaN);
+  return d >= 0.02 ? ops / d : NaN;
 }
 
 /** Median of the rounds after the first (warm-up). */
@@ -227,6 +246,7 @@ function blkGroup(ctx: Ctx, cache: Cache, s: Shape): Group {
     metrics: [
       { name: "write", label: `${tag} write`, unit: s.unit },
       { name: "read", label: `${tag} read`, unit: s.unit },
+      { name: "cpu", label: `${tag} per CPU s`, unit: "req" },
     ],
     results: { ferry: [], qemu: [] },
     errors: { ferry: [], qemu: [] },
@@ -235,7 +255,7 @@ function blkGroup(ctx: Ctx, cache: Cache, s: Shape): Group {
       withVm(ctx, vmCommand(ctx, vmm, append, dev, false), async (vm) => {
         await vm.waitFor(/PROBE EXIT/, 120_000);
         assertClean(vm);
-        const w: number[] = [], r: number[] = [];
+        const w: number[] = [], r: number[] = [], at: TimedLine[] = [];
         for (const l of vm.lines) {
           const m = l.text.match(
             /PROBE BLK RATE round=\d+ write_kibps=(\d+) read_kibps=(\d+) write_iops=(\d+) read_iops=(\d+)/,
@@ -243,9 +263,13 @@ function blkGroup(ctx: Ctx, cache: Cache, s: Shape): Group {
           if (!m) continue;
           w.push(s.unit === "IOPS" ? Number(m[3]) : Number(m[1]) / 1024);
           r.push(s.unit === "IOPS" ? Number(m[4]) : Number(m[2]) / 1024);
+          at.push(l);
         }
         if (w.length < BLK_ROUNDS) throw new Error(`only ${w.length} of ${BLK_ROUNDS} RATE lines`);
-        return { write: steady(w), read: steady(r) };
+        // Each round writes then reads the whole area: 2 × mib / reqKiB requests (and one flush).
+        const perRound = 2 * (mib * 1024) / s.reqKiB;
+        const cpu = perCpuSecond((at.length - 1) * perRound, at[0]!, at.at(-1)!);
+        return { write: steady(w), read: steady(r), cpu };
       }),
   };
 }
@@ -272,7 +296,10 @@ function netTxGroup(ctx: Ctx): Group {
   const append = `mode=net net_burst=${NET_TX_BURST} rounds=${NET_TX_ROUNDS} interval_ms=100 cpus=1`;
   return {
     id: "net-tx",
-    metrics: [{ name: "tx", label: "net TX 60B frames", unit: "frames/s" }],
+    metrics: [
+      { name: "tx", label: "net TX 60B frames", unit: "frames/s" },
+      { name: "cpu", label: "net TX per CPU s", unit: "frames" },
+    ],
     results: { ferry: [], qemu: [] },
     errors: { ferry: [], qemu: [] },
     notes: [`bursts of ${NET_TX_BURST}`],
@@ -280,12 +307,11 @@ function netTxGroup(ctx: Ctx): Group {
       withVm(ctx, vmCommand(ctx, vmm, append, netDev(ctx), true), async (vm) => {
         await vm.waitFor(/PROBE EXIT/, 60_000);
         assertClean(vm);
-        const tx = vm.lines.flatMap((l) => {
-          const m = l.text.match(/PROBE NET RATE tx_fps=(\d+)/);
-          return m ? [Number(m[1])] : [];
-        });
+        const at = vm.lines.filter((l) => /PROBE NET RATE tx_fps=\d+/.test(l.text));
+        const tx = at.map((l) => Number(l.text.match(/tx_fps=(\d+)/)![1]));
         if (tx.length < NET_TX_ROUNDS) throw new Error(`only ${tx.length} of ${NET_TX_ROUNDS} RATE lines`);
-        return { tx: steady(tx) };
+        // A RATE line ends each burst.
+        return { tx: steady(tx), cpu: perCpuSecond((at.length - 1) * NET_TX_BURST, at[0]!, at.at(-1)!) };
       }),
   };
 }
@@ -296,7 +322,10 @@ function netRxGroup(ctx: Ctx): Group {
   const blaster: Record<Vmm, { offered: number; refused: number }[]> = { ferry: [], qemu: [] };
   return {
     id: "net-rx",
-    metrics: [{ name: "rx", label: "net RX 60B frames", unit: "frames/s" }],
+    metrics: [
+      { name: "rx", label: "net RX 60B frames", unit: "frames/s" },
+      { name: "cpu", label: "net RX per CPU s", unit: "frames" },
+    ],
     results: { ferry: [], qemu: [] },
     errors: { ferry: [], qemu: [] },
     notes: [],
@@ -320,12 +349,12 @@ function netRxGroup(ctx: Ctx): Group {
         assertClean(vm);
         const inWindow = vm.lines.flatMap((l) => {
           const m = l.text.match(/PROBE NET TX seq=\d+ rx=(\d+)/);
-          return m && l.t > t0 + BLAST_SETTLE_MS && l.t < t1 ? [{ t: l.t, rx: Number(m[1]) }] : [];
+          return m && l.t > t0 + BLAST_SETTLE_MS && l.t < t1 ? [{ t: l.t, rx: Number(m[1]), line: l }] : [];
         });
         if (inWindow.length < 5) throw new Error(`only ${inWindow.length} NET TX lines during the blast`);
         const a = inWindow[0]!, b = inWindow.at(-1)!;
         blaster[vmm].push({ offered: (sent + ref) / secs, refused: ref / secs });
-        return { rx: (b.rx - a.rx) / ((b.t - a.t) / 1000) };
+        return { rx: (b.rx - a.rx) / ((b.t - a.t) / 1000), cpu: perCpuSecond(b.rx - a.rx, a.line, b.line) };
       }),
   };
 }
@@ -427,11 +456,12 @@ export async function benchIo(o: IoOptions): Promise<Row[]> {
     );
     for (const g of chosen) {
       for (const m of g.metrics) {
-        const fv = median(g.results.ferry.map((x) => x[m.name]!));
-        const qv = o.qemu ? median(g.results.qemu.map((x) => x[m.name]!)) : NaN;
+        const values = (v: Vmm) => g.results[v].map((x) => x[m.name]!).filter(Number.isFinite);
+        const fv = median(values("ferry"));
+        const qv = o.qemu ? median(values("qemu")) : NaN;
         const ratio = fv / qv;
         const ok = vmms.map((v) => `${g.results[v].length}/${o.runs}`).join(" ");
-        const sp = vmms.map((v) => spread(g.results[v].map((x) => x[m.name]!))).join("/");
+        const sp = vmms.map((v) => spread(values(v))).join("/");
         const notes = [...g.notes];
         if (g.blaster) {
           for (const v of vmms) {

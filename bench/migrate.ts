@@ -34,6 +34,8 @@ import { BenchVm, freePort } from "./_migrate_vm.ts";
 import { lineChart, type Panel, type Series } from "./_svg_chart.ts";
 import { ferryCommand, median, out, PROBE, qemuBaseArgs, qemuBinary, ROOT } from "./_util.ts";
 import { benchMigrateTls } from "./migrate_tls.ts";
+import { benchMigratePostcopy } from "./migrate_postcopy.ts";
+import { benchMigrateSnapshot } from "./migrate_snapshot.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MIB = 1024 * 1024;
@@ -579,10 +581,20 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
   const list = scenarios(o);
   // The TLS rows (migrate_tls.ts) run with the rest, or alone with --only tls.
   const tls = o.only.every((w) => "tls-fill-448M-tcp".includes(w));
-  if (list.length === 0 && !tls) {
+  // The snapshot rows (migrate_snapshot.ts) likewise, or alone with --only snapshot.
+  const snapshot = o.only.every((w) => "snapshot-fill-448M".includes(w));
+  // The post-copy row (migrate_postcopy.ts) likewise, or alone with --only postcopy.
+  const postcopy = o.only.every((w) => "postcopy-dirty-192M-25MBps".includes(w));
+  if (list.length === 0 && !tls && !snapshot && !postcopy) {
     throw new Error(`Cannot run migrate: --only '${o.only.join(",")}' matches no scenario`);
   }
-  if (list.length === 0) return await benchMigrateTls(o);
+  if (list.length === 0) {
+    return [
+      ...(tls ? await benchMigrateTls(o) : []),
+      ...(snapshot ? await benchMigrateSnapshot(o) : []),
+      ...(postcopy ? await benchMigratePostcopy(o) : []),
+    ];
+  }
   out(`migrate: probe guest, 1 vCPU, ${o.runs} runs per VMM and scenario, interleaved, median`);
   out(
     "  guest runs native=0 (emulated ring 0): in native mode it needs the PVM MSR 0x4b564d10, which " +
@@ -722,6 +734,14 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
   if (tls) {
     out();
     rows.push(...await benchMigrateTls(o));
+  }
+  if (snapshot) {
+    out();
+    rows.push(...await benchMigrateSnapshot(o));
+  }
+  if (postcopy) {
+    out();
+    rows.push(...await benchMigratePostcopy(o));
   }
   return rows;
 }

@@ -36,6 +36,17 @@ const MAX_FAIL_LINES = 4; // per round
 pub var last_round: u64 = 0;
 /// Sectors written (or read, read-only) so far: the progress count.
 var count: u64 = 0;
+/// Polls that found no completion yet. Written on every poll, so a guest waiting for its disk (a
+/// slow host flush) still dirties memory, as a real driver's bookkeeping does: a migration pass
+/// never finds this guest's RAM clean while it runs.
+var idle_polls: u64 = 0;
+
+/// One poll of the used ring that found nothing: count it, then pause.
+fn idlePoll() void {
+    const p: *volatile u64 = &idle_polls;
+    p.* +%= 1;
+    probe.cpuPause();
+}
 
 pub fn fill(round: u64, sector: u64) u64 {
     return probe.mix((round << 40) ^ sector);
@@ -131,7 +142,7 @@ const Blk = struct {
             const p = b.q.pending();
             if (p == 0) {
                 if (dl.expired()) return error.Timeout;
-                probe.cpuPause();
+                idlePoll();
                 continue;
             }
             if (p > b.q.size) {
@@ -174,7 +185,7 @@ const Blk = struct {
             const p = b.q.pending();
             if (p == 0) {
                 if (dl.expired()) return error.Timeout;
-                probe.cpuPause();
+                idlePoll();
                 continue;
             }
             if (p > b.q.size) {

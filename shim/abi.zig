@@ -17,7 +17,10 @@ fn off(comptime T: type, comptime field: []const u8, comptime name: [:0]const u8
 
 const Run = c.struct_kvm_run;
 
-pub const table = [_]Entry{
+/// The whole table: the KVM structs, then the userfaultfd ones (uffd.zig).
+pub const table = kvm_table ++ @import("uffd.zig").abi_entries;
+
+const kvm_table = [_]Entry{
     off(Run, "immediate_exit", "kvm_run.immediate_exit"),
     off(Run, "exit_reason", "kvm_run.exit_reason"),
     // The exit union starts at offset 32 for every exit kind.

@@ -18,6 +18,7 @@ comptime {
     _ = @import("uring.zig"); // io_uring primitives (virtio-blk)
     _ = @import("vectored.zig"); // readv/writev (virtio-net)
     _ = @import("scan.zig"); // migration data path: page scanning
+    _ = @import("uffd.zig"); // userfaultfd (post-copy)
 }
 
 inline fn ret(r: usize) isize {
@@ -197,4 +198,5 @@ test {
     _ = @import("vectored.zig");
     _ = crc32c;
     _ = @import("scan.zig");
+    _ = @import("uffd.zig");
 }

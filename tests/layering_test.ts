@@ -1,6 +1,6 @@
 /**
  * Imports point down (STYLE.md c.2): main.ts → vmm → qmp, migration, client, config → machine →
- * devices, bus → memory, kvm → ffi, util. A module may import its own layer or below, never above.
+ * devices, bus → memory, kvm, sys → ffi, util. A module may import its own layer or below, never above.
  */
 import assert from "node:assert/strict";
 import { ROOT } from "./_fixture/ferry.ts";
@@ -10,6 +10,7 @@ const RANK: Record<string, number> = {
   ffi: 1,
   kvm: 2,
   memory: 2,
+  sys: 2,
   bus: 3,
   devices: 3,
   machine: 4,

@@ -7,7 +7,6 @@ import {
   assertGuestRuns,
   assertNoStackTrace,
   FINAL,
-  freePort,
   type QmpMessage,
   ram,
   runState,
@@ -17,6 +16,7 @@ import {
   tempDir,
   type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 
 const PATTERN = "mode=pattern mib=8 interval_ms=50";
@@ -69,12 +69,8 @@ Deno.test("migrate_cancel before any migration is a no-op: it returns {}, emits 
 
 for (const state of ["setup", "active"] as const) {
   Deno.test(`migrate_cancel twice during ${state} leaves the source running, the destination exits with an error, and a migration to a fresh destination then succeeds`, async () => {
-    const dir = tempDir();
-    const uri = state === "setup" ? `unix:${dir}/mig.sock` : `tcp:127.0.0.1:${freePort()}`;
-    let src: Vm | undefined, dst: Vm | undefined;
-    try {
-      src = await startVm({ dir, name: "src", append: PATTERN });
-      dst = await startVm({ dir, name: "dst", append: PATTERN, incoming: uri });
+    const transport = state === "setup" ? "unix" : "tcp";
+    await withMigrationPair({ append: PATTERN, transport }, async ({ dir, src, dst, uri }) => {
       await src.ferry.waitLine(/PROBE VERIFY ok/);
       assert.equal(await runState(dst.qmp), "inmigrate");
       if (state === "setup") {
@@ -116,26 +112,12 @@ for (const state of ["setup", "active"] as const) {
       assertNoStackTrace(dst.ferry);
 
       await migrateToFreshDestination(src, dir, PATTERN);
-    } finally {
-      if (dst) {
-        try {
-          dst.ferry.child.kill("SIGCONT");
-        } catch { /* exited */ }
-      }
-      await stopVm(src);
-      await stopVm(dst);
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   });
 }
 
 Deno.test("migrate_cancel after a completed migration is a no-op: the source stays postmigrate and the destination keeps running", async () => {
-  const dir = tempDir();
-  const uri = `unix:${dir}/mig.sock`;
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append: PATTERN });
-    dst = await startVm({ dir, name: "dst", append: PATTERN, incoming: uri });
+  await withMigrationPair({ append: PATTERN }, async ({ dir, src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE VERIFY ok/);
     await src.qmp.call("migrate", { uri });
     const done = await waitMigration(src.qmp, FINAL);
@@ -155,20 +137,11 @@ Deno.test("migrate_cancel after a completed migration is a no-op: the source sta
     // A second migrate from a migrated-away source is refused.
     const again = await src.qmp.execute("migrate", { uri: `unix:${dir}/other.sock` });
     assert.ok("error" in again, JSON.stringify(again));
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("while a migration is active a second migrate and stop, cont, system_reset, system_powerdown are refused at once, and the migration still completes", async () => {
-  const dir = tempDir();
-  const uri = `unix:${dir}/mig.sock`;
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append: PATTERN });
-    dst = await startVm({ dir, name: "dst", append: PATTERN, incoming: uri });
+  await withMigrationPair({ append: PATTERN }, async ({ dir, src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE VERIFY ok/);
     await src.qmp.call("migrate-set-parameters", SLOW);
     await src.qmp.call("migrate", { uri });
@@ -209,11 +182,7 @@ Deno.test("while a migration is active a second migrate and stop, cont, system_r
       !src.qmp.events.some((e) => e.event === "POWERDOWN" || e.event === "RESET"),
       "no lifecycle event",
     );
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("migrate with a malformed uri, or with blk or resume, is refused at once and changes nothing", async () => {
@@ -225,7 +194,10 @@ Deno.test("migrate with a malformed uri, or with blk or resume, is refused at on
     const before = await src.qmp.call("query-migrate");
     for (
       const [args, re] of [
-        [{ uri: "rdma:1.2.3.4:5" }, /'rdma:1.2.3.4:5': want tcp:HOST:PORT or unix:PATH/],
+        [
+          { uri: "rdma:1.2.3.4:5" },
+          /'rdma:1.2.3.4:5': rdma: is not supported; want tcp:HOST:PORT, unix:PATH or file:PATH/,
+        ],
         [{ uri: "tcp:127.0.0.1" }, /want tcp:HOST:PORT/],
         [{ uri: "tcp:127.0.0.1:99999" }, /port 99999/],
         [{ uri: "unix:" }, /empty path/],
@@ -249,12 +221,7 @@ Deno.test("migrate with a malformed uri, or with blk or resume, is refused at on
 });
 
 Deno.test("the destination answers QMP during an incoming migration: query-status inmigrate, query-migrate setup then active, then running", async () => {
-  const dir = tempDir();
-  const uri = `tcp:127.0.0.1:${freePort()}`;
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append: PATTERN });
-    dst = await startVm({ dir, name: "dst", append: PATTERN, incoming: uri });
+  await withMigrationPair({ append: PATTERN, transport: "tcp" }, async ({ src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE VERIFY ok/);
     assert.equal(await runState(dst.qmp), "inmigrate");
     assert.equal((await dst.qmp.call("query-migrate") as QmpMessage).status, "setup");
@@ -279,9 +246,5 @@ Deno.test("the destination answers QMP during an incoming migration: query-statu
       ["active", "completed"],
     );
     await assertGuestRuns(dst.ferry, "destination");
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });

@@ -18,6 +18,7 @@ import {
   tempDir,
   type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 
 /** The lifecycle and migration events `q` received, as `STOP` or `MIGRATION:<status>`. */
@@ -111,16 +112,12 @@ Deno.test("query-status during the pause of a paused source is finish-migrate, w
 });
 
 Deno.test("max-bandwidth raised from 5 MB/s to 0 during a migration speeds it up at once, and ram.remaining counts down in the first pass", async () => {
-  const dir = tempDir();
   const append = "mode=pattern mib=96 interval_ms=100";
   const limit = 5_000_000;
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append });
-    dst = await startVm({ dir, name: "dst", append, incoming: `unix:${dir}/mig.sock` });
+  await withMigrationPair({ append }, async ({ src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE VERIFY ok/);
     await src.qmp.call("migrate-set-parameters", { "max-bandwidth": limit });
-    await src.qmp.call("migrate", { uri: `unix:${dir}/mig.sock` });
+    await src.qmp.call("migrate", { uri });
     // 96 MiB of pattern at 5 MB/s take ~20 s: watch two seconds of the first pass.
     const samples: { t: number; r: QmpMessage }[] = [];
     while (samples.length < 20) {
@@ -153,20 +150,12 @@ Deno.test("max-bandwidth raised from 5 MB/s to 0 during a migration speeds it up
     );
     await dst.ferry.waitLine(/PROBE VERIFY ok/, 10000, dst.ferry.lines.length);
     await assertGuestRuns(dst.ferry, "destination");
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("downtime-limit raised during a migration that cannot converge lets it switch over", async () => {
-  const dir = tempDir();
   const append = "mode=dirty mib=8 rate=0 interval_ms=50";
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append });
-    dst = await startVm({ dir, name: "dst", append, incoming: `unix:${dir}/mig.sock` });
+  await withMigrationPair({ append }, async ({ src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE READY/);
     await src.qmp.call("migrate-set-capabilities", {
       capabilities: [{ capability: "auto-converge", state: false }],
@@ -177,7 +166,7 @@ Deno.test("downtime-limit raised during a migration that cannot converge lets it
       "downtime-limit": 0, // needs an empty dirty set: even a starved guest dirties some pages
       "max-iterations": 1000,
     });
-    await src.qmp.call("migrate", { uri: `unix:${dir}/mig.sock` });
+    await src.qmp.call("migrate", { uri });
     for (;;) {
       const r = await src.qmp.call("query-migrate") as QmpMessage;
       assert.ok(["setup", "active"].includes(r.status as string), JSON.stringify(r));
@@ -193,11 +182,7 @@ Deno.test("downtime-limit raised during a migration that cannot converge lets it
     assert.equal(r.status, "completed", JSON.stringify(r));
     assert.ok((ram(r)["dirty-sync-count"] as number) < 100, JSON.stringify(r));
     await assertGuestRuns(dst.ferry, "destination");
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });
 
 /** The brief's non-converging case: 32 MiB rewritten as fast as the guest can, over 25 MB/s. */
@@ -324,11 +309,7 @@ Deno.test("a guest dirtying 32 MiB faster than a 25 MB/s link does not converge 
 });
 
 Deno.test("migrate_cancel while auto-converge throttles the guest leaves the source running at full speed", async () => {
-  const dir = tempDir();
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append: HOT });
-    dst = await startVm({ dir, name: "dst", append: HOT, incoming: `unix:${dir}/mig.sock` });
+  await withMigrationPair({ append: HOT }, async ({ src, uri }) => {
     await waitFilled(src);
     // The first sync (after the full pass, which the guest has long rewritten) throttles to 80 %.
     // At 5 MB/s the pass after it takes over a second, time enough to measure and cancel.
@@ -340,7 +321,7 @@ Deno.test("migrate_cancel while auto-converge throttles the guest leaves the sou
       "max-cpu-throttle": 80,
       "throttle-trigger-threshold": 1,
     });
-    await src.qmp.call("migrate", { uri: `unix:${dir}/mig.sock` });
+    await src.qmp.call("migrate", { uri });
     for (;;) {
       const r = await src.qmp.call("query-migrate") as QmpMessage;
       assert.ok(["setup", "active"].includes(r.status as string), JSON.stringify(r));
@@ -363,9 +344,5 @@ Deno.test("migrate_cancel while auto-converge throttles the guest leaves the sou
       `after the cancel the vCPU was runnable ${after} of the time (throttled: ${throttled})`,
     );
     assert.ok(!lifecycle(src.qmp).includes("STOP"), "the guest was never paused for a switch-over");
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });

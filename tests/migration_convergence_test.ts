@@ -11,23 +11,16 @@ import {
   ram,
   runState,
   sleep,
-  startVm,
-  stopVm,
-  tempDir,
-  type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 
 Deno.test("migration under a converging dirtying workload completes, reports downtime and several dirty syncs, and the guest continues on the destination", async () => {
-  const dir = tempDir();
   const append = "mode=dirty mib=64 rate=20000 interval_ms=50";
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append });
-    dst = await startVm({ dir, name: "dst", append, incoming: `unix:${dir}/mig.sock` });
+  await withMigrationPair({ append }, async ({ src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE READY .*mib=64/);
     await sleep(500);
-    assert.deepEqual(await src.qmp.execute("migrate", { uri: `unix:${dir}/mig.sock` }), { return: {} });
+    assert.deepEqual(await src.qmp.execute("migrate", { uri }), { return: {} });
     const r = await waitMigration(src.qmp, FINAL, 30000);
     assert.equal(r.status, "completed", JSON.stringify(r));
     assert.equal(typeof r.downtime, "number", JSON.stringify(r));
@@ -48,11 +41,7 @@ Deno.test("migration under a converging dirtying workload completes, reports dow
     assertNoFail(dst.ferry, "destination");
     assert.equal(await runState(dst.qmp), "running");
     assert.equal(await runState(src.qmp), "postmigrate");
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });
 
 /** Parameters that cannot converge against `mode=dirty mib=8` (every page dirty each pass). */
@@ -60,14 +49,10 @@ const NON_CONVERGING = { "max-bandwidth": 16 << 20, "downtime-limit": 1, "max-it
 const FAST_DIRTY = "mode=dirty mib=8 rate=0 interval_ms=50";
 
 Deno.test("migration that cannot converge keeps iterating, then convergence-policy cancel fails it with a clear error and the source keeps running", async () => {
-  const dir = tempDir();
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append: FAST_DIRTY });
-    dst = await startVm({ dir, name: "dst", append: FAST_DIRTY, incoming: `unix:${dir}/mig.sock` });
+  await withMigrationPair({ append: FAST_DIRTY }, async ({ src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE READY/);
     await src.qmp.call("migrate-set-parameters", { ...NON_CONVERGING, "convergence-policy": "cancel" });
-    await src.qmp.call("migrate", { uri: `unix:${dir}/mig.sock` });
+    await src.qmp.call("migrate", { uri });
     const syncs: number[] = [];
     for (;;) {
       const r = await src.qmp.call("query-migrate") as QmpMessage;
@@ -98,26 +83,18 @@ Deno.test("migration that cannot converge keeps iterating, then convergence-poli
     const st = await dst.ferry.wait(10000);
     assert.notEqual(st.code, 0, "the destination exits with an error");
     assert.ok(!dst.ferry.lines.some((l) => /PROBE/.test(l)), "the destination never ran the guest");
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("migration that cannot converge completes with convergence-policy force, and the guest runs and verifies on the destination", async () => {
-  const dir = tempDir();
   const append = "mode=pattern mib=8 interval_ms=50";
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append });
-    dst = await startVm({ dir, name: "dst", append, incoming: `unix:${dir}/mig.sock` });
+  await withMigrationPair({ append }, async ({ src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE VERIFY ok round=/);
     await src.qmp.call("migrate-set-parameters", { ...NON_CONVERGING, "convergence-policy": "force" });
     const params = await src.qmp.call("query-migrate-parameters") as QmpMessage;
     assert.equal(params["convergence-policy"], "force");
     assert.equal(params["downtime-limit"], 1);
-    await src.qmp.call("migrate", { uri: `unix:${dir}/mig.sock` });
+    await src.qmp.call("migrate", { uri });
     const r = await waitMigration(src.qmp, FINAL, 30000);
     assert.equal(r.status, "completed", JSON.stringify(r));
     // Full pass, 3 dirty passes, the capped sync, the final sync.
@@ -131,9 +108,5 @@ Deno.test("migration that cannot converge completes with convergence-policy forc
     await assertGuestRuns(dst.ferry, "destination");
     assert.equal(await runState(dst.qmp), "running");
     assert.equal(await runState(src.qmp), "postmigrate");
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });

@@ -21,6 +21,7 @@ import {
   tempDir,
   type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 import { waitIncoming } from "./_fixture/ferry.ts";
 import {
@@ -143,7 +144,10 @@ for (
               });
               await src.qmp.call("migrate-set-parameters", {
                 "max-bandwidth": 48 << 20,
-                "downtime-limit": 10,
+                // 0: only a sync that finds nothing dirty converges. The guest writes RAM even while it
+                // waits for its disk, but a dirty pass takes under a millisecond, and on 2 cores its
+                // vCPU may not run in that window: a later pass can still find nothing and converge.
+                "downtime-limit": 0,
                 "max-iterations": 5,
                 "convergence-policy": "force",
               });
@@ -153,7 +157,8 @@ for (
             const t = () =>
               `hop ${hop}: ${JSON.stringify(r)}\n${src.ferry.transcript()}\n${dst.ferry.transcript()}`;
             assert.equal(r.status, "completed", t());
-            if (v.throttle) assert.ok(Number(ram(r)["dirty-sync-count"]) >= 4, `several passes\n${t()}`);
+            // The full pass's sync, at least one dirty pass's, and the last one in the pause.
+            if (v.throttle) assert.ok(Number(ram(r)["dirty-sync-count"]) >= 3, `several passes\n${t()}`);
             assert.equal(await runState(src.qmp), "postmigrate");
             // Its console is complete once it exited (a line the switchover split continues on dst).
             await src.qmp.execute("quit");
@@ -247,16 +252,12 @@ Deno.test({
     `a migration whose destination is killed mid-stream fails, the source keeps the lock and its guest keeps writing and verifying${suffix}`,
   ignore: skip !== undefined,
   fn: () =>
-    withDir(async (dir, img) => {
-      const common = { dir, mem: "128M", append: blkAppend(0), extra: blkArgs(img) };
-      let src: Vm | undefined, dst: Vm | undefined;
-      try {
-        src = await startVm({ ...common, name: "src" });
-        dst = await startVm({ ...common, name: "dst", incoming: `unix:${dir}/mig.sock` });
-        await waitIncoming(dst.qmp);
+    withDir(async (_dir, img) => {
+      const options = { mem: "128M", append: blkAppend(0), extra: blkArgs(img) };
+      await withMigrationPair(options, async ({ src, dst, uri }) => {
         await src.ferry.waitLine(/PROBE BLK VERIFY ok round=2\b/, 20000);
         await src.qmp.call("migrate-set-parameters", { "max-bandwidth": 1 << 20 });
-        await src.qmp.call("migrate", { uri: `unix:${dir}/mig.sock` });
+        await src.qmp.call("migrate", { uri });
         await waitMigration(src.qmp, ["active"], 10000);
         await sleep(300); // ~300 KiB of the guest's ~4 MiB of non-zero RAM are through
         assert.equal(await migrationStatus(src.qmp), "active");
@@ -272,10 +273,7 @@ Deno.test({
         await assertLockRefused(img, "after the failed migration");
         assertClean(src.ferry, "source");
         assertNoStackTrace(src.ferry);
-      } finally {
-        await stopVm(src);
-        await stopVm(dst);
-      }
+      });
     }),
 });
 
@@ -289,7 +287,7 @@ Deno.test({
       // another image, which a third ferry holds.
       const other = `${dir}/other.img`;
       makeImage(other, 8);
-      let src: Vm | undefined, dst: Vm | undefined, holder: Vm | undefined;
+      let holder: Vm | undefined;
       try {
         holder = await startVm({
           dir,
@@ -299,46 +297,41 @@ Deno.test({
           extra: blkArgs(other),
         });
         await holder.ferry.waitLine(/PROBE BLK VERIFY ok round=1\b/, 20000);
-        src = await startVm({ dir, name: "src", mem: "128M", append: blkAppend(0), extra: blkArgs(img) });
-        await src.ferry.waitLine(/PROBE BLK VERIFY ok round=2\b/, 20000);
-        const uri = `unix:${dir}/mig.sock`;
-        dst = await startVm({
-          dir,
-          name: "dst",
+        const options = {
           mem: "128M",
           append: blkAppend(0),
-          extra: blkArgs(other),
-          incoming: uri,
-        });
-        await waitIncoming(dst.qmp);
-        await src.qmp.call("migrate", { uri });
-        const r = await waitMigration(src.qmp, FINAL, 30000);
-        const t = `${JSON.stringify(r)}\n${src.ferry.transcript()}\n${dst.ferry.transcript()}`;
-        assert.equal(r.status, "failed", t);
-        assert.match(String(r["error-desc"]), /lock/i, t);
-        const st = await dst.ferry.wait(10000);
-        assert.notEqual(st.code, 0, t);
-        assert.ok(
-          !dst.ferry.lines.some((l) => l.includes("PROBE")),
-          `the destination never ran the guest\n${t}`,
-        );
-        assert.ok(
-          dst.ferry.stderrLines.some((l) => l.includes(`'${other}'`)),
-          `the destination names the image\n${t}`,
-        );
+          src: { extra: blkArgs(img) },
+          dst: { extra: blkArgs(other) },
+        };
+        await withMigrationPair(options, async ({ src, dst, uri }) => {
+          await src.ferry.waitLine(/PROBE BLK VERIFY ok round=2\b/, 20000);
+          await src.qmp.call("migrate", { uri });
+          const r = await waitMigration(src.qmp, FINAL, 30000);
+          const t = `${JSON.stringify(r)}\n${src.ferry.transcript()}\n${dst.ferry.transcript()}`;
+          assert.equal(r.status, "failed", t);
+          assert.match(String(r["error-desc"]), /lock/i, t);
+          const st = await dst.ferry.wait(10000);
+          assert.notEqual(st.code, 0, t);
+          assert.ok(
+            !dst.ferry.lines.some((l) => l.includes("PROBE")),
+            `the destination never ran the guest\n${t}`,
+          );
+          assert.ok(
+            dst.ferry.stderrLines.some((l) => l.includes(`'${other}'`)),
+            `the destination names the image\n${t}`,
+          );
 
-        assert.equal(await runState(src.qmp), "running");
-        const last = verifiedRounds(src.ferry).at(-1)!;
-        await src.ferry.waitLine(new RegExp(`PROBE BLK VERIFY ok round=${last + 2}\\b`), 10000);
-        assertLockHolder(img, src.ferry.child.pid, "the source, after the failed migration");
-        assertLockHolder(other, holder.ferry.child.pid, "the other VM's image");
-        const hl = verifiedRounds(holder.ferry).at(-1)!;
-        await holder.ferry.waitLine(new RegExp(`PROBE BLK VERIFY ok round=${hl + 1}\\b`), 10000);
-        assertClean(src.ferry, "source");
-        assertClean(holder.ferry, "the other VM");
+          assert.equal(await runState(src.qmp), "running");
+          const last = verifiedRounds(src.ferry).at(-1)!;
+          await src.ferry.waitLine(new RegExp(`PROBE BLK VERIFY ok round=${last + 2}\\b`), 10000);
+          assertLockHolder(img, src.ferry.child.pid, "the source, after the failed migration");
+          assertLockHolder(other, holder!.ferry.child.pid, "the other VM's image");
+          const hl = verifiedRounds(holder!.ferry).at(-1)!;
+          await holder!.ferry.waitLine(new RegExp(`PROBE BLK VERIFY ok round=${hl + 1}\\b`), 10000);
+          assertClean(src.ferry, "source");
+          assertClean(holder!.ferry, "the other VM");
+        });
       } finally {
-        await stopVm(src);
-        await stopVm(dst);
         await stopVm(holder);
       }
     }),
@@ -429,99 +422,84 @@ for (const burst of [1, 16]) {
     ignore: netSkip !== undefined,
     async fn() {
       const lab = await createNetLab(2);
-      const dir = tempDir();
       const host = new HostSide(lab, 40);
-      let src: Vm | undefined, dst: Vm | undefined;
       try {
         await host.waitFor((e) => e.kind === "ready", 5000);
-        const append = `mode=net interval_ms=${burst > 1 ? 20 : 50} net_burst=${burst} cpus=1 serial=rep`;
-        src = await startVm({
-          dir,
-          name: "src",
+        const options = {
           mem: "128M",
-          append,
-          extra: netArgs(lab.taps[0]!),
+          append: `mode=net interval_ms=${burst > 1 ? 20 : 50} net_burst=${burst} cpus=1 serial=rep`,
           netns: lab.ns,
-        });
-        dst = await startVm({
-          dir,
-          name: "dst",
-          mem: "128M",
-          append,
-          extra: netArgs(lab.taps[1]!),
-          netns: lab.ns,
-          incoming: `unix:${dir}/mig.sock`,
-        });
-        await waitIncoming(dst.qmp);
-        // Traffic both ways through the source's tap first.
-        await host.waitFor((e) => e.kind === "echo", 10000);
-        await host.waitFor((e) => e.kind === "bcast" && e.seq! >= 5, 10000);
+          src: { extra: netArgs(lab.taps[0]!) },
+          dst: { extra: netArgs(lab.taps[1]!) },
+        };
+        await withMigrationPair(options, async ({ src, dst, uri }) => {
+          // Traffic both ways through the source's tap first.
+          await host.waitFor((e) => e.kind === "echo", 10000);
+          await host.waitFor((e) => e.kind === "bcast" && e.seq! >= 5, 10000);
 
-        await src.qmp.call("migrate", { uri: `unix:${dir}/mig.sock` });
-        const r = await waitMigration(src.qmp, FINAL, 30000);
-        const t = () =>
-          `${JSON.stringify(r)}\n${src!.ferry.transcript()}\n${
-            dst!.ferry.transcript()
-          }\n${host.transcript()}`;
-        assert.equal(r.status, "completed", t());
-        assert.equal(await runState(src.qmp), "postmigrate");
-        const srcSeq = Math.max(...src.ferry.lines.flatMap((l) => {
-          const m = l.match(/^PROBE NET TX seq=(\d+)/);
-          return m ? [Number(m[1])] : [];
-        }));
+          await src.qmp.call("migrate", { uri });
+          const r = await waitMigration(src.qmp, FINAL, 30000);
+          const t = () =>
+            `${
+              JSON.stringify(r)
+            }\n${src.ferry.transcript()}\n${dst.ferry.transcript()}\n${host.transcript()}`;
+          assert.equal(r.status, "completed", t());
+          assert.equal(await runState(src.qmp), "postmigrate");
+          const srcSeq = Math.max(...src.ferry.lines.flatMap((l) => {
+            const m = l.match(/^PROBE NET TX seq=(\d+)/);
+            return m ? [Number(m[1])] : [];
+          }));
 
-        // New frames from the destination: its tap, later sequence numbers; the announce; echoes again.
-        await host.waitFor((e) => e.kind === "bcast" && e.seq! >= srcSeq + 5, 10000);
-        await host.waitFor((e) => e.kind === "frame" && e.ethertype === 0x8035, 5000);
-        const switched = host.events.findIndex((e) => e.if === lab.taps[1]);
-        await host.waitFor((e) => e.kind === "echo", 5000, switched);
-        await sleep(200);
-        const rarp = host.events.filter((e) => e.kind === "frame" && e.ethertype === 0x8035);
-        assert.ok(
-          rarp.every((e) => e.if === lab.taps[1] && e.dst === "ff:ff:ff:ff:ff:ff"),
-          `RARP from the destination's tap\n${t()}`,
-        );
-        assert.ok(
-          rarp.every((e) => e.sha === GUEST_MAC && e.tha === GUEST_MAC && e.len === 60),
-          `RARP frames announce the guest's MAC (QEMU's 60-byte reverse request)\n${t()}`,
-        );
-        const bcast = host.events.filter((e) => e.kind === "bcast");
-        // The source's tap carries the first frames, the destination's the rest (a frame the source's
-        // guest queued but ferry had not sent at the pause goes out from the destination).
-        const onSrc = bcast.filter((e) => e.if === lab.taps[0]).map((e) => e.seq!);
-        const onDst = bcast.filter((e) => e.if === lab.taps[1]).map((e) => e.seq!);
-        assert.equal(onSrc.length + onDst.length, bcast.length, t());
-        assert.ok(
-          Math.max(...onSrc) < Math.min(...onDst),
-          `source's tap first, then the destination's\n${t()}`,
-        );
-        assert.ok(Math.max(...onDst) >= srcSeq + 5 && Math.min(...onDst) <= srcSeq + burst + 1, t());
-        assert.ok(
-          rarp[0]!.t - host.events[switched]!.t < 0.5,
-          `the announce comes right after the switchover\n${t()}`,
-        );
-        // No broadcast lost or repeated across the switchover.
-        const seqs = host.events.filter((e) => e.kind === "bcast").map((e) => e.seq!);
-        const first = seqs[0]!;
-        assert.deepEqual(
-          seqs,
-          Array.from({ length: seqs.length }, (_, i) => first + i),
-          `consecutive broadcasts\n${t()}`,
-        );
-        assert.equal(await runState(dst.qmp), "running");
-        assertClean(src.ferry, "source");
-        assertClean(dst.ferry, "destination");
-        assert.ok(
-          !dst.ferry.lines.some((l) => l.includes("PROBE BOOT")),
-          "the destination did not boot the guest again",
-        );
-        assertNoStackTrace(dst.ferry);
+          // New frames from the destination: its tap, later sequence numbers; the announce; echoes again.
+          await host.waitFor((e) => e.kind === "bcast" && e.seq! >= srcSeq + 5, 10000);
+          await host.waitFor((e) => e.kind === "frame" && e.ethertype === 0x8035, 5000);
+          const switched = host.events.findIndex((e) => e.if === lab.taps[1]);
+          await host.waitFor((e) => e.kind === "echo", 5000, switched);
+          await sleep(200);
+          const rarp = host.events.filter((e) => e.kind === "frame" && e.ethertype === 0x8035);
+          assert.ok(
+            rarp.every((e) => e.if === lab.taps[1] && e.dst === "ff:ff:ff:ff:ff:ff"),
+            `RARP from the destination's tap\n${t()}`,
+          );
+          assert.ok(
+            rarp.every((e) => e.sha === GUEST_MAC && e.tha === GUEST_MAC && e.len === 60),
+            `RARP frames announce the guest's MAC (QEMU's 60-byte reverse request)\n${t()}`,
+          );
+          const bcast = host.events.filter((e) => e.kind === "bcast");
+          // The source's tap carries the first frames, the destination's the rest (a frame the source's
+          // guest queued but ferry had not sent at the pause goes out from the destination).
+          const onSrc = bcast.filter((e) => e.if === lab.taps[0]).map((e) => e.seq!);
+          const onDst = bcast.filter((e) => e.if === lab.taps[1]).map((e) => e.seq!);
+          assert.equal(onSrc.length + onDst.length, bcast.length, t());
+          assert.ok(
+            Math.max(...onSrc) < Math.min(...onDst),
+            `source's tap first, then the destination's\n${t()}`,
+          );
+          assert.ok(Math.max(...onDst) >= srcSeq + 5 && Math.min(...onDst) <= srcSeq + burst + 1, t());
+          assert.ok(
+            rarp[0]!.t - host.events[switched]!.t < 0.5,
+            `the announce comes right after the switchover\n${t()}`,
+          );
+          // No broadcast lost or repeated across the switchover.
+          const seqs = host.events.filter((e) => e.kind === "bcast").map((e) => e.seq!);
+          const first = seqs[0]!;
+          assert.deepEqual(
+            seqs,
+            Array.from({ length: seqs.length }, (_, i) => first + i),
+            `consecutive broadcasts\n${t()}`,
+          );
+          assert.equal(await runState(dst.qmp), "running");
+          assertClean(src.ferry, "source");
+          assertClean(dst.ferry, "destination");
+          assert.ok(
+            !dst.ferry.lines.some((l) => l.includes("PROBE BOOT")),
+            "the destination did not boot the guest again",
+          );
+          assertNoStackTrace(dst.ferry);
+        });
       } finally {
         await host.stop();
-        await stopVm(src);
-        await stopVm(dst);
         await lab.remove();
-        Deno.removeSync(dir, { recursive: true });
       }
     },
   });

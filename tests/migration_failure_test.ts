@@ -19,6 +19,7 @@ import {
   tempDir,
   type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 
 const PATTERN = "mode=pattern mib=8 interval_ms=50";
@@ -27,12 +28,7 @@ const VERY_SLOW = { "max-bandwidth": 2 << 20, "downtime-limit": 2000 };
 
 for (const transport of ["tcp", "unix"] as const) {
   Deno.test(`migration over ${transport} whose destination is killed mid-stream fails with a clear error-desc and the source keeps running`, async () => {
-    const dir = tempDir();
-    const uri = transport === "tcp" ? `tcp:127.0.0.1:${freePort()}` : `unix:${dir}/mig.sock`;
-    let src: Vm | undefined, dst: Vm | undefined;
-    try {
-      src = await startVm({ dir, name: "src", append: PATTERN });
-      dst = await startVm({ dir, name: "dst", append: PATTERN, incoming: uri });
+    await withMigrationPair({ append: PATTERN, transport }, async ({ src, dst, uri }) => {
       await src.ferry.waitLine(/PROBE VERIFY ok/);
       await src.qmp.call("migrate-set-parameters", VERY_SLOW);
       await src.qmp.call("migrate", { uri });
@@ -55,22 +51,13 @@ for (const transport of ["tcp", "unix"] as const) {
       await src.ferry.waitLine(/PROBE VERIFY ok/, 5000, src.ferry.lines.length);
       await assertGuestRuns(src.ferry, "source after the failed migration");
       assertNoStackTrace(src.ferry);
-    } finally {
-      await stopVm(src);
-      await stopVm(dst);
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   });
 }
 
 for (const moment of ["before the configuration was answered", "in the middle of RAM"] as const) {
   Deno.test(`a destination whose source is killed ${moment} exits non-zero with a clear error and never runs the guest`, async () => {
-    const dir = tempDir();
-    const uri = `unix:${dir}/mig.sock`;
-    let src: Vm | undefined, dst: Vm | undefined;
-    try {
-      src = await startVm({ dir, name: "src", append: PATTERN });
-      dst = await startVm({ dir, name: "dst", append: PATTERN, incoming: uri });
+    await withMigrationPair({ append: PATTERN }, async ({ src, dst, uri }) => {
       await src.ferry.waitLine(/PROBE VERIFY ok/);
       await src.qmp.call("migrate-set-parameters", VERY_SLOW);
       if (moment === "before the configuration was answered") {
@@ -103,16 +90,7 @@ for (const moment of ["before the configuration was answered", "in the middle of
         `the destination never ran the guest\n${dst.ferry.transcript()}`,
       );
       assertNoStackTrace(dst.ferry);
-    } finally {
-      if (dst) {
-        try {
-          dst.ferry.child.kill("SIGCONT");
-        } catch { /* exited */ }
-      }
-      await stopVm(src);
-      await stopVm(dst);
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   });
 }
 

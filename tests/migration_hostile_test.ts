@@ -2,8 +2,9 @@
  * Black box: garbage, hostile and truncated streams fed to a real `ferry -incoming` destination.
  * Each case: the destination exits non-zero with one clear error line, answers with a `nack`
  * when it can, never runs the guest and never prints a stack trace. Messages are built from the
- * wire table in docs/migration.md (24-byte header: "FERRYMIG", u16 version, u16 kind, u32 flags,
- * u64 length; little-endian), not from ferry's own encoder.
+ * wire table in docs/migration.md (protocol 2, 32-byte header: "FERRYMIG", u16 version, u16 kind,
+ * u32 flags, u64 length, u32 sequence number, u32 CRC32C of header and payload; little-endian),
+ * not from ferry's own encoder.
  */
 import assert from "node:assert/strict";
 import {
@@ -23,23 +24,33 @@ const APPEND = "mode=idle interval_ms=50";
 const MEM = 256 << 20;
 const KIND = { hello: 1, config: 2, ack: 3, nack: 4, ram: 5, state: 6, complete: 7, cancel: 8, resumed: 9 };
 
+/** Header bytes (protocol 2). */
+const HEADER = 32;
+/** The sequence number of the next header built: each case starts it at the right value. */
+let nextSeq = 0;
+
+/** A header with the next sequence number and CRC field 0. */
 function header(
   kind: number,
   length: number | bigint,
   o: { magic?: string; version?: number; flags?: number } = {},
 ): Uint8Array {
-  const b = new Uint8Array(24);
+  const b = new Uint8Array(HEADER);
   b.set(new TextEncoder().encode((o.magic ?? "FERRYMIG").slice(0, 8)), 0);
   const v = new DataView(b.buffer);
-  v.setUint16(8, o.version ?? 1, true);
+  v.setUint16(8, o.version ?? 2, true);
   v.setUint16(10, kind, true);
   v.setUint32(12, o.flags ?? 0, true);
   v.setBigUint64(16, BigInt(length), true);
+  v.setUint32(24, nextSeq++, true);
   return b;
 }
 
+/** A whole message: header, payload, and the CRC32C of both (CRC field 0) in the header. */
 function message(kind: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
-  return concat(header(kind, payload.length), payload);
+  const m = concat(header(kind, payload.length), payload);
+  new DataView(m.buffer).setUint32(28, crc32c(m), true);
+  return m;
 }
 
 function concat(...parts: Uint8Array[]): Uint8Array {
@@ -122,10 +133,10 @@ async function captureHandshake(): Promise<Uint8Array> {
     // Read exactly two messages: hello, config.
     let acc: Uint8Array = new Uint8Array(0);
     const size = () => {
-      if (acc.length < 24) return Infinity;
-      const first = 24 + Number(new DataView(acc.buffer, acc.byteOffset + 16, 8).getBigUint64(0, true));
-      if (acc.length < first + 24) return Infinity;
-      return first + 24 +
+      if (acc.length < HEADER) return Infinity;
+      const first = HEADER + Number(new DataView(acc.buffer, acc.byteOffset + 16, 8).getBigUint64(0, true));
+      if (acc.length < first + HEADER) return Infinity;
+      return first + HEADER +
         Number(new DataView(acc.buffer, acc.byteOffset + first + 16, 8).getBigUint64(0, true));
     };
     const buf = new Uint8Array(65536);
@@ -171,7 +182,19 @@ const CASES: Case[] = [
   {
     name: "a header with protocol version 999",
     bytes: () => concat(header(KIND.hello, hello().length, { version: 999 }), hello()),
-    error: /protocol version 999: this ferry reads versions 1 to 1/,
+    error: /protocol version 999: this ferry speaks version 2 only/,
+  },
+  {
+    name: "a protocol version 1 stream (no sequence numbers, no CRC)",
+    bytes: () => {
+      const h = new Uint8Array(24);
+      h.set(new TextEncoder().encode("FERRYMIG"));
+      new DataView(h.buffer).setUint16(8, 1, true);
+      new DataView(h.buffer).setUint16(10, KIND.hello, true);
+      new DataView(h.buffer).setBigUint64(16, BigInt(hello().length), true);
+      return concat(h, hello());
+    },
+    error: /protocol version 1: this ferry speaks version 2 only \(the peer runs an older ferry/,
   },
   {
     name: "a truncated first message",
@@ -181,7 +204,7 @@ const CASES: Case[] = [
   {
     name: "a truncated header",
     bytes: () => header(KIND.hello, 10).subarray(0, 13),
-    error: /message header.*closed the connection after 13 of 24 bytes/,
+    error: /message header.*closed the connection after 3 of 22 bytes/,
   },
   {
     name: "nothing at all",
@@ -288,13 +311,45 @@ const CASES: Case[] = [
     name: "the same state section twice",
     accepted: true,
     bytes: () => {
+      const s = () =>
+        message(KIND.state, concat(new Uint8Array([3, 0]), new TextEncoder().encode("abc"), u32(1), u32(0)));
+      return concat(s(), s());
+    },
+    error: /section 'abc' sent twice/,
+  },
+  {
+    name: "one message sent twice (a replay)",
+    accepted: true,
+    bytes: () => {
       const s = message(
         KIND.state,
         concat(new Uint8Array([3, 0]), new TextEncoder().encode("abc"), u32(1), u32(0)),
       );
       return concat(s, s);
     },
-    error: /section 'abc' sent twice/,
+    error:
+      /Cannot accept migration message #3 \('state'\) at stream offset \d+: sequence number 2, want 3: message #2 was already received: repeated or out of order$/,
+  },
+  {
+    name: "a message missing (sequence number 3 where 2 belongs)",
+    accepted: true,
+    bytes: () => {
+      nextSeq++;
+      return message(KIND.ram, ramPayload([[0x200000, 1, 1]]));
+    },
+    error:
+      /message #2 \('ram'\) at stream offset \d+: sequence number 3, want 2: message #2 is missing or out of order/,
+  },
+  {
+    name: "a RAM page with one flipped bit",
+    accepted: true,
+    bytes: () => {
+      const m = message(KIND.ram, ramPayload([[0x200000, 1, 0]], 4096));
+      m[m.length - 100]! ^= 0x10;
+      return m;
+    },
+    error:
+      /Cannot accept migration message #2 \('ram'\) at stream offset \d+: CRC32C mismatch \(0x[0-9a-f]{8} on the wire, 0x[0-9a-f]{8} computed\): the message was damaged$/,
   },
   {
     name: "complete announcing more sections than were sent",
@@ -361,11 +416,11 @@ async function readAll(conn: Deno.Conn, timeoutMs: number): Promise<Uint8Array> 
 function parse(b: Uint8Array): [number, string][] {
   const out: [number, string][] = [];
   let o = 0;
-  while (o + 24 <= b.length) {
+  while (o + HEADER <= b.length) {
     const v = new DataView(b.buffer, b.byteOffset + o);
     const len = Number(v.getBigUint64(16, true));
-    out.push([v.getUint16(10, true), new TextDecoder().decode(b.subarray(o + 24, o + 24 + len))]);
-    o += 24 + len;
+    out.push([v.getUint16(10, true), new TextDecoder().decode(b.subarray(o + HEADER, o + HEADER + len))]);
+    o += HEADER + len;
   }
   return out;
 }
@@ -382,15 +437,17 @@ CASES.forEach((c, i) => {
       conn = await connectRetry(uri);
       if (c.accepted) {
         await conn.write(handshake);
-        const ack = new Uint8Array(24);
+        const ack = new Uint8Array(HEADER);
         let got = 0;
-        while (got < 24) {
+        while (got < HEADER) {
           const n = await conn.read(ack.subarray(got));
           if (n === null) throw new Error(`no ack\n${dst.ferry.transcript()}`);
           got += n;
         }
         assert.deepEqual(parse(ack), [[KIND.ack, ""]], "the replayed handshake is accepted");
       }
+      // The replayed hello and config are messages #0 and #1.
+      nextSeq = c.accepted ? 2 : 0;
       const bytes = c.bytes();
       // The destination may stop reading (and close) before it took everything: that is fine.
       await conn.write(bytes).catch(() => 0);

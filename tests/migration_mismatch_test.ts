@@ -9,15 +9,12 @@ import {
   assertGuestRuns,
   assertNoStackTrace,
   FINAL,
-  freePort,
+  type PairOptions,
   PROBE,
   ram,
   runState,
-  startVm,
-  stopVm,
-  tempDir,
-  type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 
 const APPEND = "mode=idle interval_ms=50";
@@ -72,22 +69,14 @@ const ROWS: Row[] = [
 
 for (const row of ROWS) {
   Deno.test(`migration to a destination with another ${row.attribute} is refused before any RAM moves, naming ${row.attribute} and both values on both sides`, async () => {
-    const dir = tempDir();
-    const uri = row.attribute === "-append" ? `tcp:127.0.0.1:${freePort()}` : `unix:${dir}/mig.sock`;
-    let src: Vm | undefined, dst: Vm | undefined;
-    try {
-      const d = await row.dst(dir);
+    const transport = row.attribute === "-append" ? "tcp" : "unix";
+    const options = async (dir: string): Promise<PairOptions> => ({
+      append: APPEND,
+      transport,
+      dst: await row.dst(dir),
+    });
+    await withMigrationPair(options, async ({ dir, src, dst, uri }) => {
       const want = await row.want(dir);
-      src = await startVm({ dir, name: "src", append: APPEND });
-      dst = await startVm({
-        dir,
-        name: "dst",
-        append: d.append ?? APPEND,
-        incoming: uri,
-        ...(d.mem ? { mem: d.mem } : {}),
-        ...(d.kernel ? { kernel: d.kernel } : {}),
-        ...(d.extra ? { extra: d.extra } : {}),
-      });
       await src.ferry.waitLine(/PROBE READY/);
       assert.equal(await runState(dst.qmp), "inmigrate", dst.ferry.transcript());
       const t0 = Date.now();
@@ -112,10 +101,6 @@ for (const row of ROWS) {
 
       assert.equal(await runState(src.qmp), "running");
       await assertGuestRuns(src.ferry, "source");
-    } finally {
-      await stopVm(src);
-      await stopVm(dst);
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   });
 }

@@ -9,16 +9,13 @@ import {
   assertNoStackTrace,
   createNetnsPair,
   FINAL,
-  freePort,
   type NetnsPair,
+  type PairOptions,
   runState,
   sh,
   sleep,
-  startVm,
-  stopVm,
-  tempDir,
-  type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 
 const PATTERN = "mode=pattern mib=8 interval_ms=50";
@@ -27,16 +24,26 @@ const probe = await createNetnsPair();
 const skip = typeof probe === "string" ? probe : undefined;
 if (typeof probe !== "string") await probe.remove();
 
-async function withNetns(fn: (ns: NetnsPair, dir: string) => Promise<void>): Promise<void> {
+async function withNetns(fn: (ns: NetnsPair) => Promise<void>): Promise<void> {
   const ns = await createNetnsPair();
   if (typeof ns === "string") throw new Error(ns);
-  const dir = tempDir();
   try {
-    await fn(ns, dir);
+    await fn(ns);
   } finally {
     await ns.remove();
-    Deno.removeSync(dir, { recursive: true });
   }
+}
+
+/** A tcp migration from namespace `a` to a destination listening on `b`'s address. */
+function across(ns: NetnsPair, smp = 1): PairOptions {
+  return {
+    append: PATTERN,
+    smp,
+    transport: "tcp",
+    host: ns.addrB,
+    src: { netns: ns.a },
+    dst: { netns: ns.b },
+  };
 }
 
 Deno.test({
@@ -44,12 +51,8 @@ Deno.test({
     "cross-host: tcp migration from one network namespace to another over a veth pair completes and the guest runs and verifies there",
   ignore: skip !== undefined,
   fn: () =>
-    withNetns(async (ns, dir) => {
-      const uri = `tcp:${ns.addrB}:${freePort()}`;
-      let src: Vm | undefined, dst: Vm | undefined;
-      try {
-        src = await startVm({ dir, name: "src", append: PATTERN, smp: 2, netns: ns.a });
-        dst = await startVm({ dir, name: "dst", append: PATTERN, smp: 2, netns: ns.b, incoming: uri });
+    withNetns(async (ns) => {
+      await withMigrationPair(across(ns, 2), async ({ src, dst, uri }) => {
         await src.ferry.waitLine(/PROBE VERIFY ok round=/);
         // The destination is reachable only through the veth: not from the root namespace.
         const direct = await Deno.connect({ hostname: ns.addrB, port: Number(uri.split(":").at(-1)) }).then(
@@ -72,10 +75,7 @@ Deno.test({
         assert.equal(await runState(src.qmp), "postmigrate");
         await src.qmp.execute("quit");
         assert.equal((await src.ferry.wait(10000)).code, 0);
-      } finally {
-        await stopVm(src);
-        await stopVm(dst);
-      }
+      });
     }),
 });
 
@@ -85,12 +85,8 @@ for (const cut of ["link down", "veth deleted"] as const) {
       `a migration whose connection is cut (${cut}) fails with a clear error-desc and the source keeps running`,
     ignore: skip !== undefined,
     fn: () =>
-      withNetns(async (ns, dir) => {
-        const uri = `tcp:${ns.addrB}:${freePort()}`;
-        let src: Vm | undefined, dst: Vm | undefined;
-        try {
-          src = await startVm({ dir, name: "src", append: PATTERN, netns: ns.a });
-          dst = await startVm({ dir, name: "dst", append: PATTERN, netns: ns.b, incoming: uri });
+      withNetns(async (ns) => {
+        await withMigrationPair(across(ns), async ({ src, dst, uri }) => {
           await src.ferry.waitLine(/PROBE VERIFY ok round=/);
           await src.qmp.call("migrate-set-parameters", { "max-bandwidth": 2 << 20, "downtime-limit": 2000 });
           await src.qmp.call("migrate", { uri });
@@ -127,10 +123,7 @@ for (const cut of ["link down", "veth deleted"] as const) {
           );
           assert.ok(!dst.ferry.lines.some((l) => /PROBE/.test(l)), "the destination never ran the guest");
           assertNoStackTrace(dst.ferry);
-        } finally {
-          await stopVm(src);
-          await stopVm(dst);
-        }
+        });
       }),
   });
 }

@@ -16,6 +16,7 @@ import {
   tempDir,
   type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 
 const APPEND = "mode=pattern mib=8 interval_ms=50";
@@ -73,12 +74,7 @@ for (const then of ["nack", "close"] as const) {
 }
 
 Deno.test("a paused source migrated to a real destination completes and its guest stays paused there until cont", async () => {
-  const dir = tempDir();
-  const uri = `unix:${dir}/mig.sock`;
-  let src: Vm | undefined, dst: Vm | undefined;
-  try {
-    src = await startVm({ dir, name: "src", append: APPEND });
-    dst = await startVm({ dir, name: "dst", append: APPEND, incoming: uri });
+  await withMigrationPair({ append: APPEND }, async ({ src, dst, uri }) => {
     await src.ferry.waitLine(/PROBE VERIFY ok/);
     await src.qmp.call("stop");
     await src.qmp.call("migrate", { uri });
@@ -97,9 +93,5 @@ Deno.test("a paused source migrated to a real destination completes and its gues
     const m = await dst.ferry.waitLine(/PROBE VERIFY ok round=(\d+)/, 10000);
     assert.ok(Number(m[1]) > 0, "the guest continues from where it was paused");
     assert.ok(!dst.ferry.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), dst.ferry.transcript());
-  } finally {
-    await stopVm(src);
-    await stopVm(dst);
-    Deno.removeSync(dir, { recursive: true });
-  }
+  });
 });

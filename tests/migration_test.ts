@@ -4,44 +4,9 @@
 import assert from "node:assert/strict";
 import { Ferry, probeArgs, tempDir, waitIncoming } from "./_fixture/ferry.ts";
 import type { QmpClient, QmpMessage } from "./_fixture/qmp_client.ts";
+import { withMigrationPair } from "./_fixture/migration.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-interface Pair {
-  dir: string;
-  src: Ferry;
-  dst: Ferry;
-  sq: QmpClient;
-  dq: QmpClient;
-  uri: string;
-}
-
-let nextPort = 46000 + Math.floor(Math.random() * 1000);
-
-async function pair(
-  opts: { transport: "tcp" | "unix"; smp?: number; append: string; mem?: string; dstExtra?: string[] },
-): Promise<Pair> {
-  const dir = tempDir();
-  const uri = opts.transport === "tcp" ? `tcp:127.0.0.1:${nextPort++}` : `unix:${dir}/mig.sock`;
-  const base = { smp: opts.smp ?? 1, append: opts.append, mem: opts.mem ?? "256M" };
-  const src = new Ferry(probeArgs({ ...base, qmp: `${dir}/src.sock` }), { qmpPath: `${dir}/src.sock` });
-  const dst = new Ferry(
-    probeArgs({ ...base, qmp: `${dir}/dst.sock`, extra: ["-incoming", uri, ...(opts.dstExtra ?? [])] }),
-    { qmpPath: `${dir}/dst.sock` },
-  );
-  const sq = await src.qmp();
-  const dq = await dst.qmp();
-  await waitIncoming(dq);
-  return { dir, src, dst, sq, dq, uri };
-}
-
-async function cleanup(p: Pair): Promise<void> {
-  await p.sq.close();
-  await p.dq.close();
-  await p.src.kill();
-  await p.dst.kill();
-  Deno.removeSync(p.dir, { recursive: true });
-}
 
 async function waitMigration(q: QmpClient, final: string[], timeoutMs = 60000): Promise<QmpMessage> {
   const deadline = Date.now() + timeoutMs;
@@ -56,87 +21,64 @@ async function waitMigration(q: QmpClient, final: string[], timeoutMs = 60000): 
 for (const transport of ["tcp", "unix"] as const) {
   for (const smp of [1, 2]) {
     Deno.test(`migration over ${transport}: with -smp ${smp} the guest continues on the destination and its pattern verifies`, async () => {
-      const p = await pair({ transport, smp, append: "mode=pattern mib=32 interval_ms=50" });
-      try {
-        await p.src.waitLine(/PROBE VERIFY ok round=/);
-        assert.equal((await p.dq.call("query-status") as QmpMessage).status, "inmigrate");
-        assert.deepEqual(await p.sq.execute("migrate", { uri: p.uri }), { return: {} });
-        const r = await waitMigration(p.sq, ["completed", "failed", "canceled"]);
+      await withMigrationPair({ transport, smp, append: "mode=pattern mib=32 interval_ms=50" }, async (p) => {
+        await p.src.ferry.waitLine(/PROBE VERIFY ok round=/);
+        assert.equal((await p.dst.qmp.call("query-status") as QmpMessage).status, "inmigrate");
+        assert.deepEqual(await p.src.qmp.execute("migrate", { uri: p.uri }), { return: {} });
+        const r = await waitMigration(p.src.qmp, ["completed", "failed", "canceled"]);
         assert.equal(
           r.status,
           "completed",
-          JSON.stringify(r) + "\n" + p.src.transcript() + p.dst.transcript(),
+          JSON.stringify(r) + "\n" + p.src.ferry.transcript() + p.dst.ferry.transcript(),
         );
         assert.equal(typeof r["downtime"], "number");
         assert.ok((r.ram as QmpMessage).transferred as number > 0);
-        assert.equal((await p.sq.call("query-status") as QmpMessage).status, "postmigrate");
-        await p.sq.waitEvent("MIGRATION", (e) => (e.data as QmpMessage).status === "completed");
+        assert.equal((await p.src.qmp.call("query-status") as QmpMessage).status, "postmigrate");
+        await p.src.qmp.waitEvent("MIGRATION", (e) => (e.data as QmpMessage).status === "completed");
 
         // The destination runs the guest: progress continues from where it was, the pattern verifies.
-        const before = p.dst.lines.length;
-        const m = await p.dst.waitLine(/PROBE VERIFY ok round=(\d+)/, 20000);
+        const before = p.dst.ferry.lines.length;
+        const m = await p.dst.ferry.waitLine(/PROBE VERIFY ok round=(\d+)/, 20000);
         const srcRound = Number(
-          [...p.src.lines].reverse().find((l) => /round=/.test(l))?.match(/round=(\d+)/)?.[1] ?? 0,
+          [...p.src.ferry.lines].reverse().find((l) => /round=/.test(l))?.match(/round=(\d+)/)?.[1] ?? 0,
         );
         assert.ok(Number(m[1]) >= srcRound, `destination round ${m[1]} continues source round ${srcRound}`);
         for (let cpu = 0; cpu < smp; cpu++) {
-          await p.dst.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu}`), 20000, before);
+          await p.dst.ferry.waitLine(new RegExp(`PROBE PROGRESS cpu=${cpu}`), 20000, before);
         }
         await sleep(300);
-        assert.ok(!p.dst.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), p.dst.transcript());
-        assert.equal((await p.dq.call("query-status") as QmpMessage).status, "running");
+        assert.ok(!p.dst.ferry.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), p.dst.ferry.transcript());
+        assert.equal((await p.dst.qmp.call("query-status") as QmpMessage).status, "running");
 
         // The source stays paused and exits on quit.
-        const frozen = p.src.lines.length;
+        const frozen = p.src.ferry.lines.length;
         await sleep(300);
-        assert.equal(p.src.lines.length, frozen, "the source guest no longer runs");
-        await p.sq.execute("quit");
-        assert.equal((await p.src.wait()).code, 0);
-      } finally {
-        await cleanup(p);
-      }
+        assert.equal(p.src.ferry.lines.length, frozen, "the source guest no longer runs");
+        await p.src.qmp.execute("quit");
+        assert.equal((await p.src.ferry.wait()).code, 0);
+      });
     });
   }
 }
 
 Deno.test("migration to a destination started with another -smp fails before RAM, naming -smp, and the source keeps running", async () => {
-  const dir = tempDir();
-  const uri = `unix:${dir}/mig.sock`;
-  const src = new Ferry(probeArgs({ smp: 1, qmp: `${dir}/src.sock`, append: "mode=idle interval_ms=50" }), {
-    qmpPath: `${dir}/src.sock`,
-  });
-  const dst = new Ferry(
-    probeArgs({
-      smp: 2,
-      qmp: `${dir}/dst.sock`,
-      append: "mode=idle interval_ms=50",
-      extra: ["-incoming", uri],
-    }),
-    {
-      qmpPath: `${dir}/dst.sock`,
+  await withMigrationPair(
+    { append: "mode=idle interval_ms=50", dst: { smp: 2 } },
+    async ({ src, dst, uri }) => {
+      await src.ferry.waitLine(/PROBE READY/);
+      await src.qmp.call("migrate", { uri });
+      const r = await waitMigration(src.qmp, ["completed", "failed", "canceled"], 10000);
+      assert.equal(r.status, "failed");
+      assert.match(String(r["error-desc"]), /-smp: source 1, destination 2/);
+      assert.ok(!(r.ram && ((r.ram as QmpMessage).transferred as number) > 0), "no RAM moved");
+      const st = await dst.ferry.wait(10000);
+      assert.notEqual(st.code, 0, "the destination exits with an error");
+      assert.ok(dst.ferry.stderrLines.some((l) => /-smp/.test(l)), dst.ferry.transcript());
+      const from = src.ferry.lines.length;
+      await src.ferry.waitLine(/PROBE PROGRESS cpu=0/, 5000, from);
+      assert.equal((await src.qmp.call("query-status") as QmpMessage).status, "running");
     },
   );
-  const sq = await src.qmp();
-  try {
-    await src.waitLine(/PROBE READY/);
-    await waitIncoming(`${dir}/mig.sock`);
-    await sq.call("migrate", { uri });
-    const r = await waitMigration(sq, ["completed", "failed", "canceled"], 10000);
-    assert.equal(r.status, "failed");
-    assert.match(String(r["error-desc"]), /-smp: source 1, destination 2/);
-    assert.ok(!(r.ram && ((r.ram as QmpMessage).transferred as number) > 0), "no RAM moved");
-    const st = await dst.wait(10000);
-    assert.notEqual(st.code, 0, "the destination exits with an error");
-    assert.ok(dst.stderrLines.some((l) => /-smp/.test(l)), dst.transcript());
-    const from = src.lines.length;
-    await src.waitLine(/PROBE PROGRESS cpu=0/, 5000, from);
-    assert.equal((await sq.call("query-status") as QmpMessage).status, "running");
-  } finally {
-    await sq.close();
-    await src.kill();
-    await dst.kill();
-    Deno.removeSync(dir, { recursive: true });
-  }
 });
 
 Deno.test("migration to a missing destination fails quickly and the source keeps running", async () => {
@@ -215,23 +157,25 @@ Deno.test("migrate_cancel while active leaves the source running, and a new migr
 
 for (const transport of ["tcp", "unix"] as const) {
   Deno.test(`migration over ${transport} of a filled guest rewriting pages: every page verifies on the destination`, async () => {
-    const p = await pair({ transport, append: "mode=fill mib=48 rate=2000 interval_ms=50", mem: "128M" });
-    try {
-      await p.src.waitLine(/PROBE FILLED pages=12288/, 30000);
-      await p.src.waitLine(/PROBE VERIFY ok round=/, 30000);
-      assert.deepEqual(await p.sq.execute("migrate", { uri: p.uri }), { return: {} });
-      const r = await waitMigration(p.sq, ["completed", "failed", "canceled"]);
-      assert.equal(r.status, "completed", JSON.stringify(r) + "\n" + p.src.transcript() + p.dst.transcript());
+    const options = { transport, append: "mode=fill mib=48 rate=2000 interval_ms=50", mem: "128M" };
+    await withMigrationPair(options, async (p) => {
+      await p.src.ferry.waitLine(/PROBE FILLED pages=12288/, 30000);
+      await p.src.ferry.waitLine(/PROBE VERIFY ok round=/, 30000);
+      assert.deepEqual(await p.src.qmp.execute("migrate", { uri: p.uri }), { return: {} });
+      const r = await waitMigration(p.src.qmp, ["completed", "failed", "canceled"]);
+      assert.equal(
+        r.status,
+        "completed",
+        JSON.stringify(r) + "\n" + p.src.ferry.transcript() + p.dst.ferry.transcript(),
+      );
       // ≥ 48 MiB of distinct pages went over the wire as raw pages.
       assert.ok((r.ram as QmpMessage).normal as number >= 12288, JSON.stringify(r.ram));
       // A whole sweep done on the destination: the first VERIFY line there may close a sweep that
       // began on the source, and VERIFY lines come at progress ticks (rounds in between are not
       // printed), so wait for a second line with another round.
-      const first = Number((await p.dst.waitLine(/PROBE VERIFY ok round=(\d+)/, 30000))[1]);
-      await p.dst.waitLine(new RegExp(`PROBE VERIFY ok round=(?!${first}\\b)\\d+`), 30000);
-      assert.ok(!p.dst.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), p.dst.transcript());
-    } finally {
-      await cleanup(p);
-    }
+      const first = Number((await p.dst.ferry.waitLine(/PROBE VERIFY ok round=(\d+)/, 30000))[1]);
+      await p.dst.ferry.waitLine(new RegExp(`PROBE VERIFY ok round=(?!${first}\\b)\\d+`), 30000);
+      assert.ok(!p.dst.ferry.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), p.dst.ferry.transcript());
+    });
   });
 }

@@ -10,6 +10,7 @@ import {
   assertGuestRuns,
   FINAL,
   freePort,
+  type PairOptions,
   ram,
   runState,
   startVm,
@@ -17,6 +18,7 @@ import {
   tempDir,
   type Vm,
   waitMigration,
+  withMigrationPair,
 } from "./_fixture/migration.ts";
 import { onPath, waitIncoming } from "./_fixture/ferry.ts";
 import { makeTlsDirs, type TlsDirs } from "./_fixture/tls.ts";
@@ -95,21 +97,16 @@ Deno.test({
     "a TLS migration completes with the destination's credentials on its command line (-global migration.tls-creds, verify-peer=off)",
   ignore: skip !== undefined,
   async fn() {
-    const dir = tempDir();
-    const t = await makeTlsDirs(dir);
-    let src: Vm | undefined;
-    let dst: Vm | undefined;
-    try {
-      src = await startVm({ dir, name: "src", append: APPEND, extra: clientObject(t.client) });
-      const uri = `tcp:127.0.0.1:${freePort()}`;
-      dst = await startVm({
-        dir,
-        name: "dst",
+    const options = async (dir: string): Promise<PairOptions> => {
+      const t = await makeTlsDirs(dir);
+      return {
         append: APPEND,
-        incoming: uri,
-        extra: [...serverObject(t.server, false), "-global", "migration.tls-creds=tls0"],
-      });
-      await waitIncoming(dst.qmp);
+        transport: "tcp",
+        src: { extra: clientObject(t.client) },
+        dst: { extra: [...serverObject(t.server, false), "-global", "migration.tls-creds=tls0"] },
+      };
+    };
+    await withMigrationPair(options, async ({ src, dst, uri }) => {
       await src.ferry.waitLine(/PROBE VERIFY ok round=/);
       // No tls-hostname: the certificate must carry the uri's host (its IP SAN 127.0.0.1).
       await src.qmp.call("migrate-set-parameters", { "tls-creds": "tls0" });
@@ -122,11 +119,7 @@ Deno.test({
       );
       await dst.ferry.waitLine(/PROBE VERIFY ok round=/, 20000, dst.ferry.lines.length);
       assert.ok(!dst.ferry.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), dst.ferry.transcript());
-    } finally {
-      await stopVm(src);
-      await stopVm(dst);
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   },
 });
 

@@ -4,6 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { Vm, type VmSpec } from "../src/machine/vm.ts";
+import { decodeVcpuState } from "../src/machine/vcpu_state.ts";
+import { decodeState, restoreSections, saveSections } from "../src/migration/mod.ts";
 import { PROBE, tempDir } from "./_fixture/ferry.ts";
 
 function spec(cpus: number, serialPath: string, cmdline: string): VmSpec {
@@ -116,15 +118,18 @@ Deno.test("Vm state saved from one VM and restored into a fresh VM continues the
     await waitFor(serialA, /PROBE READY cpus=2/);
     await waitFor(serialA, /PROBE VERIFY ok round=\d+/);
     await a.pause();
-    const state = a.saveAll();
+    // The one path migration takes: the VM's ordered migratables to sections and back.
+    const sections = saveSections(a.migratables());
+    assert.deepEqual(sections.slice(0, 3).map((s) => s.id), ["vm:kernel", "vcpu:0", "vcpu:1"]);
     // A probe guest on this host depends on the platform MSR; it must have been saved.
-    const pvm = state.vcpus[0]!.msrs.find((m) => m.index === 0x4b564d10);
+    const vcpu0 = decodeVcpuState("vcpu:0", decodeState(sections[1]!.payload));
+    const pvm = vcpu0.msrs.find((m) => m.index === 0x4b564d10);
     if (a.msrIndices.includes(0x4b564d10)) assert.ok(pvm && pvm.value !== 0x400n, "native-mode MSR carried");
     const roundA = Number((await waitFor(serialA, /round=(\d+)/))[1]);
 
     b = await Vm.create(spec(2, serialB, cmdline), { boot: false });
     a.memory.regions.forEach((r, i) => b!.memory.regions[i]!.bytes.set(r.bytes));
-    b.restoreAll(state);
+    restoreSections(b.migratables(), sections);
     await a.destroy();
     await b.resume();
     const m = await waitFor(serialB, /PROBE VERIFY ok round=(\d+)/);

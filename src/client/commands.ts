@@ -27,7 +27,7 @@ export const CLIENT_COMMANDS = ["qmp", "migrate", "migrate-status"] as const;
 
 const USAGE = `usage:
   ferry qmp --socket PATH COMMAND [JSON-ARGS]
-  ferry migrate --socket PATH --uri tcp:HOST:PORT|unix:PATH [--watch] [--downtime-limit MS] [--max-bandwidth BYTES]
+  ferry migrate --socket PATH --uri tcp:HOST:PORT|unix:PATH|file:PATH [--watch] [--downtime-limit MS] [--max-bandwidth BYTES]
   ferry migrate-status --socket PATH [--watch]`;
 
 async function watch(q: QmpClient, intervalMs: number, tty: boolean): Promise<Record<string, unknown>> {

@@ -12,7 +12,11 @@
  */
 import { type OptionInfo, OptionList, readId } from "./_kv.ts";
 import { checkBlkSerial } from "./drive.ts";
-import type { DeviceConfig, DriveConfig, NetdevConfig, PciAddr } from "./machine_config.ts";
+import type { DeviceConfig, DriveConfig, NetdevConfig } from "./machine_config.ts";
+import { formatPciAddr, parsePciAddr } from "../devices/pci/pci_address.ts";
+import { formatMac, parseMac } from "../devices/virtio/net/net.ts";
+
+export { formatPciAddr, parsePciAddr } from "../devices/pci/pci_address.ts";
 
 /** `-device`. */
 export const DEVICE_OPTION: OptionInfo = {
@@ -91,35 +95,6 @@ const NET_KEYS = [
   "tx-iothread",
 ];
 
-function readNumber(text: string): number | undefined {
-  if (/^0[xX][0-9a-fA-F]+$/.test(text)) return parseInt(text.slice(2), 16);
-  if (/^[0-9]+$/.test(text)) return Number(text);
-  return undefined;
-}
-
-/**
- * Parses a PCI `addr`: `SLOT` or `SLOT.FN`, each hex with `0x` or decimal (StratoVirt `get_pci_df`).
- * @param text e.g. `0x3`, `3`, `0x3.0x1`
- * @returns the slot and function, or a reason it is not one
- */
-export function parsePciAddr(text: string): PciAddr | string {
-  const parts = text.split(".");
-  if (parts.length > 2) return "more than SLOT.FN";
-  const slot = readNumber(parts[0] as string);
-  if (slot === undefined) return `slot '${parts[0]}' is not a number`;
-  if (slot > 31) return `slot ${slot} is outside 0..31`;
-  const fnText = parts[1] ?? "0";
-  const fn = readNumber(fnText);
-  if (fn === undefined) return `function '${fnText}' is not a number`;
-  if (fn > 7) return `function ${fn} is outside 0..7`;
-  return { slot, fn };
-}
-
-/** Writes a PCI address as `0xSLOT.FN` (e.g. `0x2.0`). */
-export function formatPciAddr(addr: PciAddr): string {
-  return `0x${addr.slot.toString(16)}.${addr.fn}`;
-}
-
 function isPowerOfTwo(n: number): boolean {
   return n > 0 && (n & (n - 1)) === 0;
 }
@@ -130,8 +105,6 @@ function readQueueSize(list: OptionList, min: number, max: number): string | und
   if (!isPowerOfTwo(size)) throw list.range(`queue-size=${size} is not a power of 2`);
   return String(size);
 }
-
-const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 
 function refuseIothreads(list: OptionList): void {
   for (const key of ["iothread", "rx-iothread", "tx-iothread"]) {
@@ -166,6 +139,7 @@ export function parseDevice(text: string): DeviceConfig {
   if (typeof addr === "string") throw list.syntax(`addr '${addrText}': ${addr}`);
   refuseIothreads(list);
   const props: Record<string, string> = {};
+  let mac: Uint8Array | undefined;
   if (list.has("multifunction")) props.multifunction = list.bool("multifunction", false) ? "on" : "off";
   if (driver === "virtio-blk-pci") {
     props.drive = list.required("drive");
@@ -179,11 +153,16 @@ export function parseDevice(text: string): DeviceConfig {
     if (size !== undefined) props["queue-size"] = size;
   } else {
     props.netdev = list.required("netdev");
-    const mac = list.string("mac");
-    if (mac !== undefined) {
-      if (!MAC.test(mac)) throw list.syntax(`mac '${mac}' is not six hex bytes like 52:54:00:12:34:56`);
-      if (parseInt(mac.slice(0, 2), 16) & 1) throw list.invalid(`mac '${mac}' is a multicast address`);
-      props.mac = mac.toLowerCase();
+    const macText = list.string("mac");
+    if (macText !== undefined) {
+      try {
+        mac = parseMac(macText, id);
+      } catch (e) {
+        throw e instanceof RangeError
+          ? list.invalid(`mac '${macText}' is a multicast address`)
+          : list.syntax(`mac '${macText}' is not six hex bytes like 52:54:00:12:34:56`);
+      }
+      props.mac = formatMac(mac);
     }
     if (list.bool("mq", false)) throw list.unsupported("mq=on (multiqueue)");
     if (list.has("mq")) props.mq = "off";
@@ -192,7 +171,7 @@ export function parseDevice(text: string): DeviceConfig {
     const vectors = list.int("vectors", { min: 0, max: 0xffff });
     if (vectors !== undefined) props.vectors = String(vectors);
   }
-  return { driver, id, bus, addr, props };
+  return { driver, id, bus, addr, props, ...(mac ? { mac } : {}) };
 }
 
 function where(d: DeviceConfig): string {

@@ -34,6 +34,7 @@ Deno.test("parseDevice reads virtio-blk-pci and virtio-net-pci", () => {
       bus: "pcie.0",
       addr: { slot: 3, fn: 0 },
       props: { netdev: "net0", mac: "52:54:00:12:34:ab", mq: "off", "queue-size": "512" },
+      mac: Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0xab),
     },
   );
   const blk = parseDevice(

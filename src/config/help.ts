@@ -49,7 +49,8 @@ export function helpText(): string {
     "    -device virtio-net-pci,netdev=net0,id=net0,mac=52:54:00:12:34:56,bus=pcie.0,addr=0x3 \\",
     "    -qmp unix:/run/src.sock,server,nowait -serial stdio",
     "  A migration destination runs the same command with its own -qmp socket and",
-    "  -incoming tcp:HOST:PORT or -incoming unix:PATH.",
+    "  -incoming tcp:HOST:PORT or -incoming unix:PATH; a snapshot saved by QMP",
+    "  migrate file:PATH starts again with the same command and -incoming file:PATH.",
   ];
   return lines.join("\n") + "\n";
 }

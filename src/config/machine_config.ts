@@ -3,6 +3,12 @@
  * opened or checked here; the VMM does that).
  * @module
  */
+import type { MigrationUri } from "../migration/uri.ts";
+import type { PciAddress } from "../devices/pci/pci_address.ts";
+import type { DriveConfig } from "../devices/virtio/block/block.ts";
+
+/** `-drive id=ID,file=PATH,...`: a raw image a `-device virtio-blk-pci,drive=ID` uses (one declaration, the device's). */
+export type { DriveConfig, PciAddress };
 
 /** The machine: always x86_64 q35 on KVM. */
 export interface MachineTypeConfig {
@@ -45,10 +51,8 @@ export interface QmpConfig {
 
 /** `-incoming`: this process is a migration destination. */
 export type IncomingConfig =
-  /** `tcp:HOST:PORT` (HOST without brackets; port 0 asks for an ephemeral port). */
-  | { kind: "tcp"; host: string; port: number }
-  /** `unix:PATH`. */
-  | { kind: "unix"; path: string }
+  /** `tcp:HOST:PORT` (port 0 asks for an ephemeral port), `unix:PATH` or `file:PATH` (a snapshot). */
+  | MigrationUri
   /** `defer` (QEMU): wait for QMP `migrate-incoming`, e.g. after `migrate-set-parameters`. */
   | { kind: "defer" };
 
@@ -61,28 +65,6 @@ export interface TlsCredsObjectConfig {
   verifyPeer: boolean;
 }
 
-/** `-drive id=ID,file=PATH,...`: a raw image a `-device virtio-blk-pci,drive=ID` uses. */
-export interface DriveConfig {
-  /** Unique among drives. */
-  id: string;
-  /** Host path of the image, as given. */
-  file: string;
-  /** @default false */
-  readonly: boolean;
-  /** Open with `O_DIRECT` (StratoVirt's default is on). @default true */
-  direct: boolean;
-  /** `serial=` on the `-drive` (QEMU's legacy place; StratoVirt puts it on `-device`). At most 20 bytes. */
-  serial?: string;
-}
-
-/** A PCI slot and function, from `addr=SLOT[.FN]`. */
-export interface PciAddr {
-  /** 0..31 */
-  slot: number;
-  /** 0..7 */
-  fn: number;
-}
-
 /** `-device DRIVER,id=ID,bus=pcie.0,addr=SLOT[.FN],...`. */
 export interface DeviceConfig {
   /** `virtio-blk-pci` or `virtio-net-pci`. */
@@ -91,7 +73,9 @@ export interface DeviceConfig {
   id: string;
   /** Always `pcie.0` for now (no root ports yet). */
   bus?: string;
-  addr?: PciAddr;
+  addr?: PciAddress;
+  /** `virtio-net-pci` `mac=`, parsed once (also in `props.mac` as canonical text). */
+  mac?: Uint8Array;
   /**
    * Every other key, validated, as given except: `mac` lower-cased, booleans (`multifunction`, `mq`)
    * written `on`/`off`. Blk: `drive`, `serial`, `multifunction`, `bootindex`, `num-queues`,

@@ -52,7 +52,7 @@ export type {
   MachineConfig,
   MachineTypeConfig,
   NetdevConfig,
-  PciAddr,
+  PciAddress,
   QmpConfig,
   SerialConfig,
 } from "./machine_config.ts";

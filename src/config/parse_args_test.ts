@@ -26,6 +26,7 @@ Deno.test("parseArgs parses the example source command", () => {
         bus: "pcie.0",
         addr: { slot: 3, fn: 0 },
         props: { netdev: "net0", mac: "52:54:00:12:34:56" },
+        mac: Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56),
       },
     ],
     netdevs: [{ kind: "tap", id: "net0", ifname: "tap0" }],
@@ -36,9 +37,14 @@ Deno.test("parseArgs parses the example source command", () => {
 
 Deno.test("parseArgs parses the destination with -incoming tcp or unix", () => {
   const tcp = parseArgs([...SOURCE_ARGS, "-incoming", "tcp:192.168.0.1:4446"]);
-  assert.deepEqual(tcp.incoming, { kind: "tcp", host: "192.168.0.1", port: 4446 });
+  assert.deepEqual(tcp.incoming, {
+    kind: "tcp",
+    uri: "tcp:192.168.0.1:4446",
+    host: "192.168.0.1",
+    port: 4446,
+  });
   const unix = parseArgs([...SOURCE_ARGS, "-incoming", "unix:/tmp/migrate.sock"]);
-  assert.deepEqual(unix.incoming, { kind: "unix", path: "/tmp/migrate.sock" });
+  assert.deepEqual(unix.incoming, { kind: "unix", uri: "unix:/tmp/migrate.sock", path: "/tmp/migrate.sock" });
 });
 
 Deno.test("parseArgs gives StratoVirt's defaults for an empty command line", () => {
@@ -183,7 +189,7 @@ Deno.test("parseArgs error cases give one-line messages naming the option", () =
       /netdev=nope names no -netdev/,
     ],
     [["-incoming", "bogus:1"], TypeError, "-incoming", /expected -incoming tcp:HOST:PORT \| unix:PATH/],
-    [["-incoming", "tcp:1.2.3.4"], TypeError, "-incoming", /no port/],
+    [["-incoming", "tcp:1.2.3.4"], TypeError, "-incoming", /want tcp:HOST:PORT/],
     [["-daemonize"], TypeError, "-daemonize", "Option -daemonize is not supported yet"],
     [["-pidfile", "/run/f.pid"], TypeError, "-pidfile", "Option -pidfile is not supported yet"],
     [["-S"], TypeError, "-S", "Option -S is not supported yet"],

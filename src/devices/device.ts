@@ -40,8 +40,3 @@ export interface Migratable {
    */
   restore(state: StateValue, version: number): void;
 }
-
-/** Thrown when a device cannot migrate (a migration blocker) or a section does not fit. */
-export class MigrationBlockedError extends Error {
-  override name = "MigrationBlockedError";
-}

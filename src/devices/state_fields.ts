@@ -72,6 +72,15 @@ export class StateReader {
     return v;
   }
 
+  /** A list of at most `maxLength` items (each still untrusted). */
+  list(field: string, maxLength: number): StateValue[] {
+    const v = this.#obj[field];
+    const want = `a list of at most ${maxLength} items`;
+    if (!Array.isArray(v)) this.#fail(field, want, v, false);
+    if (v.length > maxLength) this.#fail(field, want, v, true);
+    return v;
+  }
+
   /** A byte string whose length is in `minLength..maxLength`. */
   bytes(field: string, minLength: number, maxLength: number): Uint8Array {
     const v = this.#obj[field];

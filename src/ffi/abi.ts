@@ -48,6 +48,23 @@ export const ABI = {
   "kvm_irq_routing_entry": 48,
   "kvm_enable_cap": 104,
   "kvm_irq_level": 8,
+  // linux/userfaultfd.h (shim/uffd.zig)
+  "uffd_msg": 32,
+  "uffd_msg.event": 0,
+  "uffd_msg.pagefault.flags": 8,
+  "uffd_msg.pagefault.address": 16,
+  "uffd_msg.pagefault.feat.ptid": 24,
+  "uffdio_api": 24,
+  "uffdio_range": 16,
+  "uffdio_register": 32,
+  "uffdio_copy": 40,
+  "uffdio_copy.copy": 32,
+  "uffdio_zeropage": 32,
+  "UFFDIO_API": 0xc018aa3f,
+  "UFFDIO_REGISTER": 0xc020aa00,
+  "UFFDIO_COPY": 0xc028aa03,
+  "UFFDIO_ZEROPAGE": 0xc020aa04,
+  "UFFDIO_WAKE": 0x8010aa02,
 } as const;
 
 /** Size of `struct kvm_irqchip` (its IOAPIC bitfields keep it out of the Zig table). */

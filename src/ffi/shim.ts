@@ -57,6 +57,10 @@ export const symbols = {
   ferry_abi_name: { parameters: ["u32"], result: "pointer" }, // entry index → const char *name
   // ---- CRC32C (shim/crc32c.zig) ----
   ferry_crc32c: { parameters: ["buffer", "u64", "u32"], result: "u32" }, // const u8 *ptr, u64 len, u32 crc → crc
+  ferry_copy_crc32c: { parameters: ["buffer", "buffer", "u64", "u32"], result: "u32" }, // u8 *dst, const u8 *src, u64 len, u32 crc → crc of the bytes copied
+  ferry_crc32c_pages: { parameters: ["buffer", "u64", "buffer", "u32"], result: "u32" }, // const u8 *src, u64 pages, u32 *page_crcs, u32 crc → crc of all
+  ferry_copy_crc32c_pages: { parameters: ["buffer", "buffer", "u64", "buffer", "u32"], result: "u32" }, // u8 *dst, const u8 *src, u64 pages, u32 *page_crcs, u32 crc → crc of all
+  ferry_crc32c_impl: { parameters: [], result: "u32" }, // 2 = crc32 ×3 + PCLMULQDQ, 1 = crc32, 0 = portable
 
   // ---- migration data path (issue 9)
   // ferry_madvise on a blocking-pool thread: the destination backs guest RAM ahead of the landing.
@@ -66,6 +70,22 @@ export const symbols = {
     parameters: ["buffer", "buffer", "buffer", "u32", "u32", "buffer", "u32", "u32", "u32", "buffer"],
     result: "i64",
   },
+  // ---- userfaultfd (shim/uffd.zig; post-copy, src/memory/userfault.ts) ----
+  ferry_uffd_open: { parameters: ["i32"], result: "isize" }, // int flags (O_CLOEXEC | O_NONBLOCK)
+  ferry_uffd_api: { parameters: ["i32", "u64", "buffer"], result: "isize" }, // fd, features, u64 out[2]
+  ferry_uffd_register: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "isize" }, // fd, start, len, mode, u64 *ioctls
+  ferry_uffd_unregister: { parameters: ["i32", "u64", "u64"], result: "isize" }, // fd, start, len
+  ferry_uffd_copy: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "isize" }, // fd, dst, src, len, mode
+  ferry_uffd_zeropage: { parameters: ["i32", "u64", "u64", "u64"], result: "isize" }, // fd, start, len, mode
+  ferry_uffd_wake: { parameters: ["i32", "u64", "u64"], result: "isize" }, // fd, start, len
+  ferry_uffd_read: { parameters: ["i32", "buffer", "u32"], result: "isize" }, // fd, struct uffd_msg *buf, max → count
+  ferry_poll_in: { parameters: ["i32", "i32"], result: "isize" }, // fd, timeout ms → 1 readable, 0 timeout
+  ferry_poll_in_async: {
+    name: "ferry_poll_in",
+    parameters: ["i32", "i32"],
+    result: "isize",
+    nonblocking: true,
+  }, // the same wait on a Deno blocking-pool thread (a Promise)
   ferry_madvise_async: {
     name: "ferry_madvise",
     parameters: ["u64", "u64", "i32"],

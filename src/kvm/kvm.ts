@@ -109,10 +109,25 @@ export type KvmIrqRoute =
 /** A VM fd. */
 export class VmFd {
   readonly fd: number;
-  readonly kvm: Kvm;
-  constructor(fd: number, kvm: Kvm) {
+  readonly #kvm: Kvm | undefined;
+  /** @param kvm the `/dev/kvm` it came from; undefined for {@linkcode fromRawFd} */
+  constructor(fd: number, kvm: Kvm | undefined) {
     this.fd = fd;
-    this.kvm = kvm;
+    this.#kvm = kvm;
+  }
+
+  /**
+   * A `VmFd` over a VM fd number another thread opened (fds are process-wide), e.g. in a Worker.
+   * VM ioctls only: it does not own the fd, and {@linkcode createVcpu} needs the `Kvm` it lacks.
+   */
+  static fromRawFd(fd: number): VmFd {
+    return new VmFd(fd, undefined);
+  }
+
+  /** The `/dev/kvm` this VM was created from. */
+  get kvm(): Kvm {
+    if (!this.#kvm) throw new Error(`Cannot use /dev/kvm through VM fd ${this.fd}: it was opened elsewhere`);
+    return this.#kvm;
   }
 
   #ptr(req: bigint, b: Uint8Array<ArrayBuffer>, op: string): number {

@@ -26,12 +26,8 @@ import { Uart16550 } from "../devices/serial/uart16550.ts";
 import { shim } from "../ffi/shim.ts";
 import { KVM } from "../kvm/ioctls.ts";
 import { lowRamEnd } from "./boot/layout.ts";
-import {
-  buildPciRoot,
-  type PciPlan,
-  registerPciBuses,
-  vmFdFromNumber,
-} from "../devices/virtio/virtio_pci.ts";
+import { VmFd } from "../kvm/kvm.ts";
+import { buildPciRoot, type PciPlan, registerPciBuses } from "./pci.ts";
 
 /** Where the serial console goes. */
 export type SerialSink = { kind: "stdio" } | { kind: "file"; path: string } | { kind: "none" };
@@ -107,7 +103,7 @@ function makeDevices(
   pio.register(0x70, 2, devices.cmos, "rtc-cmos");
   const mmio = new MmioBus();
   if (plan.pci) {
-    const { root } = buildPciRoot(plan.pci, vmFdFromNumber(plan.pci.vmFd));
+    const { root } = buildPciRoot(plan.pci, VmFd.fromRawFd(plan.pci.vmFd));
     registerPciBuses(root, pio, mmio);
   }
   return { devices, buses: { pio, mmio } };

@@ -7,15 +7,7 @@
 import { check } from "../ffi/errno.ts";
 import { shim } from "../ffi/shim.ts";
 import { CAP, CLOCK_REALTIME, MEM_LOG_DIRTY_PAGES } from "../kvm/ioctls.ts";
-import {
-  type CpuidEntry,
-  Kvm,
-  type MsrValue,
-  platformMsrs,
-  requiredCaps,
-  type VcpuFd,
-  type VmFd,
-} from "../kvm/kvm.ts";
+import { type CpuidEntry, Kvm, platformMsrs, requiredCaps, type VcpuFd, type VmFd } from "../kvm/kvm.ts";
 import { applySregs, encodeRegs } from "../kvm/regs.ts";
 import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
 import { allocateRam, freeRam, hostGuestMemory, preallocRam } from "../memory/host_memory.ts";
@@ -26,18 +18,23 @@ import { KICK_SIGNAL, VcpuControl } from "./vcpu_control.ts";
 import { VcpuThrottle } from "./vcpu_throttle.ts";
 import type { VcpuEvent, VcpuInit, VcpuReady } from "./vcpu_worker.ts";
 import { Platform, type SerialSink } from "./platform.ts";
-import type { Migratable, StateValue } from "../devices/device.ts";
-import { VirtioPciDevices } from "../devices/virtio/virtio_pci.ts";
+import type { Migratable } from "../devices/device.ts";
+import { VcpuMigratable, type VcpuState } from "./vcpu_state.ts";
+import { VmKernelMigratable, type VmKernelState } from "./vm_kernel_state.ts";
+import { VirtioPciDevices } from "./pci.ts";
 import { IoControl } from "../devices/virtio/io_control.ts";
 import type { DriveConfig } from "../devices/virtio/block/block.ts";
-import { parseMac } from "../devices/virtio/net/net.ts";
+import type { PciAddress } from "../devices/pci/pci_address.ts";
+
+export type { VcpuState } from "./vcpu_state.ts";
+export type { VmKernelState } from "./vm_kernel_state.ts";
 
 const log = logger("vm");
 
-/** A PCI device on `pcie.0`. `addr` is QEMU's `SLOT[.FN]`; the first free slot when absent. */
+/** A PCI device on `pcie.0`; the first free slot when `addr` is absent. */
 export type PciDeviceSpec =
-  | { kind: "virtio-blk"; addr?: string; drive: DriveConfig }
-  | { kind: "virtio-net"; addr?: string; id: string; ifname: string; mac: string };
+  | { kind: "virtio-blk"; addr?: PciAddress; drive: DriveConfig }
+  | { kind: "virtio-net"; addr?: PciAddress; id: string; ifname: string; mac: Uint8Array };
 
 /** What a VM is made of (from the command line). */
 export interface VmSpec {
@@ -54,34 +51,6 @@ export interface VmSpec {
 export interface VmExit {
   reason: "poweroff" | "reset" | "triple-fault" | "error";
   detail: string;
-}
-
-/** The state of one vCPU (plain data; raw kernel structs as bytes). */
-export interface VcpuState {
-  regs: Uint8Array;
-  sregs: Uint8Array;
-  fpu: Uint8Array;
-  xsave: Uint8Array;
-  xcrs: Uint8Array;
-  debugregs: Uint8Array;
-  lapic: Uint8Array;
-  events: Uint8Array;
-  mpState: number;
-  msrs: MsrValue[];
-}
-
-/** VM-wide kernel state: PIC master/slave, IOAPIC, PIT, kvmclock. */
-export interface VmKernelState {
-  irqchips: Uint8Array[];
-  pit: Uint8Array;
-  clock: Uint8Array;
-}
-
-/** A whole VM's state ({@linkcode Vm.saveAll}). */
-export interface VmState {
-  vcpus: VcpuState[];
-  kernel: VmKernelState;
-  devices: { id: string; version: number; state: StateValue }[];
 }
 
 /** Extra CPUID topology for vCPU `id` of `count`. */
@@ -252,7 +221,7 @@ export class Vm {
           pci.addBlock(d.drive, { ...(d.addr ? { addr: d.addr } : {}), lock: boot ? "now" : "deferred" });
         } else {
           pci.addNet(
-            { id: d.id, ifname: d.ifname, mac: parseMac(d.mac, d.id) },
+            { id: d.id, ifname: d.ifname, mac: d.mac },
             d.addr ? { addr: d.addr } : {},
           );
         }
@@ -357,9 +326,23 @@ export class Vm {
     this.#paused = true;
   }
 
-  /** Every device with migratable state: platform devices, then PCI transports, then PCI devices. */
+  /**
+   * Everything with migratable state, in restore order: the kernel state (`vm:kernel`; irqchip
+   * before any LAPIC), each vCPU (`vcpu:<i>`), platform devices, PCI transports, PCI devices.
+   * Migration maps this one list to its sections, both ways.
+   */
   migratables(): Migratable[] {
-    return [...this.platform.migratables(), ...(this.pci?.migratables() ?? [])];
+    return [
+      new VmKernelMigratable({
+        save: () => this.saveKernelState(),
+        restore: (s) => this.restoreKernelState(s),
+      }),
+      ...this.vcpus.map((_, i) =>
+        new VcpuMigratable(i, { save: () => this.saveVcpu(i), restore: (s) => this.restoreVcpu(i, s) })
+      ),
+      ...this.platform.migratables(),
+      ...(this.pci?.migratables() ?? []),
+    ];
   }
 
   /** Thread ids of the vCPUs (query-cpus-fast). */
@@ -438,30 +421,6 @@ export class Vm {
     const canRealtime = (this.vmFd.checkExtension(CAP.ADJUST_CLOCK) & CLOCK_REALTIME) !== 0;
     dv.setUint32(8, canRealtime && (savedFlags & CLOCK_REALTIME) ? CLOCK_REALTIME : 0, true);
     this.vmFd.setClock(clock);
-  }
-
-  /** Every state item of the VM as plain data: vCPUs, kernel state, and each device's versioned state. */
-  saveAll(): VmState {
-    return {
-      vcpus: this.vcpus.map((_, i) => this.saveVcpu(i)),
-      kernel: this.saveKernelState(),
-      devices: this.migratables().map((d) => ({ id: d.id, version: d.stateVersion, state: d.save() })),
-    };
-  }
-
-  /** Applies {@linkcode saveAll}'s result (paused; same shape of VM). */
-  restoreAll(s: VmState): void {
-    if (s.vcpus.length !== this.vcpus.length) {
-      throw new RangeError(`Cannot restore ${s.vcpus.length} vCPUs into a VM with ${this.vcpus.length}`);
-    }
-    this.restoreKernelState(s.kernel);
-    s.vcpus.forEach((v, i) => this.restoreVcpu(i, v));
-    const byId = new Map(s.devices.map((d) => [d.id, d]));
-    for (const d of this.migratables()) {
-      const saved = byId.get(d.id);
-      if (!saved) throw new Error(`Cannot restore VM: no state for device '${d.id}'`);
-      d.restore(saved.state, saved.version);
-    }
   }
 
   /** Puts every vCPU back to its state at creation and reloads the kernel (QMP system_reset). */

@@ -15,7 +15,6 @@ export interface FakeVmOptions {
   config?: Record<string, string>;
   host?: Record<string, string>;
   sections?: Section[];
-  blockers?: string[];
   /** Makes `restoreState` throw this message. */
   restoreError?: string;
   /** Makes `saveState` throw this message. */
@@ -78,9 +77,6 @@ export class FakeVm implements MigrationVm {
   hostAttributes(): Record<string, string> {
     return { ...(this.options.host ?? FAKE_HOST) };
   }
-  migrationBlockers(): string[] {
-    return this.options.blockers ?? [];
-  }
   startDirtyLog(): void {
     this.dirtyLogging = true;
     for (const l of this.#kvmLog) l.fill(0);
@@ -105,10 +101,14 @@ export class FakeVm implements MigrationVm {
     this.pauseCount++;
     this.paused = true;
   }
-  async resume(): Promise<void> {
+  async resumeAfterRollback(): Promise<void> {
     await Promise.resolve();
     this.resumeCount++;
     this.paused = false;
+  }
+  /** The fake runs an incoming guest the way a rollback resumes one (counted alike). */
+  startIncomingGuest(): Promise<void> {
+    return this.resumeAfterRollback();
   }
   /** The vCPU throttle in force (auto-converge); the dirtier skips that share of its ticks. */
   cpuThrottle = 0;

@@ -11,6 +11,10 @@
  * every RAM run is checked against this VM's RAM before any byte is written, and any bad input,
  * truncation, unexpected order or a `cancel` fails the migration with a clear error (sent back as
  * a `nack` when the connection still works). The VM is never resumed after a failure.
+ *
+ * From a `file:` uri (a snapshot, snapshot_file.ts) the same machine reads the file one-way: no
+ * `ack`, `nack` or `resumed` is sent, the configuration and digest are checked here against what
+ * the file carries, and the file must end right after `complete` (reaching its end checks its CRC).
  * @module
  */
 import { logger } from "../util/log.ts";
@@ -19,7 +23,9 @@ import type { MigrationVm, Section } from "./vm_port.ts";
 import type { MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import { checkCompatibility } from "./compat.ts";
-import { MigrationListener, parseMigrationUri, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { MigrationListener, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { type MigrationUri, parseMigrationUri } from "./uri.ts";
+import { SnapshotFileSource } from "./snapshot_file.ts";
 import {
   decodeComplete,
   decodeConfig,
@@ -30,8 +36,6 @@ import {
   HEADER_BYTES,
   MAX_CONFIG_BYTES,
   MAX_REASON_BYTES,
-  MAX_SECTION_BYTES,
-  MAX_SECTION_ID_BYTES,
   MAX_SECTIONS,
   type MessageHeader,
   MessageReader,
@@ -41,6 +45,10 @@ import {
 import { receiveRamBatch } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import type { TlsCreds } from "./tls.ts";
+import { DEFAULT_MIGRATION_CAPABILITIES, type MigrationCapabilities } from "./parameters.ts";
+import { PostcopyDestination } from "./postcopy_destination.ts";
+import { decodeDirtyBitmaps } from "./postcopy_wire.ts";
+import { pausePostcopyGuest, postcopyInfo, PostcopyPausedError } from "./postcopy.ts";
 import {
   checkMultifd,
   decodeChannel,
@@ -74,6 +82,8 @@ export interface ReceiveMigrationOptions {
   tls?: TlsCreds;
   /** Capability `multifd` with this many channels (multifd.ts); 0 or absent = off. */
   multifdChannels?: number;
+  /** This side's capabilities (`postcopy-ram` must be on to accept post-copy). */
+  capabilities?: Readonly<MigrationCapabilities>;
 }
 
 /** Largest total of all section payloads. */
@@ -85,7 +95,8 @@ const MAX_TOTAL_STATE_BYTES = 256 * 1024 * 1024;
  * is resumed only after every byte of state arrived and `restoreState` succeeded.
  *
  * @param vm the freshly built, paused destination VM (same command line as the source)
- * @param uri `tcp:HOST:PORT` or `unix:PATH`
+ * @param uri `tcp:HOST:PORT` or `unix:PATH`, or `file:PATH` to restore a snapshot (one-way: the
+ *   configuration and digest checks run here against what the file carries, nothing is sent back)
  * @param status the VM's status tracker (`query-migrate` works meanwhile)
  * @throws {TypeError} for a bad uri; {Error} for any migration failure
  * @example
@@ -95,28 +106,42 @@ const MAX_TOTAL_STATE_BYTES = 256 * 1024 * 1024;
  */
 export async function receiveMigration(
   vm: MigrationVm,
-  uri: string,
+  uri: string | MigrationUri,
   status: MigrationStatusTracker,
   options: ReceiveMigrationOptions = {},
 ): Promise<void> {
-  const target = parseMigrationUri(uri, { listen: true });
-  const incoming = new IncomingMigration(vm, status, options.stallTimeoutMs ?? STALL_TIMEOUT_MS);
+  const target = typeof uri === "string" ? parseMigrationUri(uri, { listen: true }) : uri;
+  if (target.kind === "file" && options.tls) {
+    throw new TypeError(`Cannot restore from '${target.uri}' with tls-creds: TLS needs a tcp: uri`);
+  }
+  const incoming = new IncomingMigration(
+    vm,
+    status,
+    options.stallTimeoutMs ?? STALL_TIMEOUT_MS,
+    options.capabilities ?? DEFAULT_MIGRATION_CAPABILITIES,
+  );
   status.transition("setup");
   status.attachInfo(() => incoming.info());
   let listener: MigrationListener | undefined;
   let conn: Deno.Conn | undefined;
   // multifd: the channel Workers load while the destination waits for its source.
-  const workers = (options.multifdChannels ?? 0) > 0
-    ? MultifdWorkers.take(options.multifdChannels!)
-    : undefined;
+  const multifd = options.multifdChannels ?? 0;
+  const workers = multifd > 0 ? MultifdWorkers.take(multifd) : undefined;
+  let file: SnapshotFileSource | undefined;
   try {
-    listener = await MigrationListener.open(target, options.tls);
-    options.onListening?.(listener.addr);
-    const multifd = options.multifdChannels ?? 0;
-    if (multifd > 0 && options.tls) {
-      throw new TypeError("Cannot receive a migration: multifd with TLS is not supported");
+    if (target.kind === "file") {
+      file = await SnapshotFileSource.open(target.path).catch((e: Error) => {
+        throw new Error(`Cannot restore from '${target.path}': ${e.message}`, { cause: e });
+      });
+      conn = file as unknown as Deno.Conn;
+    } else {
+      listener = await MigrationListener.open(target, options.tls);
+      options.onListening?.(listener.addr);
+      if (multifd > 0 && options.tls) {
+        throw new TypeError("Cannot receive a migration: multifd with TLS is not supported");
+      }
+      conn = multifd > 0 ? await listener.accept(options.signal) : await listener.acceptOne(options.signal);
     }
-    conn = multifd > 0 ? await listener.accept(options.signal) : await listener.acceptOne(options.signal);
     const c = conn;
     const onAbort = () => {
       try {
@@ -125,7 +150,12 @@ export async function receiveMigration(
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await incoming.run(conn, status, { listener, channels: multifd, signal: options.signal, workers });
+      await incoming.run(conn, status, file !== undefined, {
+        listener,
+        channels: file ? 0 : multifd,
+        signal: options.signal,
+        workers,
+      });
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
     }
@@ -134,13 +164,28 @@ export async function receiveMigration(
   } catch (e) {
     incoming.end();
     let message = (e as Error).message;
+    // Bad input inside a message: name the message and where it started in the stream.
+    const at = incoming.lastMessage;
+    if (e instanceof ProtocolError && at && !message.includes("stream offset")) message += ` (${at})`;
+    // A damaged snapshot is the cause of whatever the parser tripped on: say that instead.
+    if (target.kind === "file" && !message.startsWith("Cannot restore from")) {
+      message = `Cannot restore from '${target.path}': ${(await file?.corruption()) ?? message}`;
+    }
     if (options.signal?.aborted) {
       message = `Incoming migration stopped: ${
         String(options.signal.reason?.message ?? options.signal.reason)
       }`;
     }
-    log.error("Incoming migration failed: %s", message);
-    if (conn) await incoming.refuse(conn, message);
+    if (e instanceof PostcopyPausedError) {
+      // The guest's memory is split between the two sides: keep everything, say so.
+      log.error("%s", e.message);
+      status.transition("postcopy-paused", e.message);
+      throw e;
+    }
+    // A refused snapshot is one line, the one the process exits with (vmm.ts); a live failure is logged too.
+    if (target.kind === "file") log.debug("Restore failed: %s", message);
+    else log.error("Incoming migration failed: %s", message);
+    if (conn && !file) await incoming.refuse(conn, message);
     status.transition("failed", message);
     throw new Error(message, { cause: e });
   } finally {
@@ -154,6 +199,20 @@ export async function receiveMigration(
   }
 }
 
+/** How the destination receives multifd channels. */
+interface MultifdIncoming {
+  listener: MigrationListener | undefined;
+  channels: number;
+  signal: AbortSignal | undefined;
+  workers: MultifdWorkers | undefined;
+}
+const NO_MULTIFD: MultifdIncoming = {
+  listener: undefined,
+  channels: 0,
+  signal: undefined,
+  workers: undefined,
+};
+
 class IncomingMigration {
   #vm: MigrationVm;
   #counters = new RamCounters();
@@ -161,12 +220,21 @@ class IncomingMigration {
   #setupMs: number | undefined;
   #endMs: number | undefined;
   #writer: MessageWriter | undefined;
+  #reader: MessageReader | undefined;
   #stallMs: number;
   #multifd: MultifdReceiver | undefined;
+  #capabilities: Readonly<MigrationCapabilities>;
+  #postcopy: PostcopyDestination | undefined;
 
-  constructor(vm: MigrationVm, _status: MigrationStatusTracker, stallMs: number) {
+  constructor(
+    vm: MigrationVm,
+    _status: MigrationStatusTracker,
+    stallMs: number,
+    capabilities: Readonly<MigrationCapabilities>,
+  ) {
     this.#vm = vm;
     this.#stallMs = stallMs;
+    this.#capabilities = capabilities;
     this.#counters.totalBytes = vm.memory.sizeBytes;
   }
 
@@ -176,11 +244,17 @@ class IncomingMigration {
       ram: this.#counters.toInfo(),
     };
     if (this.#setupMs !== undefined) info["setup-time"] = Math.round(this.#setupMs);
+    if (this.#postcopy) Object.assign(info, postcopyInfo(this.#postcopy.stats(), this.#capabilities));
     return info;
   }
 
   end(): void {
     this.#endMs ??= performance.now();
+  }
+
+  /** The last message read, for error lines (`MessageReader.lastMessage`). */
+  get lastMessage(): string | undefined {
+    return this.#reader?.lastMessage;
   }
 
   /** Best effort: tell the source why (it may be gone or stuck writing). */
@@ -190,19 +264,18 @@ class IncomingMigration {
     await settleWithin(w.send("nack", encodeReason(reason)), 200);
   }
 
-  /** Receives on `conn` (and the multifd channels from `mf.listener`). */
+  /**
+   * Receives from `conn`; `oneWay` (a snapshot file): nothing is sent back and the file must end
+   * after `complete`. With multifd (`mf.channels` > 0) RAM arrives on channels from `mf.listener`.
+   */
   async run(
     conn: Deno.Conn,
     status: MigrationStatusTracker,
-    mf: {
-      listener: MigrationListener;
-      channels: number;
-      signal: AbortSignal | undefined;
-      workers: MultifdWorkers | undefined;
-    },
+    oneWay = false,
+    mf: MultifdIncoming = NO_MULTIFD,
   ): Promise<void> {
     try {
-      await this.#run(conn, status, mf);
+      await this.#run(conn, status, oneWay, mf);
     } catch (e) {
       // A channel failure closed the main connection: its reason is the cause.
       throw this.#multifd?.failure ?? e;
@@ -214,12 +287,8 @@ class IncomingMigration {
   async #run(
     conn: Deno.Conn,
     status: MigrationStatusTracker,
-    mf: {
-      listener: MigrationListener;
-      channels: number;
-      signal: AbortSignal | undefined;
-      workers: MultifdWorkers | undefined;
-    },
+    oneWay: boolean,
+    mf: MultifdIncoming,
   ): Promise<void> {
     const vm = this.#vm;
     const guard = new StallGuard(conn, {
@@ -228,6 +297,7 @@ class IncomingMigration {
       writeTimeoutMs: this.#stallMs,
     });
     const reader = new MessageReader(guard, "source");
+    this.#reader = reader;
     const writer = new MessageWriter(guard);
     this.#writer = writer;
     const c = this.#counters;
@@ -282,7 +352,7 @@ class IncomingMigration {
     // hello
     let h = await next("before hello");
     expect(h, "hello", "first");
-    const hello = decodeHello(await reader.readPayload(h, MAX_REASON_BYTES + 6));
+    const hello = decodeHello(await reader.readPayload(h));
     c.transferredBytes += h.length;
     if (hello.pageSize !== PAGE_SIZE) {
       throw new ProtocolError(
@@ -298,7 +368,7 @@ class IncomingMigration {
     c.transferredBytes += h.length;
     checkMultifd(config.config, mf.channels);
     checkCompatibility(config, { config: vm.configAttributes(), host: vm.hostAttributes() });
-    await send("ack");
+    if (!oneWay) await send("ack");
     this.#setupMs = performance.now() - this.#startMs;
     status.transition("active");
 
@@ -309,7 +379,7 @@ class IncomingMigration {
       expect(h, "channel", "after ack");
       const main = decodeChannel(await reader.readPayload(h, 64));
       this.#multifd = await MultifdReceiver.accept({
-        listener: mf.listener,
+        listener: mf.listener!,
         memory: vm.memory,
         main,
         channels: mf.channels,
@@ -324,7 +394,7 @@ class IncomingMigration {
         ...(mf.signal ? { signal: mf.signal } : {}),
         ...(mf.workers ? { workers: mf.workers } : {}),
       });
-      mf.listener.close();
+      mf.listener!.close();
       this.#multifd.onFailure((e) => {
         void settleWithin(writer.send("nack", encodeReason(e.message)), 200).then(() => conn.close());
       });
@@ -333,16 +403,47 @@ class IncomingMigration {
     const sections: Section[] = [];
     const ids = new Set<string>();
     let stateBytes = 0;
+    let postcopyAdvised = false;
+    let needed: Uint32Array[] | undefined;
     for (;;) {
       h = await next("before complete");
+      if (h.kind === "postcopyAdvise") {
+        if (!this.#capabilities["postcopy-ram"]) {
+          throw new Error(
+            "Cannot receive migration: the source may switch to post-copy but capability 'postcopy-ram' is off here (set it on both sides)",
+          );
+        }
+        // From here on guest RAM is never backed ahead: a page backed while the switch drops
+        // stale pages could hide a missing one.
+        postcopyAdvised = true;
+        await reader.readPayload(h, 0);
+        continue;
+      }
+      if (h.kind === "postcopyDirty") {
+        if (!postcopyAdvised || needed || sections.length > 0) {
+          throw new ProtocolError("Cannot receive migration: unexpected 'postcopyDirty'");
+        }
+        needed = decodeDirtyBitmaps(
+          await reader.readPayload(h, 64 * 1024 * 1024),
+          vm.memory.regions.map((r) => r.sizeBytes / PAGE_SIZE),
+        );
+        c.transferredBytes += h.length;
+        continue;
+      }
       if (sourceDigest && h.kind !== "complete") {
         throw new ProtocolError(`Cannot receive migration: '${h.kind}' after 'digest'`);
       }
       if (h.kind === "ram") {
-        if (sections.length > 0) throw new ProtocolError("Cannot receive migration: 'ram' after 'state'");
+        if (sections.length > 0 || needed) {
+          throw new ProtocolError(
+            `Cannot receive migration: 'ram' after '${needed ? "postcopyDirty" : "state"}'`,
+          );
+        }
         const r = await receiveRamBatch(reader, h, vm.memory, {
           ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
-          ...(vm.populate ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) } : {}),
+          ...(vm.populate && !postcopyAdvised
+            ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) }
+            : {}),
           digest,
         });
         c.transferredBytes += h.length;
@@ -355,7 +456,7 @@ class IncomingMigration {
         continue;
       }
       if (h.kind === "state") {
-        const payload = await reader.readPayload(h, MAX_SECTION_BYTES + MAX_SECTION_ID_BYTES + 10);
+        const payload = await reader.readPayload(h);
         const s = decodeSection(payload);
         digest.recordSection(payload);
         c.transferredBytes += h.length;
@@ -383,6 +484,7 @@ class IncomingMigration {
           `Cannot receive migration: source sent ${sections.length} sections but announced ${count}`,
         );
       }
+      if (needed) break; // post-copy: RAM is not complete yet, so there is no digest
       if (!sourceDigest) {
         throw new ProtocolError("Cannot receive migration: 'complete' without the switch-over 'digest'");
       }
@@ -390,19 +492,36 @@ class IncomingMigration {
       const mismatch = compareDigests(sourceDigest, digest.finish());
       log.debug("Switch-over digest checked in %s ms", (performance.now() - t0).toFixed(2));
       if (mismatch) throw new Error(`Cannot verify the switch-over digest: ${mismatch}`);
+      // A file ends here; reaching its end checks its CRC (snapshot_file.ts).
+      if (oneWay && await reader.readHeader()) {
+        throw new ProtocolError("Cannot receive migration: a message after 'complete'");
+      }
+      // 'complete' ends the stream: anything already behind it (a replay, a cancel) is refused.
+      if (!oneWay && reader.buffered > 0) {
+        h = await next("after complete");
+        throw new ProtocolError(`Cannot receive migration: '${h.kind}' after 'complete'`);
+      }
       break;
     }
 
+    let postcopy: PostcopyDestination | undefined;
+    if (needed) {
+      postcopy = new PostcopyDestination(vm.memory, reader, writer, needed, c, {
+        ...(vm.vcpuThreadIds ? { vcpuThreadIds: vm.vcpuThreadIds() } : {}),
+      });
+      postcopy.prepare();
+    }
     try {
       await vm.restoreState(sections);
     } catch (e) {
       throw new Error(`Cannot restore device state: ${(e as Error).message}`, { cause: e });
     }
     try {
-      await vm.resume();
+      await vm.startIncomingGuest();
     } catch (e) {
       throw new Error(`Cannot resume the destination VM: ${(e as Error).message}`, { cause: e });
     }
+    if (oneWay) return;
     try {
       await writer.send("resumed");
     } catch (e) {
@@ -410,5 +529,24 @@ class IncomingMigration {
       await vm.pause().catch(() => {});
       throw new Error(`Cannot confirm the resume to the source: ${(e as Error).message}`, { cause: e });
     }
+    if (!postcopy) return;
+    this.#postcopy = postcopy;
+    status.transition("postcopy-active");
+    const t0 = performance.now();
+    try {
+      await postcopy.run();
+    } catch (e) {
+      const left = postcopy.pagesLeft;
+      await pausePostcopyGuest(vm);
+      throw new PostcopyPausedError(
+        `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused here: ` +
+          `${left} pages (${
+            Math.round(left * PAGE_SIZE / 1048576)
+          } MiB) of its memory are only on the source, ` +
+          "so it cannot run, and the source cannot take it back either",
+        { cause: e },
+      );
+    }
+    log.info("Post-copy completed in %d ms", Math.round(performance.now() - t0));
   }
 }

@@ -10,8 +10,12 @@ import {
   encodeRunTable,
   encodeSection,
   HEADER_BYTES,
+  HEADER_LENGTH_OFFSET,
+  HEADER_SEQ_OFFSET,
+  MAGIC,
   type MessageKindName,
   type RamRun,
+  sealMessage,
 } from "./stream.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
 
@@ -86,6 +90,12 @@ function validStream(): { bytes: Uint8Array; boundaries: number[] } {
   return { bytes, boundaries };
 }
 
+/** {@linkcode validStream}, numbered and sealed as a source sends it. */
+function sequencedStream(): { bytes: Uint8Array; boundaries: number[] } {
+  const s = validStream();
+  return { bytes: sequenced(s.bytes), boundaries: s.boundaries };
+}
+
 function concat(...parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let o = 0;
@@ -98,8 +108,34 @@ function concat(...parts: Uint8Array[]): Uint8Array {
 
 const MARK = 0xaa;
 
-/** Feeds `bytes` to a fresh destination; returns its error (or null) and the reply kinds. */
-async function feed(bytes: Uint8Array): Promise<{ error: Error | null; replies: string[]; vm: FakeVm }> {
+/**
+ * Numbers the whole messages at the start of `bytes` 0, 1, 2… and recomputes their CRC32C (in a
+ * copy), as a source that built this stream would: so that a test reaches the decoder it aims at.
+ * Stops at the first header without the magic or a message cut short (its header is numbered).
+ */
+function sequenced(bytes: Uint8Array): Uint8Array {
+  const b = bytes.slice();
+  const v = new DataView(b.buffer);
+  for (let o = 0, i = 0; o + HEADER_BYTES <= b.length; i++) {
+    if (!MAGIC.every((x, k) => b[o + k] === x)) break;
+    const end = o + HEADER_BYTES + Number(v.getBigUint64(o + HEADER_LENGTH_OFFSET, true));
+    v.setUint32(o + HEADER_SEQ_OFFSET, i, true);
+    if (end > b.length) break;
+    sealMessage(b.subarray(o, end));
+    o = end;
+  }
+  return b;
+}
+
+/**
+ * Feeds `bytes` to a fresh destination, {@linkcode sequenced} unless `raw`; returns its error (or
+ * null) and the reply kinds.
+ */
+async function feed(
+  input: Uint8Array,
+  raw = false,
+): Promise<{ error: Error | null; replies: string[]; vm: FakeVm }> {
+  const bytes = raw ? input : sequenced(input);
   const vm = new FakeVm({ regions: REGIONS, paused: true });
   for (const r of vm.memory.regions) r.bytes.fill(MARK);
   const d = await listenDestination(vm, "tcp");
@@ -213,7 +249,7 @@ Deno.test("receiveMigration rejects a bad magic, a newer version, unknown kinds 
   r = await feed(v999);
   assert.match(
     r.error!.message,
-    /Cannot accept migration protocol version 999: this ferry reads versions 1 to 1/,
+    /Cannot accept migration protocol version 999: this ferry speaks version 2 only \(the peer runs a newer ferry\)/,
   );
 
   const kind = HELLO.slice();
@@ -229,12 +265,82 @@ Deno.test("receiveMigration rejects a bad magic, a newer version, unknown kinds 
   const huge = HELLO.slice();
   new DataView(huge.buffer).setBigUint64(16, 1n << 40n, true);
   r = await feed(huge);
-  assert.match(r.error!.message, /1099511627776 bytes: limit is 67108864/);
+  assert.match(r.error!.message, /'hello' message of 1099511627776 bytes: limit is 4102/);
 
   // Within the message bound but over the per-kind bound: refused before allocating.
-  const big = encodeHeader("config", 60 * 1024 * 1024);
+  const big = encodeHeader("ram", 60 * 1024 * 1024);
+  new DataView(big.buffer).setUint16(10, 2, true); // kind config
   r = await feed(concat(HELLO, big));
   assert.match(r.error!.message, /'config' message of 62914560 bytes: limit is 1048576/);
+});
+
+Deno.test("receiveMigration refuses a damaged, missing, repeated or reordered message by its CRC32C and sequence number, in one line naming it and its offset", async () => {
+  const { bytes, boundaries } = sequencedStream();
+  const at = (i: number) => boundaries[i]!;
+  const message = (i: number) => bytes.subarray(at(i), at(i + 1) ?? bytes.length);
+  // The unmodified, sequenced stream runs.
+  assert.equal((await feed(bytes, true)).error, null);
+
+  // One bit of a raw page of message #3 (a 'ram' message), and of its header's length-free bytes.
+  for (const [what, off] of [["page", bytes.indexOf(0x5a)], ["flags", at(3) + 12]] as const) {
+    const bad = bytes.slice();
+    bad[off]! ^= 0x01;
+    const r = await feed(bad, true);
+    const want = what === "page"
+      ? new RegExp(
+        `^Cannot accept migration message #3 \\('ram'\\) at stream offset ${at(3)}: CRC32C mismatch`,
+      )
+      : /unknown flags 0x1 \(message #3 at stream offset \d+\)/;
+    assert.match(r.error!.message, want, what);
+    assert.ok(!r.error!.message.includes("\n"));
+    assert.equal(r.vm.resumeCount, 0);
+    assert.deepEqual(r.replies, ["ack", "nack"]);
+  }
+  // A flipped bit in the CRC field itself.
+  const crc = bytes.slice();
+  crc[at(5) + 28]! ^= 0x80;
+  assert.match(
+    (await feed(crc, true)).error!.message,
+    new RegExp(
+      `^Cannot accept migration message #5 \\('state'\\) at stream offset ${at(5)}: CRC32C mismatch`,
+    ),
+  );
+
+  const order = (...idx: number[]) => concat(...idx.map(message));
+  const cases: [Uint8Array, RegExp][] = [
+    // Message #3 removed: #4 arrives where #3 belongs.
+    [
+      order(0, 1, 2, 4, 5, 6, 7),
+      /^Cannot accept migration message #3 \('ram'\) at stream offset \d+: sequence number 4, want 3: message #3 is missing or out of order$/,
+    ],
+    // Message #3 twice.
+    [
+      order(0, 1, 2, 3, 3, 4, 5, 6, 7),
+      /message #4 \('ram'\) at stream offset \d+: sequence number 3, want 4: message #3 was already received: repeated or out of order/,
+    ],
+    // Messages #3 and #4 swapped.
+    [order(0, 1, 2, 4, 3, 5, 6, 7), /message #3 \('ram'\) .*sequence number 4, want 3/],
+  ];
+  for (const [input, re] of cases) {
+    const r = await feed(input, true);
+    assert.match(r.error!.message, re);
+    assert.equal(r.vm.resumeCount, 0);
+  }
+});
+
+Deno.test("receiveMigration refuses a protocol version 1 peer by its version, saying so", async () => {
+  // A version 1 header: 24 bytes, no sequence number nor CRC.
+  const v1 = new Uint8Array(24 + 6);
+  v1.set(MAGIC);
+  new DataView(v1.buffer).setUint16(8, 1, true);
+  new DataView(v1.buffer).setUint16(10, 1, true);
+  new DataView(v1.buffer).setBigUint64(16, 6n, true);
+  const r = await feed(v1, true);
+  assert.match(
+    r.error!.message,
+    /^Cannot accept migration protocol version 1: this ferry speaks version 2 only \(the peer runs an older ferry whose stream has no sequence numbers nor CRC32C\)/,
+  );
+  assert.deepEqual(r.replies, ["nack"]);
 });
 
 Deno.test("receiveMigration rejects out-of-range RAM runs before writing any byte of the message", async () => {
@@ -318,7 +424,11 @@ Deno.test("receiveMigration rejects messages out of order", async () => {
       concat(HELLO, msg("config", new TextEncoder().encode('{"config":{"-m":5},"host":{}}'))),
       /'config.-m' is not a string/,
     ],
-    [concat(HELLO, CONFIG, msg("state", new Uint8Array([0, 0]))), /id length 0/],
+    [
+      concat(HELLO, CONFIG, msg("state", new Uint8Array([0, 0]))),
+      /'state' message of 2 bytes: need at least 11/,
+    ],
+    [concat(HELLO, CONFIG, msg("state", new Uint8Array(11))), /id length 0/],
     [
       concat(HELLO, CONFIG, msg("state", new Uint8Array([2, 0, 0xff, 0xfe, 0, 0, 0, 0, 0, 0, 0, 0]))),
       /not valid UTF-8/,

@@ -14,21 +14,12 @@
  */
 import { type GuestMemory, PAGE_SIZE, type Region } from "../memory/guest_memory.ts";
 import { shim } from "../ffi/shim.ts";
-import { ProtocolError, type RamRun } from "./stream.ts";
+import { crc32c, DIGEST_PAYLOAD_BYTES, ProtocolError, type RamRun } from "./stream.ts";
 
 const PAGE = BigInt(PAGE_SIZE);
 
-/**
- * CRC32C of `bytes`, continuing `crc` (0 to start).
- * @example
- * ```ts
- * crc32c(new TextEncoder().encode("123456789")); // 0xe3069283
- * ```
- */
-export function crc32c(bytes: Uint8Array, crc = 0): number {
-  if (bytes.length === 0) return crc >>> 0;
-  return shim().ferry_crc32c(bytes as Uint8Array<ArrayBuffer>, BigInt(bytes.length), crc >>> 0) >>> 0;
-}
+/** CRC32C of `bytes`, continuing `crc` (0 to start); the wire's checksum (stream.ts). */
+export { crc32c };
 
 /** CRC32C of a 4 KiB page of zeros. */
 export const ZERO_PAGE_CRC = 0x98f94189;
@@ -40,7 +31,7 @@ const NEVER = 0;
 export const DIGEST_ALGORITHM_CRC32C_PAGES = 1;
 
 /** Bytes of the `digest` payload. */
-export const DIGEST_BYTES = 24;
+export const DIGEST_BYTES = DIGEST_PAYLOAD_BYTES;
 
 /** The two values compared at switch-over. */
 export interface SwitchoverDigest {
@@ -77,13 +68,23 @@ export class MigrationDigest {
 
   /**
    * Records the runs of one RAM message (already checked against guest RAM): on the source right
-   * after the message was sent, on the destination right after it landed.
+   * after the message was sent, on the destination right after it landed. `pageCrcs`, when given,
+   * holds the CRC32C of every raw page of the runs in order, computed as the bytes were copied to
+   * the send buffer or read from the connection; without it the pages are read again.
    */
-  recordRuns(runs: readonly RamRun[]): void {
+  recordRuns(runs: readonly RamRun[], pageCrcs?: Uint32Array): void {
+    let k = 0;
     for (const r of runs) {
       const region = this.#memory.regionOf(r.gpa, r.pageCount * PAGE_SIZE);
       if (!region) {
         throw new RangeError(`Cannot record RAM run at 0x${r.gpa.toString(16)}: outside guest RAM`);
+      }
+      if (pageCrcs && !r.zero) {
+        // The raw pages' CRC32Cs as sent / as received (MessageWriter.sendPages, MessageReader.readPages).
+        const table = this.#tables[this.#memory.regions.indexOf(region)]!;
+        table.set(pageCrcs.subarray(k, k + r.pageCount), (r.gpa - region.gpa) / PAGE_SIZE);
+        k += r.pageCount;
+        continue;
       }
       this.recordRun(region, r.gpa - region.gpa, r.pageCount, r.zero);
     }

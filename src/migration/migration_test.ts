@@ -4,7 +4,6 @@ import { MigrationStatus, MigrationStatusTracker } from "./status.ts";
 import { startMigration } from "./source.ts";
 import { DEFAULT_MIGRATION_PARAMETERS, updateMigrationParameters } from "./parameters.ts";
 import { encodeState } from "./state_codec.ts";
-import { MigrationBlockedError } from "../devices/device.ts";
 
 const MiB = 1024 * 1024;
 
@@ -130,16 +129,6 @@ Deno.test("startMigration switches over at the iteration cap with convergence-po
   } finally {
     source.stopDirtying();
   }
-});
-
-Deno.test("startMigration refuses a VM with migration blockers, naming them", () => {
-  const source = new FakeVm({ blockers: ["vfio0", "usb-host1"] });
-  const status = new MigrationStatusTracker();
-  assert.throws(
-    () => startMigration(source, "tcp:127.0.0.1:1", DEFAULT_MIGRATION_PARAMETERS, status),
-    (e: Error) => e instanceof MigrationBlockedError && /'vfio0', 'usb-host1'/.test(e.message),
-  );
-  assert.equal(status.status, "none");
 });
 
 Deno.test("startMigration refuses a second migration while one is active", async () => {
@@ -278,7 +267,8 @@ Deno.test("startMigration reports a clear error when the destination closes mid-
       await r.readPayload(h, 1 << 20);
     }
     await w.send("ack");
-    await r.readExact(new Uint8Array(100_000), "some RAM");
+    const ram = (await r.readHeader())!;
+    await r.readExact(new Uint8Array(Math.min(100_000, ram.length)), "some RAM");
     conn.close();
   })();
   const source = new FakeVm({ regions: [{ gpa: 0, sizeBytes: 32 * MiB }] });

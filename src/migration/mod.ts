@@ -20,7 +20,7 @@
  *
  * Files, one concern each: `status.ts` (states and the transition table), `stream.ts` (wire
  * format), `ram.ts` (pages on the wire), `transport.ts` (URIs and sockets), `compat.ts`
- * (attribute check), `state_codec.ts` (device state to bytes), `parameters.ts` (tunables and capabilities),
+ * (attribute check), `state_codec.ts` (device state to bytes), `sections.ts` (the VM's migratables to sections and back), `parameters.ts` (tunables and capabilities),
  * `auto_converge.ts` (when to throttle the vCPUs),
  * `source.ts` and `destination.ts` (the two pipelines). Wire table and diagram: docs/migration.md.
  * @module
@@ -48,6 +48,7 @@ export {
 export { AutoConverge } from "./auto_converge.ts";
 export { checkCompatibility, ConfigMismatchError, type VmAttributes } from "./compat.ts";
 export { decodeState, encodeState, STATE_CODEC_VERSION } from "./state_codec.ts";
+export { restoreSections, saveSections } from "./sections.ts";
 export { type MigrationUri, parseMigrationUri } from "./transport.ts";
 export { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ProtocolError } from "./stream.ts";
 export {
@@ -57,4 +58,5 @@ export {
   type StartMigrationOptions,
 } from "./source.ts";
 export { receiveMigration, type ReceiveMigrationOptions } from "./destination.ts";
+export { PostcopyPausedError } from "./postcopy.ts";
 export { multifdChannels, prewarmMultifd } from "./multifd.ts";

@@ -112,7 +112,9 @@ async function sourceStep(m: Incoming): Promise<void> {
   if (m.type === "init" && m.role === "source") {
     let conn: Deno.Conn;
     try {
-      conn = await connectMigration(parseMigrationUri(m.uri), { timeoutMs: m.connectMs });
+      const target = parseMigrationUri(m.uri);
+      if (target.kind === "file") throw new TypeError("multifd needs a tcp: or unix: uri");
+      conn = await connectMigration(target, { timeoutMs: m.connectMs });
     } catch (e) {
       throw new Error(`cannot connect: ${(e as Error).message}`);
     }

@@ -167,6 +167,13 @@ export interface MigrationCapabilities {
    */
   "auto-converge": boolean;
   /**
+   * Allow `migrate-start-postcopy`: the destination runs the guest before all RAM arrived and
+   * fetches the rest on demand (userfaultfd). Needed on both sides, as in QEMU. @default {false}
+   */
+  "postcopy-ram": boolean;
+  /** Destination: report `postcopy-blocktime` and `postcopy-vcpu-blocktime`. @default {false} */
+  "postcopy-blocktime": boolean;
+  /**
    * Send RAM over `multifd-channels` extra connections, each driven by its own Worker on both
    * sides (multifd.ts); the main connection keeps control and state. Both sides must set it.
    * @default {false}
@@ -177,6 +184,8 @@ export interface MigrationCapabilities {
 /** The default capabilities. */
 export const DEFAULT_MIGRATION_CAPABILITIES: Readonly<MigrationCapabilities> = Object.freeze({
   "auto-converge": true,
+  "postcopy-ram": false,
+  "postcopy-blocktime": false,
   multifd: false,
 });
 

@@ -49,6 +49,8 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
   assert.equal(c["auto-converge"], true);
   assert.deepEqual(updateMigrationCapabilities(c, [{ capability: "auto-converge", state: false }]), {
     "auto-converge": false,
+    "postcopy-ram": false,
+    "postcopy-blocktime": false,
     multifd: false,
   });
   assert.equal(updateMigrationCapabilities(c, [{ capability: "multifd", state: true }]).multifd, true);
@@ -66,6 +68,8 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
   );
   assert.deepEqual(listMigrationCapabilities(c), [
     { capability: "auto-converge", state: true },
+    { capability: "postcopy-ram", state: false },
+    { capability: "postcopy-blocktime", state: false },
     { capability: "multifd", state: false },
   ]);
 });

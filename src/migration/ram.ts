@@ -1,8 +1,9 @@
 /**
  * Guest RAM on the wire. The source walks pages (all of them, or a dirty bitmap), sends all-zero
- * pages as runs without bytes, coalesces adjacent pages into runs and writes raw runs straight from
- * the guest RAM views (zero-copy). The destination checks every run of a message against its RAM
- * before writing any byte of it.
+ * pages as runs without bytes, coalesces adjacent pages into runs and hands raw runs to the writer as
+ * guest RAM views, which it copies into its send buffer while it computes the message's CRC32C (one
+ * pass: the checksum is of exactly the bytes sent). The destination checks every run of a message
+ * against its RAM before writing any byte of it.
  * @module
  */
 import { type GuestMemory, PAGE_SIZE, type Region } from "../memory/guest_memory.ts";
@@ -122,6 +123,11 @@ export interface RamSenderOptions {
     send(table: Uint8Array, parts: readonly Uint8Array[]): Promise<void>;
     sync(): Promise<void>;
   };
+  /**
+   * Asked after each message: true ends the pass there ({@linkcode RamSender.stoppedAt} then says
+   * where). Post-copy uses it to switch without finishing the pass.
+   */
+  stopWhen?: () => boolean;
 }
 
 /** What one pass sent. */
@@ -159,6 +165,10 @@ export class RamSender {
   /** `ferry_scan_runs` output: (first page, count, zero) triples, and where it stopped. */
   #scanOut = new Uint32Array(MAX_RUNS_PER_MESSAGE * 3);
   #scanNext = new Uint32Array(1);
+  /** CRC32C of each raw page of the message being sent (for the digest); reused. */
+  #pageCrcs = new Uint32Array(MAX_COVER_PAGES);
+  #stopWhen: (() => boolean) | undefined;
+  #stoppedAt: { region: number; page: number } | undefined;
 
   constructor(
     writer: MessageWriter,
@@ -175,6 +185,15 @@ export class RamSender {
     this.#residency = options.residency;
     this.#digest = options.digest;
     this.#channels = options.channels;
+    this.#stopWhen = options.stopWhen;
+  }
+
+  /**
+   * Where the last pass stopped early (`stopWhen`): every page before `page` of region `region`
+   * (and of the regions before it) went out in that pass, none after. Undefined when it finished.
+   */
+  get stoppedAt(): { region: number; page: number } | undefined {
+    return this.#stoppedAt;
   }
 
   /**
@@ -204,9 +223,10 @@ export class RamSender {
   async #pass_(throttle: boolean, walk: (ri: number) => Promise<void>): Promise<PassResult> {
     this.#throttle = throttle;
     this.#pass = { bytes: 0, pages: 0, elapsedMs: 0, sendMs: 0 };
+    this.#stoppedAt = undefined;
     const t0 = performance.now();
     this.#limiter?.reset();
-    for (let ri = 0; ri < this.#memory.regions.length; ri++) await walk(ri);
+    for (let ri = 0; ri < this.#memory.regions.length && !this.#stoppedAt; ri++) await walk(ri);
     await this.#flush();
     if (this.#channels) {
       const ts = performance.now();
@@ -219,7 +239,8 @@ export class RamSender {
 
   /**
    * The send path of one region: the shim's `ferry_scan_runs` classifies the pages (all, or those
-   * set in `bitmap`) into zero and raw runs; raw runs go out as views of guest RAM (zero-copy).
+   * set in `bitmap`) into zero and raw runs; raw runs go out as views of guest RAM (copied once,
+   * with the CRC32C, by the writer).
    * Yields to the event loop every {@linkcode YIELD_EVERY_PAGES} pages visited.
    */
   async #sendRegion(ri: number, bitmap: Uint32Array | null, resident: Uint8Array | undefined): Promise<void> {
@@ -259,6 +280,10 @@ export class RamSender {
         this.#zeroPages + this.#rawPages >= MAX_COVER_PAGES || n === 0
       ) {
         await this.#flush();
+        if (this.#stopWhen?.()) {
+          this.#stoppedAt = { region: ri, page: p };
+          return;
+        }
       }
       if (sinceYield >= YIELD_EVERY_PAGES) {
         sinceYield = 0;
@@ -315,10 +340,18 @@ export class RamSender {
     this.#zeroPages = 0;
     this.#rawPages = 0;
     const t0 = performance.now();
-    if (this.#channels) await this.#channels.send(table, parts);
-    else await this.#writer.send("ram", table, ...parts);
-    // After the write: a page the guest changes meanwhile is dirty and is sent (and recorded) again.
-    this.#digest?.recordRuns(runs);
+    if (this.#channels) {
+      // multifd: the channel Workers send, checksum and record the pages (multifd.ts).
+      await this.#channels.send(table, parts);
+    } else {
+      const rawPages = parts.reduce((n, p) => n + p.length, 0) / PAGE_SIZE;
+      if (this.#pageCrcs.length < rawPages) this.#pageCrcs = new Uint32Array(rawPages);
+      const crcs = this.#pageCrcs;
+      await this.#writer.sendPages("ram", table, parts, crcs);
+      // The CRCs of the pages as copied and sent: a page the guest changes meanwhile is dirty and is
+      // sent (and recorded) again.
+      this.#digest?.recordRuns(runs, crcs);
+    }
     c.transferredBytes += bytes;
     this.#pass.bytes += bytes;
     this.#pass.pages += pages;
@@ -429,16 +462,20 @@ export async function readRunTable(
 
 /**
  * Lands one raw run: its bytes are read from the connection straight into the guest RAM view
- * (no intermediate buffer), after the host backed the pages in bulk.
+ * (no intermediate buffer), after the host backed the pages in bulk. With `pageCrcs`, the CRC32C
+ * of each page lands there (for the switch-over digest) in the same pass that checks the message.
  */
 export async function landRawRun(
   reader: MessageReader,
   run: LandingRun,
   options: LandOptions = {},
+  pageCrcs?: Uint32Array,
 ): Promise<void> {
   options.populate?.(run.gpa, run.pageCount);
   const len = run.pageCount * PAGE_SIZE;
-  await reader.readExact(run.region.bytes.subarray(run.off, run.off + len), "RAM pages");
+  const dst = run.region.bytes.subarray(run.off, run.off + len);
+  if (pageCrcs) await reader.readPages(dst, "RAM pages", pageCrcs);
+  else await reader.readExact(dst, "RAM pages");
 }
 
 /** Lands one zero run: zeroes the pages that are not zero already (untouched pages stay unbacked). */
@@ -461,15 +498,18 @@ export async function receiveRamBatch(
   const runs = await readRunTable(reader, header, memory);
   let zeroPages = 0;
   let rawPages = 0;
+  let raw = 0;
+  for (const run of runs) if (!run.zero) raw += run.pageCount;
+  const crcs = new Uint32Array(raw);
   for (const run of runs) {
     if (run.zero) {
       landZeroRun(run, options);
       zeroPages += run.pageCount;
     } else {
-      await landRawRun(reader, run, options);
+      await landRawRun(reader, run, options, crcs.subarray(rawPages, rawPages + run.pageCount));
       rawPages += run.pageCount;
     }
   }
-  options.digest?.recordRuns(runs);
+  options.digest?.recordRuns(runs, crcs);
   return { zeroPages, rawPages };
 }

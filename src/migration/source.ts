@@ -6,6 +6,10 @@
  * pause → switchover hook → last dirty pass → save state → send state → complete → wait for the
  * destination's `resumed` → `completed` (the source stays paused: the caller keeps it `postmigrate`).
  *
+ * To a `file:` uri (a snapshot, snapshot_file.ts) the same steps write the same stream one-way:
+ * no `ack` is awaited (the restoring side checks the configuration), and instead of waiting for
+ * `resumed` the file is sealed and renamed into place; a failure or cancel removes it.
+ *
  * With capability `auto-converge`, a dirty pass that did not shrink the dirty set enough throttles
  * the vCPUs ({@linkcode AutoConverge}); the throttle is off again before the pause and in every
  * rollback. `migrate-set-parameters` applies to the running migration ({@linkcode MigrationHandle.setParameters}).
@@ -28,13 +32,9 @@ import {
   type MigrationParameters,
 } from "./parameters.ts";
 import { AutoConverge } from "./auto_converge.ts";
-import {
-  connectMigration,
-  type MigrationTls,
-  parseMigrationUri,
-  STALL_TIMEOUT_MS,
-  StallGuard,
-} from "./transport.ts";
+import { connectMigration, type MigrationTls, STALL_TIMEOUT_MS, StallGuard } from "./transport.ts";
+import { type MigrationUri, parseMigrationUri } from "./uri.ts";
+import { SnapshotFileSink } from "./snapshot_file.ts";
 import {
   decodeReason,
   encodeComplete,
@@ -44,6 +44,8 @@ import {
   encodeSection,
   MAX_REASON_BYTES,
   MAX_SECTIONS,
+  messageBytes,
+  type MessageHeader,
   MessageReader,
   MessageWriter,
   ProtocolError,
@@ -51,8 +53,9 @@ import {
 import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
-import { MigrationBlockedError } from "../devices/device.ts";
 import { multifdAttributes, multifdChannels, MultifdSender, MultifdWorkers } from "./multifd.ts";
+import { PostcopySender, unsentPages } from "./postcopy_source.ts";
+import { decodePageRequest, encodeDirtyBitmaps, PAGE_REQUEST_BYTES } from "./postcopy_wire.ts";
 
 const log = logger("migration");
 
@@ -73,6 +76,13 @@ export interface MigrationHandle {
    * lowered `max-cpu-throttle` at once and the other throttle parameters at the next throttle step.
    */
   setParameters(params: Readonly<MigrationParameters>): void;
+  /**
+   * QMP `migrate-start-postcopy`: after the RAM message in flight the source pauses, sends
+   * the device state and the list of pages still dirty, and the destination runs the guest while
+   * the rest follows (postcopy_source.ts). Needs capability `postcopy-ram` on both sides.
+   * @throws {Error} when the capability is off or the migration is past its precopy phase
+   */
+  startPostcopy(): void;
 }
 
 /** Options of {@linkcode startMigration}. */
@@ -131,12 +141,12 @@ const PEER_REASON_WAIT_MS = 200;
  * Starts migrating `vm` to `uri` in the background (QMP `migrate` returns at once).
  *
  * @param vm the running source VM
- * @param uri `tcp:HOST:PORT` or `unix:PATH`
+ * @param uri `tcp:HOST:PORT`, `unix:PATH` or `file:PATH` (a snapshot), as text or parsed once (uri.ts)
  * @param params tunables, e.g. from `migrate-set-parameters`
  * @param status the VM's status tracker (emits `MIGRATION` events)
  * @returns a handle with `cancel()`, `done` and `queryMigrate()`
- * @throws {TypeError} for a bad uri; {Error} when a migration is already active;
- *   {MigrationBlockedError} naming the devices that cannot migrate. Nothing has changed then.
+ * @throws {TypeError} for a bad uri; {Error} when a migration is already active. Nothing has
+ *   changed then.
  * @example
  * ```ts
  * const h = startMigration(vm, "tcp:10.0.0.2:4446", DEFAULT_MIGRATION_PARAMETERS, status);
@@ -145,28 +155,29 @@ const PEER_REASON_WAIT_MS = 200;
  */
 export function startMigration(
   vm: MigrationVm,
-  uri: string,
+  uri: string | MigrationUri,
   params: Readonly<MigrationParameters> = DEFAULT_MIGRATION_PARAMETERS,
   status: MigrationStatusTracker = new MigrationStatusTracker(),
   options: StartMigrationOptions = {},
 ): MigrationHandle {
   if (status.isActive) throw new Error("Cannot start migration: a migration is already in progress");
-  const target = parseMigrationUri(uri);
-  const blockers = vm.migrationBlockers();
-  if (blockers.length > 0) {
-    throw new MigrationBlockedError(
-      `Cannot migrate: device${blockers.length > 1 ? "s" : ""} ${
-        blockers.map((b) => `'${b}'`).join(", ")
-      } cannot be migrated`,
+  const target = typeof uri === "string" ? parseMigrationUri(uri) : uri;
+  if (target.kind === "file" && options.tls) {
+    throw new TypeError(
+      `Cannot migrate to '${target.uri}' with tls-creds '${options.tls.creds.id}': TLS needs a tcp: uri`,
     );
   }
-  const m = new OutgoingMigration(vm, target.uri, params, status, options);
+  const m = new OutgoingMigration(vm, target, params, status, options);
   return m.handle();
 }
 
 class OutgoingMigration {
   #vm: MigrationVm;
+  #target: MigrationUri;
   #uri: string;
+  /** To a file: nothing answers (snapshot_file.ts). */
+  #oneWay: boolean;
+  #file: SnapshotFileSink | undefined;
   #params: Readonly<MigrationParameters>;
   #capabilities: Readonly<MigrationCapabilities>;
   #status: MigrationStatusTracker;
@@ -203,17 +214,23 @@ class OutgoingMigration {
   #autoConverge = new AutoConverge();
   /** `transferredBytes` at the previous dirty sync. */
   #sentAtSync = 0;
+  // Post-copy (postcopy_source.ts).
+  #postcopyRequested = false;
+  #postcopy: PostcopySender | undefined;
+  #destinationResumed = false;
   #done: Promise<MigrationStatus>;
 
   constructor(
     vm: MigrationVm,
-    uri: string,
+    target: MigrationUri,
     params: Readonly<MigrationParameters>,
     status: MigrationStatusTracker,
     options: StartMigrationOptions,
   ) {
     this.#vm = vm;
-    this.#uri = uri;
+    this.#target = target;
+    this.#uri = target.uri;
+    this.#oneWay = target.kind === "file";
     this.#params = params;
     this.#capabilities = options.capabilities ?? DEFAULT_MIGRATION_CAPABILITIES;
     this.#status = status;
@@ -230,7 +247,22 @@ class OutgoingMigration {
       cancel: () => this.#cancel(),
       queryMigrate: () => this.#status.queryMigrate(),
       setParameters: (p) => this.#setParameters(p),
+      startPostcopy: () => this.#startPostcopy(),
     };
+  }
+
+  #startPostcopy(): void {
+    if (this.#oneWay) {
+      throw new Error("Cannot start post-copy: a snapshot to a file has no destination to run the guest");
+    }
+    if (!this.#capabilities["postcopy-ram"]) {
+      throw new Error("Cannot start post-copy: enable capability 'postcopy-ram' before the migration starts");
+    }
+    if (this.#finished || this.#committed || this.#pausedAtMs !== undefined) {
+      throw new Error("Cannot start post-copy: the migration is past its precopy phase");
+    }
+    if (!this.#postcopyRequested) log.info("Post-copy requested: switching after the RAM message in flight");
+    this.#postcopyRequested = true;
   }
 
   #setParameters(p: Readonly<MigrationParameters>): void {
@@ -305,7 +337,7 @@ class OutgoingMigration {
       } catch { /* already closed */ }
     };
     const w = this.#writer;
-    if (!w || w.busy) return close();
+    if (!w || w.busy || this.#oneWay) return close();
     settleWithin(w.send("cancel", encodeReason(reason)), PEER_REASON_WAIT_MS).then(close);
   }
 
@@ -342,6 +374,16 @@ class OutgoingMigration {
       await this.#pipeline();
       this.#finish("completed");
     } catch (e) {
+      if (this.#postcopy && this.#committed && (this.#destinationResumed || this.#peerError === undefined)) {
+        // The destination may run the guest and holds pages this side no longer has current:
+        // neither side may run it. Stay paused (QEMU's postcopy-paused).
+        const message =
+          `Post-copy failed after the switch: ${(e as Error).message}. The guest is paused on ` +
+          "both sides; this source must not be resumed (the destination may have run it)";
+        log.error("%s", message);
+        this.#finish("postcopy-paused", message);
+        return this.#status.status;
+      }
       const canceled = e instanceof Canceled;
       const message = canceled ? "Migration canceled" : (e as Error).message;
       if (!canceled) log.error("Migration to %s failed: %s", this.#uri, message);
@@ -396,7 +438,7 @@ class OutgoingMigration {
     // Resume only what this migration paused: a VM the operator had stopped stays stopped.
     if (this.#paused && vm.pausedByMigration !== false) {
       try {
-        await vm.resume();
+        await vm.resumeAfterRollback();
         this.#paused = false;
       } catch (e) {
         log.error("Rollback: cannot resume the source VM: %s", (e as Error).message);
@@ -411,15 +453,21 @@ class OutgoingMigration {
     // The channel Workers load while the main connection is set up.
     if (this.#channelCount() > 0) this.#multifdWorkers = MultifdWorkers.take(this.#channelCount());
 
-    const conn = await this.#step(
-      "connect to the destination",
-      () =>
-        connectMigration(parseMigrationUri(this.#uri), {
-          timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
-          signal,
-          ...(this.#options.tls ? { tls: this.#options.tls } : {}),
-        }),
-    );
+    const target = this.#target;
+    const conn = target.kind === "file"
+      ? await this.#step("create the snapshot file", async () => {
+        this.#file = await SnapshotFileSink.create(target.path);
+        return this.#file as unknown as Deno.Conn;
+      }, false)
+      : await this.#step(
+        "connect to the destination",
+        () =>
+          connectMigration(target, {
+            timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
+            signal,
+            ...(this.#options.tls ? { tls: this.#options.tls } : {}),
+          }),
+      );
     this.#conn = conn;
     if (signal.aborted) {
       this.#closeConn("migrate_cancel");
@@ -445,6 +493,7 @@ class OutgoingMigration {
       );
       const config = { ...vm.configAttributes(), ...multifdAttributes(this.#channelCount()) };
       await writer.send("config", encodeConfig({ config, host: vm.hostAttributes() }));
+      if (this.#oneWay) return; // the restoring side checks the configuration
       const h = await reader.readHeader();
       if (!h) throw new ProtocolError("the destination closed the connection");
       if (h.kind === "nack") {
@@ -454,11 +503,19 @@ class OutgoingMigration {
       if (h.kind !== "ack" || h.length !== 0) throw new ProtocolError(`expected 'ack', got '${h.kind}'`);
     });
     guard.setReadTimeout(0);
-    this.#replies = this.#readReplies(reader);
-    this.#replies.catch(() => {});
+    if (!this.#oneWay) {
+      this.#replies = this.#readReplies(reader);
+      this.#replies.catch(() => {});
+      if (this.#capabilities["postcopy-ram"]) {
+        await this.#step("advise post-copy", () => writer.send("postcopyAdvise"));
+      }
+    }
     if (this.#channelCount() > 0) {
       this.#multifd = await this.#step("open the multifd channels", () => {
         if (this.#options.tls) throw new TypeError("multifd with TLS is not supported");
+        if (this.#capabilities["postcopy-ram"]) {
+          throw new TypeError("multifd with postcopy-ram is not supported");
+        }
         return MultifdSender.open({
           uri: this.#uri,
           memory: vm.memory,
@@ -489,11 +546,19 @@ class OutgoingMigration {
       // multifd: the channel Workers record what they send in the digest.
       ...(this.#multifd ? { channels: this.#multifd } : { digest }),
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
+      // migrate-start-postcopy switches without finishing the pass in progress.
+      ...(this.#capabilities["postcopy-ram"] && !this.#oneWay
+        ? { stopWhen: () => this.#postcopyRequested }
+        : {}),
     });
+    const residency = vm.residency ? (gpa: number, n: number) => vm.residency!(gpa, n) : undefined;
+    /** Post-copy: the pages a pass stopped early by migrate-start-postcopy did not send. */
+    let unsent: Uint32Array[] | undefined;
     const iterStartMs = performance.now();
     this.#lastSyncMs = iterStartMs;
     c.remainingBytes = vm.memory.sizeBytes;
     this.#measure(await this.#step("send full RAM", () => sender.sendAll()));
+    if (sender.stoppedAt) unsent = unsentPages(vm.memory, sender.stoppedAt, null, residency);
 
     let pending: Uint32Array[];
     for (let pass = 1;; pass++) {
@@ -502,6 +567,11 @@ class OutgoingMigration {
       this.#sentAtSync = c.transferredBytes;
       const p = this.#params; // read at every pass: migrate-set-parameters applies live
       const thresholdBytes = this.#bandwidth() * p["downtime-limit"] / 1000;
+      if (this.#postcopyRequested) {
+        log.info("Switching to post-copy after %d dirty passes: %d bytes dirty", pass - 1, c.remainingBytes);
+        pending = unsent ? mergeBitmaps(bitmaps, unsent) : bitmaps;
+        break;
+      }
       if (c.remainingBytes <= thresholdBytes) {
         log.info("Converged after %d dirty passes: %d bytes left", pass - 1, c.remainingBytes);
         pending = bitmaps;
@@ -535,6 +605,7 @@ class OutgoingMigration {
         }
       }
       this.#measure(await this.#step(`send dirty RAM (pass ${pass})`, () => sender.sendDirty(bitmaps)));
+      if (sender.stoppedAt) unsent = unsentPages(vm.memory, sender.stoppedAt, bitmaps);
     }
     await this.#step("stop throttling the vCPUs", () => this.#unthrottle(), false);
 
@@ -549,6 +620,7 @@ class OutgoingMigration {
       await vm.onSwitchover?.();
     }, false);
     const last = await this.#step("sync the dirty log", () => mergeBitmaps(pending, this.#sync()), false);
+    if (this.#postcopyRequested) return await this.#postcopyPhase(writer, last, limiter);
     await this.#step("send the last dirty RAM", () => sender.sendDirty(last, false));
     c.remainingBytes = 0;
     await this.#step("stop dirty logging", () => {
@@ -567,7 +639,7 @@ class OutgoingMigration {
         const b = encodeSection(s);
         await writer.send("state", b);
         digest.recordSection(b);
-        c.transferredBytes += 24 + b.length;
+        c.transferredBytes += messageBytes(b.length);
       }
     });
     await this.#step("send the switch-over digest", async () => {
@@ -578,25 +650,95 @@ class OutgoingMigration {
     });
     await this.#step("send complete", async () => {
       await writer.send("complete", encodeComplete(sections.length));
-      this.#committed = true;
+      if (!this.#oneWay) this.#committed = true;
     });
-    await this.#step("wait for the destination to resume", () => this.#replies);
+    if (this.#file) {
+      const file = this.#file;
+      await this.#step("complete the snapshot file", async () => {
+        await file.commit();
+        this.#committed = true;
+      }, false);
+    } else {
+      await this.#step("wait for the destination to resume", () => this.#replies);
+    }
     this.#downtimeMs = performance.now() - this.#pausedAtMs!;
   }
 
-  /** Reads the destination's replies until `resumed`; a nack/cancel/EOF closes the connection. */
+  /**
+   * After the switch to post-copy: the device state and the pages still dirty go out, the
+   * destination runs the guest, and the rest of RAM streams (requested pages first) until the
+   * destination has every page (`postcopyDone`).
+   */
+  async #postcopyPhase(writer: MessageWriter, dirty: Uint32Array[], limiter: RateLimiter): Promise<void> {
+    const vm = this.#vm;
+    const c = this.#counters;
+    // One bit per page of each region (KVM's bitmaps may be padded to 64-bit words).
+    const last = vm.memory.regions.map((r, i) => {
+      const words = Math.ceil(r.sizeBytes / PAGE_SIZE / 32);
+      const b = dirty[i] ?? new Uint32Array(words);
+      return b.length === words ? b : Uint32Array.from({ length: words }, (_, k) => b[k] ?? 0);
+    });
+    await this.#step("stop dirty logging", () => {
+      this.#dirtyLogging = false;
+      vm.stopDirtyLog();
+    }, false);
+    const sections = await this.#step("save device state", () => vm.saveState(), false);
+    const sender = new PostcopySender(writer, vm.memory, last, c, { limiter, signal: this.#abort.signal });
+    log.info("Post-copy: %d pages still dirty go after the switch", sender.pagesLeft);
+    await this.#step("send the post-copy page list and device state", async () => {
+      if (sections.length > MAX_SECTIONS) {
+        throw new RangeError(`${sections.length} sections exceed ${MAX_SECTIONS}`);
+      }
+      const bitmap = encodeDirtyBitmaps(last);
+      await writer.send("postcopyDirty", bitmap);
+      c.transferredBytes += messageBytes(bitmap.length);
+      const seen = new Set<string>();
+      for (const s of sections) {
+        if (seen.has(s.id)) throw new RangeError(`section id '${s.id}' appears twice`);
+        seen.add(s.id);
+        const b = encodeSection(s);
+        await writer.send("state", b);
+        c.transferredBytes += messageBytes(b.length);
+      }
+      this.#postcopy = sender; // from here on the reply reader takes page requests
+      await writer.send("complete", encodeComplete(sections.length));
+      this.#committed = true;
+    });
+    this.#status.transition("postcopy-active");
+    await this.#step("send the remaining RAM (post-copy)", () => sender.run());
+    await this.#step("wait for the destination to receive all RAM", () => this.#replies);
+  }
+
+  /**
+   * Reads the destination's replies until `resumed` (precopy) or `postcopyDone` (post-copy, with
+   * page requests meanwhile); a nack/cancel/EOF closes the connection.
+   */
   async #readReplies(reader: MessageReader): Promise<void> {
     try {
-      const h = await reader.readHeader();
-      if (!h) throw new ProtocolError("the destination closed the connection");
-      if (h.kind === "resumed") return;
-      if (h.kind === "nack" || h.kind === "cancel") {
-        this.#peerError = `destination failed: ${
-          decodeReason(await reader.readPayload(h, MAX_REASON_BYTES))
-        }`;
-        throw new Error(this.#peerError);
+      for (;;) {
+        const h = await reader.readHeader();
+        if (!h) throw new ProtocolError("the destination closed the connection");
+        if (h.kind === "resumed" && !this.#postcopy) return;
+        if (h.kind === "resumed") {
+          this.#destinationResumed = true;
+          this.#downtimeMs = performance.now() - this.#pausedAtMs!;
+          log.info(
+            "Post-copy: the guest runs on the destination (downtime %d ms)",
+            Math.round(this.#downtimeMs),
+          );
+          continue;
+        }
+        if (h.kind === "pageRequest" && this.#postcopy) {
+          const r = decodePageRequest(await reader.readPayload(h, PAGE_REQUEST_BYTES));
+          this.#postcopy.request(r.gpa, r.pageCount);
+          continue;
+        }
+        if (h.kind === "postcopyDone" && this.#postcopy) {
+          await reader.readPayload(h, 0);
+          return;
+        }
+        await this.#reply(reader, h);
       }
-      throw new ProtocolError(`unexpected '${h.kind}' message from the destination`);
     } catch (e) {
       if (
         this.#peerError === undefined && !this.#abort.signal.aborted && !this.#finished &&
@@ -617,8 +759,18 @@ class OutgoingMigration {
 
   /** multifd channels (capability `multifd`), 0 when off. */
   #channelCount(): number {
-    this.#channels ??= multifdChannels(this.#capabilities, this.#params);
+    // A snapshot file has no channels: it is written in one stream.
+    this.#channels ??= this.#oneWay ? 0 : multifdChannels(this.#capabilities, this.#params);
     return this.#channels;
+  }
+
+  /** A nack or cancel from the destination ends the migration; anything else is a protocol error. */
+  async #reply(reader: MessageReader, h: MessageHeader): Promise<never> {
+    if (h.kind === "nack" || h.kind === "cancel") {
+      this.#peerError = `destination failed: ${decodeReason(await reader.readPayload(h, MAX_REASON_BYTES))}`;
+      throw new Error(this.#peerError);
+    }
+    throw new ProtocolError(`unexpected '${h.kind}' message from the destination`);
   }
 
   #sync(): Uint32Array[] {

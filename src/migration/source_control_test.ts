@@ -7,7 +7,11 @@ import assert from "node:assert/strict";
 import { FakeVm, firstRamDifference, listenDestination } from "./_fake_vm.ts";
 import { type MigrationStatus, MigrationStatusTracker } from "./status.ts";
 import { startMigration } from "./source.ts";
-import { DEFAULT_MIGRATION_PARAMETERS, updateMigrationParameters } from "./parameters.ts";
+import {
+  DEFAULT_MIGRATION_CAPABILITIES,
+  DEFAULT_MIGRATION_PARAMETERS,
+  updateMigrationParameters,
+} from "./parameters.ts";
 import type { MigrationInfo } from "./stats.ts";
 
 const MiB = 1024 * 1024;
@@ -80,7 +84,7 @@ Deno.test("startMigration sets ram.remaining to the dirty set at each sync and c
         "max-iterations": 4,
       }),
       status,
-      { capabilities: { "auto-converge": false } },
+      { capabilities: { ...DEFAULT_MIGRATION_CAPABILITIES, "auto-converge": false } },
     );
     while (!["completed", "failed", "canceled"].includes(h.queryMigrate().status)) {
       const r = h.queryMigrate().ram;
@@ -115,7 +119,7 @@ for (const autoConverge of [true, false]) {
     let maxSeen = 0;
     try {
       const h = startMigration(source, d.uri, HOT, new MigrationStatusTracker(), {
-        capabilities: { "auto-converge": autoConverge },
+        capabilities: { ...DEFAULT_MIGRATION_CAPABILITIES, "auto-converge": autoConverge },
       });
       while (!["completed", "failed"].includes(h.queryMigrate().status)) {
         maxSeen = Math.max(maxSeen, h.queryMigrate()["cpu-throttle-percentage"] ?? 0);

@@ -4,7 +4,15 @@
  * @module
  */
 /** QMP `MigrationStatus` values ferry uses (transitions: status.ts). */
-export type MigrationStatus = "none" | "setup" | "active" | "completed" | "failed" | "canceled";
+export type MigrationStatus =
+  | "none"
+  | "setup"
+  | "active"
+  | "postcopy-active"
+  | "postcopy-paused"
+  | "completed"
+  | "failed"
+  | "canceled";
 
 /** The `ram` member of `query-migrate`. Counts are pages of 4 KiB, sizes bytes, rates per second. */
 export interface RamInfo {
@@ -31,6 +39,11 @@ export interface RamInfo {
   "dirty-sync-count": number;
   /** Pages per second sent in the last pass. */
   "pages-per-second": number;
+  /**
+   * Post-copy page requests: received from the destination (source) or sent to the source
+   * (destination). QEMU's `ram.postcopy-requests`.
+   */
+  "postcopy-requests": number;
 }
 
 /** The `query-migrate` reply. Times are milliseconds. */
@@ -50,8 +63,20 @@ export interface MigrationInfo {
    * (and again 0 once the migration ended: the guest runs at full speed).
    */
   "cpu-throttle-percentage"?: number;
-  /** Why the migration failed. */
+  /** Why the migration failed (or, in `postcopy-paused`, why it stopped). */
   "error-desc"?: string;
+  /**
+   * Destination, with capability `postcopy-blocktime`: milliseconds during which every vCPU
+   * waited for a page from the source at once (QEMU's name and meaning).
+   */
+  "postcopy-blocktime"?: number;
+  /** Destination, with `postcopy-blocktime`: per vCPU, milliseconds it waited for pages. */
+  "postcopy-vcpu-blocktime"?: number[];
+  /**
+   * Post-copy: mean time from a page fault to its page landing, nanoseconds (QEMU 10's
+   * `postcopy-latency`; QEMU 7.2/8 have only the blocktimes).
+   */
+  "postcopy-latency"?: number;
 }
 
 /** Mutable counters behind {@linkcode RamInfo}. */
@@ -66,6 +91,7 @@ export class RamCounters {
   bandwidthBytesPerSec = 0;
   dirtySyncCount = 0;
   pagesPerSecond = 0;
+  postcopyRequests = 0;
 
   /** The QMP `ram` object. */
   toInfo(): RamInfo {
@@ -80,6 +106,7 @@ export class RamCounters {
       mbps: Math.round(this.bandwidthBytesPerSec * 8 / 1e6 * 1000) / 1000,
       "dirty-sync-count": this.dirtySyncCount,
       "pages-per-second": Math.round(this.pagesPerSecond),
+      "postcopy-requests": this.postcopyRequests,
     };
   }
 }

@@ -4,7 +4,8 @@
  *
  * ```
  * none ──► setup ──► active ──► completed
- *            │         │
+ *            │         │  └──► postcopy-active ──► completed | failed
+ *            │         │              └──► postcopy-paused ──► failed
  *            ├─────────┴──► failed | canceled
  * completed | failed | canceled ──► setup   (a new migration)
  * ```
@@ -21,7 +22,11 @@ const log = logger("migration");
 export const MIGRATION_TRANSITIONS: Readonly<Record<MigrationStatus, readonly MigrationStatus[]>> = {
   none: ["setup"],
   setup: ["active", "failed", "canceled"],
-  active: ["completed", "failed", "canceled"],
+  active: ["completed", "failed", "canceled", "postcopy-active"],
+  // After the switch to post-copy neither side holds the whole guest: a broken link pauses both
+  // (no `canceled`, no going back to `active`); see docs/migration.md "Post-copy".
+  "postcopy-active": ["completed", "failed", "postcopy-paused"],
+  "postcopy-paused": ["failed"],
   completed: ["setup"],
   failed: ["setup"],
   canceled: ["setup"],
@@ -59,9 +64,13 @@ export class MigrationStatusTracker {
     return this.#errorDesc;
   }
 
-  /** True in `setup` and `active`: a migration runs (QMP refuses `migrate`, `stop`, `cont`, …). */
+  /**
+   * True in `setup`, `active`, `postcopy-active` and `postcopy-paused`: a migration runs or holds
+   * the guest (QMP refuses `migrate`, `stop`, `cont`, …).
+   */
   get isActive(): boolean {
-    return this.#status === "setup" || this.#status === "active";
+    return this.#status === "setup" || this.#status === "active" || this.#status === "postcopy-active" ||
+      this.#status === "postcopy-paused";
   }
 
   /**
@@ -78,7 +87,9 @@ export class MigrationStatusTracker {
       );
     }
     this.#status = to;
-    this.#errorDesc = to === "failed" ? (errorDesc ?? "Migration failed") : undefined;
+    this.#errorDesc = to === "failed" || to === "postcopy-paused"
+      ? (errorDesc ?? "Migration failed")
+      : undefined;
     if (to === "setup") this.#provider = undefined;
     log.info("Migration status %s -> %s%s", from, to, this.#errorDesc ? `: ${this.#errorDesc}` : "");
     for (const l of this.#listeners) {

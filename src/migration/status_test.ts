@@ -24,11 +24,22 @@ Deno.test("MigrationStatusTracker follows the transition table and notifies list
 });
 
 Deno.test("MigrationStatusTracker throws on every transition outside the table", () => {
-  const all: MigrationStatus[] = ["none", "setup", "active", "completed", "failed", "canceled"];
+  const all: MigrationStatus[] = [
+    "none",
+    "setup",
+    "active",
+    "postcopy-active",
+    "postcopy-paused",
+    "completed",
+    "failed",
+    "canceled",
+  ];
   const paths: Record<MigrationStatus, MigrationStatus[]> = {
     none: [],
     setup: ["setup"],
     active: ["setup", "active"],
+    "postcopy-active": ["setup", "active", "postcopy-active"],
+    "postcopy-paused": ["setup", "active", "postcopy-active", "postcopy-paused"],
     completed: ["setup", "active", "completed"],
     failed: ["setup", "failed"],
     canceled: ["setup", "canceled"],
@@ -47,6 +58,20 @@ Deno.test("MigrationStatusTracker throws on every transition outside the table",
       }
     }
   }
+});
+
+Deno.test("MigrationStatusTracker: post-copy cannot be canceled or go back, and postcopy-paused keeps its reason and stays active", () => {
+  const t = new MigrationStatusTracker();
+  t.transition("setup");
+  t.transition("active");
+  t.transition("postcopy-active");
+  assert.equal(t.isActive, true);
+  assert.throws(() => t.transition("canceled"), /from 'postcopy-active' to 'canceled'/);
+  assert.throws(() => t.transition("active"), /from 'postcopy-active' to 'active'/);
+  t.transition("postcopy-paused", "lost the source");
+  assert.equal(t.isActive, true, "a paused post-copy still holds the guest: migrate, cont are refused");
+  assert.deepEqual(t.queryMigrate(), { status: "postcopy-paused", "error-desc": "lost the source" });
+  assert.throws(() => t.transition("setup"), /from 'postcopy-paused' to 'setup'/);
 });
 
 Deno.test("MigrationStatusTracker survives a throwing listener and merges attached info", () => {

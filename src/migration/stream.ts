@@ -2,29 +2,43 @@
  * The migration wire format: framing, message kinds, payload encoders/decoders, and a bounded
  * buffered reader. Everything is explicit little-endian. Table and diagram: docs/migration.md.
  *
- * Every message is a 24-byte header followed by `length` payload bytes:
+ * Every message (protocol version 2) is a 32-byte header followed by `length` payload bytes:
  *
- * | offset | size | field                                   |
- * |-------:|-----:|-----------------------------------------|
- * | 0      | 8    | magic `"FERRYMIG"`                      |
- * | 8      | 2    | protocol version (u16)                  |
- * | 10     | 2    | kind (u16, {@linkcode MessageKind})     |
- * | 12     | 4    | flags (u32, must be 0)                  |
- * | 16     | 8    | payload length (u64, ≤ 64 MiB)          |
+ * | offset | size | field                                                        |
+ * |-------:|-----:|--------------------------------------------------------------|
+ * | 0      | 8    | magic `"FERRYMIG"`                                           |
+ * | 8      | 2    | protocol version (u16, 2)                                    |
+ * | 10     | 2    | kind (u16, {@linkcode MessageKind})                          |
+ * | 12     | 4    | flags (u32, must be 0)                                       |
+ * | 16     | 8    | payload length (u64, bounded per kind: {@linkcode PAYLOAD_BYTES}) |
+ * | 24     | 4    | sequence number (u32: 0, 1, 2… per connection and direction) |
+ * | 28     | 4    | CRC32C of the header (this field as 0) and the payload       |
  *
  * The reader treats its input as hostile: each length is checked against a bound before anything
- * is allocated, and EOF inside a message is an error naming what was being read.
+ * is allocated, EOF inside a message is an error naming what was being read, and a message that
+ * is missing, repeated, out of order or damaged is refused by its sequence number and CRC32C with
+ * one line naming the message and its stream offset. The CRC is accumulated as the payload
+ * arrives (RAM straight in guest memory); the writer computes it while copying the payload into
+ * one reused send buffer, so the checksum is of exactly the bytes sent, even of guest RAM that
+ * running vCPUs change meanwhile.
  * @module
  */
+import { shim } from "../ffi/shim.ts";
 
 /** Wire protocol version this ferry writes. */
-export const PROTOCOL_VERSION = 1;
-/** Oldest wire protocol version this ferry reads. */
-export const MIN_PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+/** Oldest wire protocol version this ferry reads (version 1 had no sequence numbers nor CRC). */
+export const MIN_PROTOCOL_VERSION = 2;
 /** `"FERRYMIG"`. */
 export const MAGIC: Uint8Array = new TextEncoder().encode("FERRYMIG");
 /** Bytes in every message header. */
-export const HEADER_BYTES = 24;
+export const HEADER_BYTES = 32;
+/** Offset of the u64 payload length in the header. */
+export const HEADER_LENGTH_OFFSET = 16;
+/** Offset of the u32 sequence number in the header. */
+export const HEADER_SEQ_OFFSET = 24;
+/** Offset of the u32 CRC32C in the header. */
+export const HEADER_CRC_OFFSET = 28;
 /** Largest payload of any message. */
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 /** Largest section payload. */
@@ -70,16 +84,62 @@ export const MessageKind = {
   resumed: 9,
   /** S→D, after the last `state`: the switch-over digest of RAM and state (digest.ts). */
   digest: 10,
+  // Post-copy (postcopy_wire.ts).
+  /** S→D after `ack`: the source may switch to post-copy (capability `postcopy-ram`). */
+  postcopyAdvise: 11,
+  /** S→D at the switch: the bitmap of pages the destination still lacks. */
+  postcopyDirty: 12,
+  /** D→S during post-copy: send these pages first (u64 gpa, u32 page count). */
+  pageRequest: 13,
+  /** S→D: every page of `postcopyDirty` was sent. */
+  postcopyEnd: 14,
+  /** D→S: every page landed; the source may let go. */
+  postcopyDone: 15,
   /** S→D, first on a multifd channel (and on the main one): migration id and channel index (multifd.ts). */
-  channel: 11,
+  channel: 16,
   /** S→D on every multifd channel and then the main one: the end of a pass (u32 sync count). */
-  sync: 12,
+  sync: 17,
 } as const;
 /** A message kind name. */
 export type MessageKindName = keyof typeof MessageKind;
 const KIND_NAMES = new Map<number, MessageKindName>(
   Object.entries(MessageKind).map(([k, v]) => [v, k as MessageKindName]),
 );
+
+/** Bytes of the `digest` payload (digest.ts encodes it). */
+export const DIGEST_PAYLOAD_BYTES = 24;
+
+/**
+ * Payload bytes each message kind may carry, checked when a header is decoded (before anything is
+ * read or allocated): `[min, max]`.
+ */
+export const PAYLOAD_BYTES: Readonly<Record<MessageKindName, readonly [number, number]>> = {
+  hello: [6, 6 + MAX_REASON_BYTES],
+  config: [0, MAX_CONFIG_BYTES],
+  ack: [0, 0],
+  nack: [0, MAX_REASON_BYTES],
+  ram: [RAM_PREFIX_BYTES + RUN_BYTES, MAX_MESSAGE_BYTES],
+  state: [2 + 1 + 8, 2 + MAX_SECTION_ID_BYTES + 8 + MAX_SECTION_BYTES],
+  complete: [4, 4],
+  cancel: [0, MAX_REASON_BYTES],
+  resumed: [0, 0],
+  digest: [DIGEST_PAYLOAD_BYTES, DIGEST_PAYLOAD_BYTES],
+  postcopyAdvise: [0, 0],
+  // u32 region count, then per region u32 words and the words (postcopy_wire.ts).
+  postcopyDirty: [4, MAX_MESSAGE_BYTES],
+  // u64 gpa, u32 page count, u32 reserved (postcopy_wire.ts PAGE_REQUEST_BYTES).
+  pageRequest: [16, 16],
+  postcopyEnd: [0, 0],
+  postcopyDone: [0, 0],
+  // multifd.ts: 16-byte migration id, u16 index, u16 count (CHANNEL_BYTES); u32 sync number (SYNC_BYTES).
+  channel: [20, 20],
+  sync: [4, 4],
+};
+
+/** Bytes of a whole message (header and payload) with `payloadBytes` of payload. */
+export function messageBytes(payloadBytes: number): number {
+  return HEADER_BYTES + payloadBytes;
+}
 
 /** Thrown for malformed, hostile or truncated input from the peer. */
 export class ProtocolError extends Error {
@@ -91,8 +151,12 @@ export interface MessageHeader {
   version: number;
   kind: MessageKindName;
   flags: number;
-  /** Payload bytes that follow (already checked ≤ {@linkcode MAX_MESSAGE_BYTES}). */
+  /** Payload bytes that follow (already checked against {@linkcode PAYLOAD_BYTES}). */
   length: number;
+  /** Sequence number: the message's index on its connection, from 0. */
+  seq: number;
+  /** CRC32C of the header (with this field 0) and the payload, as sent. */
+  crc: number;
 }
 
 /** One run of pages in a RAM message. */
@@ -120,32 +184,97 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
 /**
- * Encodes a message header.
- * @param kind message kind
- * @param length payload bytes
+ * CRC32C of `bytes`, continuing `crc` (0 to start), by the shim's `crc32` instruction path.
+ * @example
+ * ```ts
+ * crc32c(new TextEncoder().encode("123456789")); // 0xe3069283
+ * ```
  */
-export function encodeHeader(kind: MessageKindName, length: number, version = PROTOCOL_VERSION): Uint8Array {
-  if (!Number.isSafeInteger(length) || length < 0 || length > MAX_MESSAGE_BYTES) {
-    throw new RangeError(
-      `Cannot encode a '${kind}' message of ${length} bytes: limit is ${MAX_MESSAGE_BYTES}`,
-    );
-  }
-  const b = new Uint8Array(HEADER_BYTES);
-  b.set(MAGIC, 0);
-  const v = new DataView(b.buffer);
-  v.setUint16(8, version, true);
-  v.setUint16(10, MessageKind[kind], true);
-  v.setUint32(12, 0, true);
-  v.setBigUint64(16, BigInt(length), true);
-  return b;
+export function crc32c(bytes: Uint8Array, crc = 0): number {
+  if (bytes.length === 0) return crc >>> 0;
+  return shim().ferry_crc32c(bytes as Uint8Array<ArrayBuffer>, BigInt(bytes.length), crc >>> 0) >>> 0;
+}
+
+/** CRC32C of a header with its CRC field taken as 0: where a message's CRC starts. */
+function headerCrc(header: Uint8Array): number {
+  const v = new DataView(header.buffer, header.byteOffset, HEADER_BYTES);
+  const sent = v.getUint32(HEADER_CRC_OFFSET, true);
+  v.setUint32(HEADER_CRC_OFFSET, 0, true);
+  const c = crc32c(header.subarray(0, HEADER_BYTES));
+  v.setUint32(HEADER_CRC_OFFSET, sent, true);
+  return c;
 }
 
 /**
- * Decodes and validates a header: magic, version range, known kind, zero flags, bounded length.
+ * Encodes a message header; its CRC field is 0 until {@linkcode sealMessage} (or the writer) sets it.
+ * @param kind message kind
+ * @param length payload bytes
+ * @param seq sequence number (the message's index on its connection)
+ */
+export function encodeHeader(
+  kind: MessageKindName,
+  length: number,
+  seq = 0,
+  version = PROTOCOL_VERSION,
+): Uint8Array {
+  if (!Number.isSafeInteger(length) || length < 0 || length > PAYLOAD_BYTES[kind][1]) {
+    throw new RangeError(
+      `Cannot encode a '${kind}' message of ${length} bytes: limit is ${PAYLOAD_BYTES[kind][1]}`,
+    );
+  }
+  const b = new Uint8Array(HEADER_BYTES);
+  writeHeader(b, kind, length, seq, version);
+  return b;
+}
+
+function writeHeader(
+  b: Uint8Array,
+  kind: MessageKindName,
+  length: number,
+  seq: number,
+  version: number,
+): void {
+  b.set(MAGIC, 0);
+  const v = new DataView(b.buffer, b.byteOffset, HEADER_BYTES);
+  v.setUint16(8, version, true);
+  v.setUint16(10, MessageKind[kind], true);
+  v.setUint32(12, 0, true);
+  v.setBigUint64(HEADER_LENGTH_OFFSET, BigInt(length), true);
+  v.setUint32(HEADER_SEQ_OFFSET, seq >>> 0, true);
+  v.setUint32(HEADER_CRC_OFFSET, 0, true);
+}
+
+/**
+ * A whole message, header and payload, with its sequence number and CRC32C: for hand-built
+ * streams (tests, a `nack` written before a reader exists).
+ */
+export function encodeMessage(kind: MessageKindName, payload: Uint8Array, seq = 0): Uint8Array {
+  const m = new Uint8Array(HEADER_BYTES + payload.length);
+  m.set(encodeHeader(kind, payload.length, seq));
+  m.set(payload, HEADER_BYTES);
+  return sealMessage(m);
+}
+
+/**
+ * Sets the CRC32C field of a whole message (header and payload) in place from its bytes, and
+ * returns it: what a sender that changed a message must do for a receiver to accept it.
+ */
+export function sealMessage(message: Uint8Array): Uint8Array {
+  const v = new DataView(message.buffer, message.byteOffset, HEADER_BYTES);
+  const c = crc32c(message.subarray(HEADER_BYTES), headerCrc(message));
+  v.setUint32(HEADER_CRC_OFFSET, c, true);
+  return message;
+}
+
+/**
+ * Decodes and validates a header: magic, version range, known kind, zero flags, length within
+ * the kind's bounds ({@linkcode PAYLOAD_BYTES}). Sequence number and CRC are the reader's to check.
  * @throws {ProtocolError} naming the bad field
  */
 export function decodeHeader(b: Uint8Array): MessageHeader {
-  if (b.length !== HEADER_BYTES) throw new ProtocolError(`Cannot decode header: ${b.length} bytes, need 24`);
+  if (b.length !== HEADER_BYTES) {
+    throw new ProtocolError(`Cannot decode header: ${b.length} bytes, need ${HEADER_BYTES}`);
+  }
   for (let i = 0; i < MAGIC.length; i++) {
     if (b[i] !== MAGIC[i]) {
       throw new ProtocolError(
@@ -155,11 +284,7 @@ export function decodeHeader(b: Uint8Array): MessageHeader {
   }
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const version = v.getUint16(8, true);
-  if (version > PROTOCOL_VERSION || version < MIN_PROTOCOL_VERSION) {
-    throw new ProtocolError(
-      `Cannot accept migration protocol version ${version}: this ferry reads versions ${MIN_PROTOCOL_VERSION} to ${PROTOCOL_VERSION}`,
-    );
-  }
+  checkVersion(version);
   const code = v.getUint16(10, true);
   const kind = KIND_NAMES.get(code);
   if (!kind) throw new ProtocolError(`Cannot read migration stream: unknown message kind ${code}`);
@@ -167,13 +292,34 @@ export function decodeHeader(b: Uint8Array): MessageHeader {
   if (flags !== 0) {
     throw new ProtocolError(`Cannot read '${kind}' message: unknown flags 0x${flags.toString(16)}`);
   }
-  const length = v.getBigUint64(16, true);
-  if (length > BigInt(MAX_MESSAGE_BYTES)) {
+  const length = v.getBigUint64(HEADER_LENGTH_OFFSET, true);
+  const [min, max] = PAYLOAD_BYTES[kind];
+  if (length > BigInt(max) || length < BigInt(min)) {
     throw new ProtocolError(
-      `Cannot read '${kind}' message of ${length} bytes: limit is ${MAX_MESSAGE_BYTES}`,
+      `Cannot read '${kind}' message of ${length} bytes: ${
+        length > BigInt(max) ? `limit is ${max}` : `need at least ${min}`
+      }`,
     );
   }
-  return { version, kind, flags, length: Number(length) };
+  return {
+    version,
+    kind,
+    flags,
+    length: Number(length),
+    seq: v.getUint32(HEADER_SEQ_OFFSET, true),
+    crc: v.getUint32(HEADER_CRC_OFFSET, true),
+  };
+}
+
+function checkVersion(version: number): void {
+  if (version > PROTOCOL_VERSION || version < MIN_PROTOCOL_VERSION) {
+    const why = version < MIN_PROTOCOL_VERSION
+      ? "the peer runs an older ferry whose stream has no sequence numbers nor CRC32C"
+      : "the peer runs a newer ferry";
+    throw new ProtocolError(
+      `Cannot accept migration protocol version ${version}: this ferry speaks version ${PROTOCOL_VERSION} only (${why}); run the same ferry release on both sides`,
+    );
+  }
 }
 
 function hex(b: Uint8Array): string {
@@ -410,9 +556,24 @@ export async function writeAll(sink: ByteSink, bytes: Uint8Array): Promise<void>
   while (off < bytes.length) off += await sink.write(off === 0 ? bytes : bytes.subarray(off));
 }
 
+/** The message a {@linkcode MessageReader} is in: where it started and its CRC so far. */
+interface OpenMessage {
+  kind: MessageKindName;
+  seq: number;
+  /** Stream offset of its header. */
+  at: number;
+  /** Payload bytes not read yet. */
+  remaining: number;
+  /** CRC32C so far (header with CRC field 0, then the payload read). */
+  crc: number;
+  /** CRC32C from the header. */
+  want: number;
+}
+
 /**
  * A buffered reader of messages. It never allocates more than a payload it has bounds-checked,
- * reads large payloads straight into the caller's buffer (guest RAM), and throws
+ * reads large payloads straight into the caller's buffer (guest RAM), checks every message's
+ * sequence number and CRC32C (accumulated as the payload lands, no extra copy), and throws
  * {@linkcode ProtocolError} on EOF inside a message.
  */
 export class MessageReader {
@@ -422,6 +583,14 @@ export class MessageReader {
   #end = 0;
   #version: number | undefined;
   #peer: string;
+  /** Stream bytes consumed. */
+  #offset = 0;
+  /** The sequence number the next message must carry. */
+  #seq = 0;
+  #open: OpenMessage | undefined;
+  #last: OpenMessage | undefined;
+  #crc = shim().ferry_crc32c;
+  #crcPages = shim().ferry_crc32c_pages;
 
   /**
    * @param src the connection
@@ -437,22 +606,105 @@ export class MessageReader {
     return this.#version;
   }
 
-  /** Fills `dst` exactly; `what` names it when the stream ends early. */
+  /** Stream bytes read so far (headers and payloads). */
+  get offset(): number {
+    return this.#offset;
+  }
+
+  /** Bytes received and not read yet. */
+  get buffered(): number {
+    return this.#end - this.#start;
+  }
+
+  /** The last message whose header was read, e.g. `message #3 ('ram') at stream offset 119396`. */
+  get lastMessage(): string | undefined {
+    const m = this.#last;
+    return m && `message #${m.seq} ('${m.kind}') at stream offset ${m.at}`;
+  }
+
+  /**
+   * Fills `dst` exactly with payload bytes of the current message, adding them to its CRC32C;
+   * the CRC is checked when the last payload byte is read. `what` names `dst` when the stream
+   * ends early.
+   * @throws {ProtocolError} reading past the message, on EOF, or on a CRC mismatch
+   */
   async readExact(dst: Uint8Array, what: string): Promise<void> {
+    const m = this.#open;
+    if (!m || dst.length > m.remaining) {
+      throw new ProtocolError(
+        m
+          ? `Cannot read ${what}: ${dst.length} bytes past the end of the '${m.kind}' message (${m.remaining} left)`
+          : `Cannot read ${what}: no message is open`,
+      );
+    }
+    await this.#fill(dst, what, m);
+    m.remaining -= dst.length;
+    if (m.remaining === 0) this.#close(m);
+  }
+
+  /**
+   * {@linkcode readExact} for whole 4 KiB pages (a raw RAM run, straight into guest memory): the
+   * bytes are read first, then one pass computes each page's CRC32C into `pageCrcs` (for the
+   * switch-over digest) and adds them to the message's CRC32C.
+   */
+  async readPages(dst: Uint8Array, what: string, pageCrcs: Uint32Array): Promise<void> {
+    const m = this.#open;
+    const pages = dst.length / WIRE_PAGE_SIZE;
+    if (!m || dst.length > m.remaining || !Number.isInteger(pages) || pageCrcs.length < pages) {
+      throw new ProtocolError(
+        m
+          ? `Cannot read ${what}: ${dst.length} bytes of pages do not fit the '${m.kind}' message (${m.remaining} left)`
+          : `Cannot read ${what}: no message is open`,
+      );
+    }
+    await this.#fill(dst, what, undefined);
+    m.crc = this.#crcPages(dst as Uint8Array<ArrayBuffer>, BigInt(pages), pageCrcs, m.crc);
+    m.remaining -= dst.length;
+    if (m.remaining === 0) this.#close(m);
+  }
+
+  /** Checks the finished message's CRC32C. */
+  #close(m: OpenMessage): void {
+    this.#open = undefined;
+    const got = m.crc >>> 0;
+    if (got !== m.want) {
+      throw new ProtocolError(
+        `${this.#name(m.seq, m.kind, m.at)}: CRC32C mismatch (0x${hex32(m.want)} on the wire, 0x${
+          hex32(got)
+        } computed): the message was damaged`,
+      );
+    }
+  }
+
+  #name(seq: number, kind: string, at: number): string {
+    return `Cannot accept migration message #${seq} ('${kind}') at stream offset ${at}`;
+  }
+
+  /** Fills `dst` from the connection; adds the bytes to `m`'s CRC when given. */
+  async #fill(dst: Uint8Array, what: string, m: OpenMessage | undefined): Promise<void> {
     let off = 0;
+    const crc = this.#crc;
     while (off < dst.length) {
       if (this.#start < this.#end) {
         const n = Math.min(this.#end - this.#start, dst.length - off);
         dst.set(this.#buf.subarray(this.#start, this.#start + n), off);
+        if (m) m.crc = crc(this.#buf.subarray(this.#start, this.#start + n), BigInt(n), m.crc);
         this.#start += n;
+        this.#offset += n;
         off += n;
         continue;
       }
       const want = dst.length - off;
       let n: number | null;
       if (want >= this.#buf.length) {
-        n = await this.#src.read(dst.subarray(off));
-        if (n !== null) off += n;
+        // Straight into the caller's buffer (guest RAM); the CRC reads it while it is in cache.
+        const into = dst.subarray(off);
+        n = await this.#src.read(into);
+        if (n !== null) {
+          if (m && n > 0) m.crc = crc(into as Uint8Array<ArrayBuffer>, BigInt(n), m.crc);
+          off += n;
+          this.#offset += n;
+        }
       } else {
         n = await this.#src.read(this.#buf);
         if (n !== null) {
@@ -469,42 +721,101 @@ export class MessageReader {
   }
 
   /**
-   * Reads the next header; `null` on a clean EOF between messages.
-   * @throws {ProtocolError} on a bad header, a version change mid-stream, or EOF inside the header
+   * Reads the next header; `null` on a clean EOF between messages. Its sequence number must be
+   * the next one on this connection.
+   * @throws {ProtocolError} on a bad header, a version change mid-stream, a missing, repeated or
+   *   reordered message, or EOF inside the header
    */
   async readHeader(): Promise<MessageHeader | null> {
+    if (this.#open) {
+      const m = this.#open;
+      throw new ProtocolError(
+        `${this.#name(m.seq, m.kind, m.at)}: its last ${m.remaining} payload bytes were not read`,
+      );
+    }
     if (this.#start === this.#end) {
       const n = await this.#src.read(this.#buf);
       if (n === null) return null;
       this.#start = 0;
       this.#end = n;
     }
+    const at = this.#offset;
     const b = new Uint8Array(HEADER_BYTES);
-    await this.readExact(b, "message header");
-    const h = decodeHeader(b);
+    await this.#fill(b.subarray(0, 10), "message header", undefined);
+    // The version first: a version 1 peer's header is shorter and must not be read as this one.
+    if (b.subarray(0, 8).every((x, i) => x === MAGIC[i])) {
+      checkVersion(new DataView(b.buffer).getUint16(8, true));
+    }
+    await this.#fill(b.subarray(10), "message header", undefined);
+    let h: MessageHeader;
+    try {
+      h = decodeHeader(b);
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) throw e;
+      throw new ProtocolError(`${e.message} (message #${this.#seq} at stream offset ${at})`);
+    }
+    if (h.seq !== this.#seq) {
+      const why = h.seq > this.#seq
+        ? `message #${this.#seq} is missing or out of order`
+        : `message #${h.seq} was already received: repeated or out of order`;
+      throw new ProtocolError(
+        `${this.#name(this.#seq, h.kind, at)}: sequence number ${h.seq}, want ${this.#seq}: ${why}`,
+      );
+    }
+    this.#seq = (this.#seq + 1) >>> 0;
     if (this.#version === undefined) this.#version = h.version;
     else if (h.version !== this.#version) {
       throw new ProtocolError(`Cannot read '${h.kind}' message: version ${h.version} after ${this.#version}`);
     }
+    const m: OpenMessage = {
+      kind: h.kind,
+      seq: h.seq,
+      at,
+      remaining: h.length,
+      crc: headerCrc(b),
+      want: h.crc,
+    };
+    this.#open = m;
+    this.#last = m;
+    if (h.length === 0) this.#close(m);
     return h;
   }
 
-  /** Reads a payload of `h.length` bytes after checking it is ≤ `max`. */
-  async readPayload(h: MessageHeader, max: number): Promise<Uint8Array> {
+  /**
+   * Reads the payload of `h` after checking its length is ≤ `max` (by default its kind's bound).
+   * Its CRC32C is checked before it is returned.
+   */
+  async readPayload(h: MessageHeader, max: number = PAYLOAD_BYTES[h.kind][1]): Promise<Uint8Array> {
     if (h.length > max) {
       throw new ProtocolError(`Cannot read '${h.kind}' message of ${h.length} bytes: limit is ${max}`);
     }
     const b = new Uint8Array(h.length);
-    await this.readExact(b, `'${h.kind}' payload`);
+    if (h.length > 0) await this.readExact(b, `'${h.kind}' payload`);
     return b;
   }
 }
 
-/** Writes messages; serialises concurrent senders so frames never interleave. */
+function hex32(n: number): string {
+  return (n >>> 0).toString(16).padStart(8, "0");
+}
+
+/** Smallest send buffer of a {@linkcode MessageWriter}; it grows to the largest message sent. */
+const MIN_SEND_BUFFER = 64 * 1024;
+
+/**
+ * Writes messages; serialises concurrent senders so frames never interleave. Every message is
+ * copied into one reused send buffer while its CRC32C is computed (`ferry_copy_crc32c`, one pass),
+ * then written with one `writeAll`: the checksum covers exactly the bytes sent, even for guest RAM
+ * that running vCPUs change meanwhile, and no buffer is allocated per message.
+ */
 export class MessageWriter {
   #sink: ByteSink;
   #tail: Promise<void> = Promise.resolve();
   #busy = 0;
+  #seq = 0;
+  #buf = new Uint8Array(MIN_SEND_BUFFER);
+  #copy = shim().ferry_copy_crc32c;
+  #copyPages = shim().ferry_copy_crc32c_pages;
 
   constructor(sink: ByteSink) {
     this.#sink = sink;
@@ -515,30 +826,79 @@ export class MessageWriter {
     return this.#busy > 0;
   }
 
+  /** Messages sent (or being sent) so far: the next sequence number. */
+  get sent(): number {
+    return this.#seq;
+  }
+
   /**
-   * Sends one message. `parts` are written in order without copying (e.g. guest RAM views).
+   * Sends one message with the next sequence number. `parts` (e.g. guest RAM views) are copied
+   * into the send buffer in order, the CRC32C computed in the same pass.
    * @param kind message kind
    * @param parts payload pieces; their total length is the payload length
    */
   send(kind: MessageKindName, ...parts: Uint8Array[]): Promise<void> {
+    return this.#send(kind, parts, undefined);
+  }
+
+  /**
+   * {@linkcode send} of `prefix` then `pages` (each a whole number of 4 KiB pages, e.g. guest RAM
+   * views), writing the CRC32C of every page into `pageCrcs` from index 0: the checksums of
+   * exactly the bytes sent, computed in the same copy pass (the switch-over digest takes them).
+   */
+  sendPages(
+    kind: MessageKindName,
+    prefix: Uint8Array,
+    pages: readonly Uint8Array[],
+    pageCrcs: Uint32Array,
+  ): Promise<void> {
+    return this.#send(kind, [prefix, ...pages], pageCrcs);
+  }
+
+  #send(
+    kind: MessageKindName,
+    parts: readonly Uint8Array[],
+    pageCrcs: Uint32Array | undefined,
+  ): Promise<void> {
     const run = async () => {
       this.#busy++;
       try {
         let length = 0;
         for (const p of parts) length += p.length;
-        const header = encodeHeader(kind, length);
-        const first = parts[0];
-        if (first !== undefined && first.length <= 256 * 1024) {
-          // Header and first (small) part in one write: one syscall for control messages.
-          const b = new Uint8Array(HEADER_BYTES + first.length);
-          b.set(header);
-          b.set(first, HEADER_BYTES);
-          await writeAll(this.#sink, b);
-          for (let i = 1; i < parts.length; i++) await writeAll(this.#sink, parts[i]!);
-        } else {
-          await writeAll(this.#sink, header);
-          for (const p of parts) await writeAll(this.#sink, p);
+        const [, max] = PAYLOAD_BYTES[kind];
+        if (length > max) {
+          throw new RangeError(`Cannot encode a '${kind}' message of ${length} bytes: limit is ${max}`);
         }
+        const total = HEADER_BYTES + length;
+        if (this.#buf.length < total) {
+          this.#buf = new Uint8Array(Math.max(total, Math.min(2 * this.#buf.length, MAX_MESSAGE_BYTES)));
+        }
+        const b = this.#buf as Uint8Array<ArrayBuffer>;
+        const seq = this.#seq;
+        this.#seq = (seq + 1) >>> 0;
+        writeHeader(b, kind, length, seq, PROTOCOL_VERSION);
+        let crc = crc32c(b.subarray(0, HEADER_BYTES));
+        let o = HEADER_BYTES;
+        let page = 0;
+        for (let i = 0; i < parts.length; i++) {
+          const p = parts[i]! as Uint8Array<ArrayBuffer>;
+          if (p.length === 0) continue;
+          if (pageCrcs && i > 0) {
+            const n = p.length / WIRE_PAGE_SIZE;
+            if (!Number.isInteger(n) || page + n > pageCrcs.length) {
+              throw new RangeError(
+                `Cannot send part ${i} of a '${kind}' message as pages: ${p.length} bytes`,
+              );
+            }
+            crc = this.#copyPages(b.subarray(o), p, BigInt(n), pageCrcs.subarray(page), crc);
+            page += n;
+          } else {
+            crc = this.#copy(b.subarray(o), p, BigInt(p.length), crc);
+          }
+          o += p.length;
+        }
+        new DataView(b.buffer, 0, HEADER_BYTES).setUint32(HEADER_CRC_OFFSET, crc >>> 0, true);
+        await writeAll(this.#sink, b.subarray(0, total));
       } finally {
         this.#busy--;
       }

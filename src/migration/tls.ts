@@ -21,14 +21,7 @@
  */
 import tls from "node:tls";
 import type { Socket } from "node:net";
-import { encodeHeader } from "./stream.ts";
-
-function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
+import { encodeMessage } from "./stream.ts";
 
 /** One `-object tls-creds-x509` (plain data; files are read by {@linkcode loadTlsCreds}). */
 export interface TlsCredsConfig {
@@ -372,7 +365,7 @@ export async function listenTlsMigration(
           String(socket.authorizationError)
         })`;
       const reason = new TextEncoder().encode(`TLS: ${why}`);
-      socket.end(concatBytes(encodeHeader("nack", reason.length), reason));
+      socket.end(encodeMessage("nack", reason));
       setTimeout(() => socket.destroy(), 500);
       return hand(new Error(why));
     }

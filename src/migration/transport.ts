@@ -1,5 +1,5 @@
 /**
- * Migration URIs (`tcp:HOST:PORT`, `unix:PATH`) and the connections behind them: the source
+ * The connections behind `tcp:` and `unix:` migration URIs (uri.ts; `file:` is snapshot_file.ts): the source
  * connects, the destination listens and accepts exactly one connection. With TLS credentials
  * (tls.ts) both sides speak TLS over tcp; a plaintext side refuses a TLS peer at its first read.
  * @module
@@ -11,48 +11,9 @@ import {
   type TlsCreds,
   type TlsMigrationListener,
 } from "./tls.ts";
+import type { SocketMigrationUri } from "./uri.ts";
 
-/** A parsed migration URI. */
-export type MigrationUri =
-  | { kind: "tcp"; uri: string; host: string; port: number }
-  | { kind: "unix"; uri: string; path: string };
-
-/**
- * Parses `tcp:HOST:PORT` (HOST may be `[v6]`) or `unix:PATH`.
- * @param uri the QMP `migrate` uri or the `-incoming` value
- * @param options `listen: true` allows port 0 (an ephemeral port, for tests)
- * @throws {TypeError} naming the uri
- */
-export function parseMigrationUri(uri: string, options: { listen?: boolean } = {}): MigrationUri {
-  if (uri.startsWith("unix:")) {
-    const path = uri.slice(5);
-    if (path === "") throw new TypeError(`Cannot parse migration uri '${uri}': empty path`);
-    if (path.includes("\0")) throw new TypeError(`Cannot parse migration uri '${uri}': NUL in path`);
-    return { kind: "unix", uri, path };
-  }
-  if (uri.startsWith("tcp:")) {
-    const rest = uri.slice(4);
-    const colon = rest.lastIndexOf(":");
-    if (colon < 0) throw new TypeError(`Cannot parse migration uri '${uri}': want tcp:HOST:PORT`);
-    let host = rest.slice(0, colon);
-    const portText = rest.slice(colon + 1);
-    if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
-    else if (host.includes(":")) {
-      throw new TypeError(`Cannot parse migration uri '${uri}': write an IPv6 host as [ADDR]`);
-    }
-    if (host === "") throw new TypeError(`Cannot parse migration uri '${uri}': empty host`);
-    if (!/^[0-9]{1,5}$/.test(portText)) {
-      throw new TypeError(`Cannot parse migration uri '${uri}': bad port '${portText}'`);
-    }
-    const port = Number(portText);
-    const min = options.listen ? 0 : 1;
-    if (port < min || port > 65535) {
-      throw new TypeError(`Cannot parse migration uri '${uri}': port ${port} is outside ${min}..65535`);
-    }
-    return { kind: "tcp", uri, host, port };
-  }
-  throw new TypeError(`Cannot parse migration uri '${uri}': want tcp:HOST:PORT or unix:PATH`);
-}
+export { type MigrationUri, parseMigrationUri } from "./uri.ts";
 
 /** TLS for one migration: the credentials and the name the destination's certificate must carry. */
 export interface MigrationTls {
@@ -120,7 +81,7 @@ export const CONNECT_TIMEOUT_MS = 10_000;
  * @throws {Error} naming the uri, with the cause
  */
 export async function connectMigration(
-  target: MigrationUri,
+  target: SocketMigrationUri,
   options: { timeoutMs?: number; signal?: AbortSignal; tls?: MigrationTls } = {},
 ): Promise<Deno.Conn> {
   const tls = options.tls;
@@ -164,7 +125,7 @@ export async function connectMigration(
 /** A destination's listening socket that accepts exactly one connection. */
 export class MigrationListener {
   #listener: Deno.Listener | TlsMigrationListener;
-  #target: MigrationUri;
+  #target: SocketMigrationUri;
   #closed = false;
   #tls: boolean;
 
@@ -172,7 +133,7 @@ export class MigrationListener {
    * Listens on `target` in plaintext.
    * @throws {Error} naming the uri (address in use, path missing, …)
    */
-  constructor(target: MigrationUri, tlsListener?: TlsMigrationListener) {
+  constructor(target: SocketMigrationUri, tlsListener?: TlsMigrationListener) {
     this.#target = target;
     this.#tls = tlsListener !== undefined;
     try {
@@ -189,7 +150,7 @@ export class MigrationListener {
    * Listens on `target`, speaking TLS with `creds` when given (server endpoint, tcp only).
    * @throws {Error} naming the uri; {TypeError} for TLS over unix: or client credentials
    */
-  static async open(target: MigrationUri, creds?: TlsCreds): Promise<MigrationListener> {
+  static async open(target: SocketMigrationUri, creds?: TlsCreds): Promise<MigrationListener> {
     if (!creds) return new MigrationListener(target);
     if (target.kind !== "tcp") {
       throw new TypeError(

@@ -26,6 +26,11 @@ Deno.test("parseMigrationUri reads tcp and unix uris", () => {
     path: "/tmp/m.sock",
   });
   assert.equal(parseMigrationUri("tcp:0.0.0.0:0", { listen: true }).kind, "tcp");
+  assert.deepEqual(parseMigrationUri("file:/var/lib/vm 1.snap"), {
+    kind: "file",
+    uri: "file:/var/lib/vm 1.snap",
+    path: "/var/lib/vm 1.snap",
+  });
 });
 
 Deno.test("parseMigrationUri rejects bad uris naming them", () => {
@@ -38,14 +43,18 @@ Deno.test("parseMigrationUri rejects bad uris naming them", () => {
       ["tcp:h:x1", /bad port 'x1'/],
       ["tcp:::1:5", /IPv6 host as \[ADDR\]/],
       ["unix:", /'unix:': empty path/],
-      ["exec:cat", /'exec:cat': want tcp:HOST:PORT or unix:PATH/],
+      ["exec:cat", /'exec:cat': exec: is not supported; want tcp:HOST:PORT, unix:PATH or file:PATH/],
+      ["udp:h:1", /'udp:h:1': want tcp:HOST:PORT, unix:PATH or file:PATH/],
+      ["file:", /'file:': empty path/],
+      ["file:/s,offset=4096", /offset= is not supported/],
+      ["tcp:[zz]:5", /'zz' is not an IPv6 address/],
     ] as const
   ) assert.throws(() => parseMigrationUri(uri), (e: Error) => e instanceof TypeError && re.test(e.message));
 });
 
 Deno.test("MigrationListener accepts one connection and removes its unix socket", async () => {
   const dir = Deno.makeTempDirSync();
-  const target = parseMigrationUri(`unix:${dir}/s.sock`);
+  const target = { kind: "unix", uri: `unix:${dir}/s.sock`, path: `${dir}/s.sock` } as const;
   const l = new MigrationListener(target);
   assert.throws(() => new MigrationListener(target), /Cannot listen on 'unix:.*s\.sock'/);
   const [server, client] = await Promise.all([l.acceptOne(), connectMigration(target)]);

@@ -27,8 +27,6 @@ export interface MigrationVm {
   configAttributes(): Record<string, string>;
   /** Host attributes that must match, e.g. `{"cpu vendor": "GenuineIntel", "kvm api version": "12"}`. */
   hostAttributes(): Record<string, string>;
-  /** Ids of devices that cannot migrate; non-empty makes `migrate` fail at once naming them. */
-  migrationBlockers(): string[];
   /** Source: turns KVM dirty logging on and resets the VMM bitmap. */
   startDirtyLog(): void;
   /**
@@ -46,8 +44,13 @@ export interface MigrationVm {
    * is called. Absent: the VM is taken to have been running.
    */
   readonly pausedByMigration?: boolean;
-  /** Runs the vCPUs again. */
-  resume(): Promise<void>;
+  /** Source, rolling back a failed or canceled migration: runs the vCPUs it paused again. */
+  resumeAfterRollback(): Promise<void>;
+  /**
+   * Destination, after `restoreState`: starts the migrated guest, or leaves it paused when it was
+   * paused on the source (QEMU's rule), and tells the network where it went.
+   */
+  startIncomingGuest(): Promise<void>;
   /** Called paused: every vCPU, VM and device section. */
   saveState(): Promise<Section[]>;
   /** Destination: validates and applies; throws an error naming the section and field. */
@@ -70,6 +73,8 @@ export interface MigrationVm {
    * than faulting them in one by one during `recv`). Never changes guest RAM contents.
    */
   populate?(gpa: number, pageCount: number): void;
+  /** Optional, destination: OS thread ids of the vCPUs in vCPU order (post-copy blocktimes). */
+  vcpuThreadIds?(): readonly number[];
   /** Source, paused, before the last state is sent (e.g. release disk locks). */
   onSwitchover?(): Promise<void>;
   /** Source, after a failure or cancel that happened after `onSwitchover` (e.g. re-take locks). */

@@ -9,7 +9,7 @@
  * | 2    | bad command line, or the guest triple-faulted                   |
  * @module
  */
-import { formatIncoming, formatPciAddr, helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
+import { helpText, migrationAttributes, parseArgs } from "../config/mod.ts";
 import type { PciDeviceSpec, VmSpec } from "../machine/vm.ts";
 import type { MachineConfig } from "../config/mod.ts";
 import { configureLog, logger } from "../util/log.ts";
@@ -33,7 +33,7 @@ async function kernelDigest(path: string): Promise<string> {
 /** The `-device` list as the machine's PCI device specs (drives and netdevs resolved). */
 export function pciDevices(config: MachineConfig): PciDeviceSpec[] {
   return config.devices.map((d, index): PciDeviceSpec => {
-    const addr = d.addr ? formatPciAddr(d.addr) : undefined;
+    const addr = d.addr;
     if (d.driver === "virtio-blk-pci") {
       const drive = config.drives.find((x) => x.id === d.props.drive);
       if (!drive) throw new TypeError(`Cannot create '${d.id}': drive '${d.props.drive}' is not defined`);
@@ -58,7 +58,7 @@ export function pciDevices(config: MachineConfig): PciDeviceSpec[] {
       );
     }
     // QEMU's default MAC, one per NIC.
-    const mac = d.props.mac ?? `52:54:00:12:34:${(0x56 + index).toString(16).padStart(2, "0").slice(-2)}`;
+    const mac = d.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, (0x56 + index) & 0xff);
     return { kind: "virtio-net", ...(addr ? { addr } : {}), id: d.id, ifname: netdev.ifname ?? "", mac };
   });
 }
@@ -82,7 +82,7 @@ export async function vmmOptions(config: MachineConfig): Promise<VmmOptions> {
       }
       : {}),
   };
-  const incoming = config.incoming ? formatIncoming(config.incoming) : undefined;
+  const incoming = config.incoming?.kind === "defer" ? "defer" : config.incoming;
   return {
     spec,
     qmp: config.qmp.map((q) => ({ path: q.path, wait: q.wait })),

@@ -22,7 +22,10 @@ import {
   type MigrationHandle,
   type MigrationParameters,
   MigrationStatusTracker,
+  type MigrationUri,
   multifdChannels,
+  parseMigrationUri,
+  PostcopyPausedError,
   prewarmMultifd,
   receiveMigration,
   startMigration,
@@ -43,7 +46,6 @@ import {
 import { logger } from "../util/log.ts";
 import { VmMigrationAdapter } from "./migration_adapter.ts";
 import { loadTlsCreds, type TlsCreds, type TlsCredsConfig } from "../migration/tls.ts";
-import { MigrationBlockedError } from "../devices/device.ts";
 
 const log = logger("vmm");
 
@@ -51,16 +53,17 @@ const log = logger("vmm");
 export interface VmmOptions {
   spec: VmSpec;
   qmp: { path: string; wait: boolean }[];
-  /** `tcp:HOST:PORT` / `unix:PATH` for a migration destination, or `defer` (QMP `migrate-incoming`). */
-  incoming?: string;
+  /**
+   * `-incoming`, parsed once: a migration destination's `tcp:`/`unix:` address, a snapshot
+   * `file:` to restore, or `defer` (QMP `migrate-incoming`).
+   */
+  incoming?: MigrationUri | "defer";
   /** `-object tls-creds-x509` (their files are read at start). */
   tlsCreds?: TlsCredsConfig[];
   /** Migration parameters from the command line (`-global migration.tls-creds=ID`). */
   migrationParameters?: Record<string, unknown>;
   /** Canonical configuration attributes a migration peer must match. */
   configAttributes: Record<string, string>;
-  /** Ids of configured devices that cannot migrate. */
-  migrationBlockers?: string[];
 }
 
 /** How the process should end. */
@@ -69,13 +72,9 @@ export interface VmmEnd {
   message: string;
 }
 
-/**
- * What the PCI devices add to the configuration check: image size, bus placement and identity.
- * Image paths are left out: a shared image may be mounted at another path on the destination.
- */
+/** What the PCI devices add to the configuration check: image size, bus placement and identity. */
 function pciAttributes(vm: Vm): Record<string, string> {
-  const all = vm.pci?.configAttributes() ?? {};
-  return Object.fromEntries(Object.entries(all).filter(([k]) => !k.endsWith(": file")));
+  return vm.pci?.configAttributes() ?? {};
 }
 
 class EventFanout implements QmpEventSink {
@@ -101,6 +100,8 @@ export class Vmm implements MachineControl, MigrationControl {
   #active: MigrationHandle | undefined;
   #incoming: Promise<void> | undefined;
   #incomingAbort: AbortController | undefined;
+  /** The last completed migration wrote a snapshot file: the guest runs nowhere else, `cont` may resume it. */
+  #snapshotSaved = false;
   #endResolve!: (e: VmmEnd) => void;
   /** Settles when the process should exit. */
   readonly ended: Promise<VmmEnd>;
@@ -112,7 +113,6 @@ export class Vmm implements MachineControl, MigrationControl {
     this.#events = new MachineEvents(this.#fanout);
     this.#adapter = new VmMigrationAdapter(vm, {
       configAttributes: () => ({ ...opts.configAttributes, ...pciAttributes(vm) }),
-      blockers: () => opts.migrationBlockers ?? [],
     });
     this.ended = new Promise((r) => (this.#endResolve = r));
     this.#migration.onChange((status) => this.#fanout.emit("MIGRATION", { status }));
@@ -182,15 +182,21 @@ export class Vmm implements MachineControl, MigrationControl {
     return creds;
   }
 
-  #receive(uri: string): void {
-    const tls = this.#tls("server");
+  #receive(uri: string | MigrationUri): void {
+    const target = typeof uri === "string" ? parseMigrationUri(uri, { listen: true }) : uri;
+    const tls = target.kind === "file" ? undefined : this.#tls("server");
     const abort = new AbortController();
     this.#incomingAbort = abort;
-    this.#incoming = receiveMigration(this.#adapter, uri, this.#migration, {
+    // Post-copy: the guest runs here before the migration completes.
+    const off = this.#migration.onChange((s) => {
+      if (s === "postcopy-active" && this.#state === "inmigrate") this.#setState("running");
+    });
+    this.#incoming = receiveMigration(this.#adapter, target, this.#migration, {
       signal: abort.signal,
       multifdChannels: multifdChannels(this.#capabilities, this.#params),
+      capabilities: this.#capabilities,
       ...(tls ? { tls } : {}),
-    }).then(
+    }).finally(off).then(
       () => {
         const running = this.#adapter.guestRunning;
         this.#setState(running ? "running" : "paused");
@@ -200,6 +206,12 @@ export class Vmm implements MachineControl, MigrationControl {
         );
       },
       (e: Error) => {
+        if (e instanceof PostcopyPausedError) {
+          // No source to fall back to: keep the paused guest and say why (query-migrate).
+          this.#setState("paused");
+          log.error("ferry: %s", e.message);
+          return;
+        }
         if (!this.#ending) {
           void this.end({ code: 1, message: `ferry: incoming migration failed: ${e.message}` });
         }
@@ -284,8 +296,14 @@ export class Vmm implements MachineControl, MigrationControl {
     if (this.#state === "inmigrate") {
       throw new QmpError("MigrationExpected", "Cannot continue: the VM is waiting for an incoming migration");
     }
-    if (this.#state === "postmigrate") {
+    if (this.#state === "postmigrate" && !this.#snapshotSaved) {
       throw new QmpError("GenericError", "Cannot continue: the VM was migrated away; quit this process");
+    }
+    if (this.#state === "postmigrate") {
+      // After a snapshot, as QEMU: the guest ran nowhere else, so it may go on here.
+      await this.vm.resume();
+      this.#setState("running");
+      return;
     }
     if (this.#state !== "paused") return;
     await this.vm.resume();
@@ -323,33 +341,38 @@ export class Vmm implements MachineControl, MigrationControl {
     if (this.#state === "inmigrate") {
       throw new QmpError("GenericError", "Cannot migrate: an incoming migration is pending");
     }
-    if (this.#state === "postmigrate") {
+    if (this.#state === "postmigrate" && !this.#snapshotSaved) {
       throw new QmpError("GenericError", "Cannot migrate: the VM was already migrated away");
     }
     if (this.#state === "shutdown") {
       throw new QmpError("GenericError", "Cannot migrate: the VM is shutting down");
     }
     let handle: MigrationHandle;
+    let target: MigrationUri;
     try {
-      const creds = this.#tls("client");
+      target = parseMigrationUri(uri);
+      const creds = target.kind === "file" ? undefined : this.#tls("client");
       const hostname = this.#params["tls-hostname"];
-      handle = startMigration(this.#adapter, uri, this.#params, this.#migration, {
+      handle = startMigration(this.#adapter, target, this.#params, this.#migration, {
         capabilities: this.#capabilities,
         // QEMU's switch-over run state; leaving `running` emits STOP before MIGRATION completed.
         onPaused: () => this.#setState("finish-migrate"),
         ...(creds ? { tls: { creds, ...(hostname ? { hostname } : {}) } } : {}),
       });
     } catch (e) {
-      if (e instanceof MigrationBlockedError) throw new QmpError("GenericError", e.message);
       throw new QmpError("GenericError", (e as Error).message);
     }
     this.#active = handle;
     const wasRunning = this.#state === "running";
     handle.done.then((final) => {
       if (this.#active === handle) this.#active = undefined;
+      if (final === "completed") this.#snapshotSaved = target.kind === "file";
       if (final === "completed") {
         // The guest runs on the destination now: stay paused until quit.
         this.#setState("postmigrate");
+      } else if (final === "postcopy-paused") {
+        // Post-copy broke: the guest may have run on the destination, so it never runs here again.
+        this.#setState("paused");
       } else if (this.#state === "finish-migrate") {
         // Rolled back after the pause: as before (RESUME when it ran).
         this.#setState(wasRunning ? "running" : "paused");
@@ -359,6 +382,18 @@ export class Vmm implements MachineControl, MigrationControl {
 
   cancel(): void {
     this.#active?.cancel();
+  }
+
+  /** `migrate-start-postcopy` (QEMU's command). */
+  startPostcopy(): void {
+    if (!this.#active) {
+      throw new QmpError("GenericError", "Cannot start post-copy: no outgoing migration is in progress");
+    }
+    try {
+      this.#active.startPostcopy();
+    } catch (e) {
+      throw new QmpError("GenericError", (e as Error).message);
+    }
   }
 
   /** QMP `migrate-incoming`, only after `-incoming defer` (QEMU's rule). */

@@ -4,8 +4,9 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { Ferry, PROBE, probeArgs, ROOT, tempDir } from "./ferry.ts";
+import { Ferry, PROBE, probeArgs, ROOT, tempDir, waitIncoming } from "./ferry.ts";
 import type { QmpClient, QmpMessage } from "./qmp_client.ts";
+import { encodeMessage, HEADER_BYTES, HEADER_LENGTH_OFFSET } from "../../src/migration/stream.ts";
 
 export { Ferry, PROBE, probeArgs, ROOT, tempDir };
 export type { QmpClient, QmpMessage };
@@ -195,14 +196,15 @@ export async function createNetnsPair(): Promise<NetnsPair | string> {
 /** Wire message kinds a scripted destination uses (docs/migration.md). */
 export const KIND = { config: 2, ack: 3, nack: 4, complete: 7, resumed: 9 } as const;
 
-function header(kind: number, length: number): Uint8Array {
-  const b = new Uint8Array(24);
-  b.set(new TextEncoder().encode("FERRYMIG"));
-  const v = new DataView(b.buffer);
-  v.setUint16(8, 1, true);
-  v.setUint16(10, kind, true);
-  v.setBigUint64(16, BigInt(length), true);
-  return b;
+const KIND_NAME = { [KIND.ack]: "ack", [KIND.nack]: "nack", [KIND.resumed]: "resumed" } as const;
+
+/** A whole reply message (protocol 2: its sequence number `seq` and CRC32C, stream.ts). */
+function reply(
+  kind: typeof KIND.ack | typeof KIND.nack | typeof KIND.resumed,
+  seq: number,
+  payload = new Uint8Array(0),
+): Uint8Array {
+  return encodeMessage(KIND_NAME[kind], payload, seq);
 }
 
 async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null> {
@@ -217,7 +219,8 @@ async function readExact(conn: Deno.Conn, n: number): Promise<Uint8Array | null>
 }
 
 /**
- * A destination on unix socket `path` speaking docs/migration.md's wire format: acks the
+ * A destination on unix socket `path` speaking docs/migration.md's wire format (protocol 2; it
+ * checks no sequence number nor CRC of what it swallows, and numbers its own replies): acks the
  * configuration, swallows everything up to `complete` (so the source has paused and handed over
  * its devices), runs `onComplete` if given, then does `then`: answer `resumed`, a `nack`, or close.
  * `done` resolves with the message kinds it saw.
@@ -233,24 +236,24 @@ export function scriptedDestination(
     const conn = await listener.accept();
     try {
       for (;;) {
-        const h = await readExact(conn, 24);
+        const h = await readExact(conn, HEADER_BYTES);
         if (!h) return kinds;
         const v = new DataView(h.buffer);
         const kind = v.getUint16(10, true);
-        let left = Number(v.getBigUint64(16, true));
+        let left = Number(v.getBigUint64(HEADER_LENGTH_OFFSET, true));
         kinds.push(kind);
         while (left > 0) {
           const chunk = await readExact(conn, Math.min(left, 1 << 20));
           if (!chunk) return kinds;
           left -= chunk.length;
         }
-        if (kind === KIND.config) await conn.write(header(KIND.ack, 0));
+        if (kind === KIND.config) await conn.write(reply(KIND.ack, 0));
         if (kind === KIND.complete) {
           if (onComplete) await onComplete();
-          if (then === "resumed") await conn.write(header(KIND.resumed, 0));
+          if (then === "resumed") await conn.write(reply(KIND.resumed, 1));
           if (then === "nack") {
             const why = new TextEncoder().encode("Cannot restore device state: scripted refusal");
-            await conn.write(new Uint8Array([...header(KIND.nack, why.length), ...why]));
+            await conn.write(reply(KIND.nack, 1, why));
           }
           await sleep(100);
           return kinds;
@@ -261,4 +264,113 @@ export function scriptedDestination(
     }
   })();
   return { listener, done };
+}
+
+// ------------------------------------------------------------------ a source and destination pair
+/** What one side of a {@linkcode withMigrationPair} changes from the options both share. */
+export interface PairSideOptions {
+  /** Replaces the shared `append`. */
+  append?: string;
+  /** Replaces the shared `mem`. */
+  mem?: string;
+  /** Replaces the shared `smp`. */
+  smp?: number;
+  /** Replaces the probe guest as `-kernel`. */
+  kernel?: string;
+  /** Ferry arguments after the shared `extra`. */
+  extra?: string[];
+  /** Replaces the shared `netns`. */
+  netns?: string;
+}
+
+/** Options of {@linkcode withMigrationPair}: one command line for both sides, plus what differs. */
+export interface PairOptions {
+  /** The probe guest's `-append`. */
+  append: string;
+  /** @default {"256M"} */
+  mem?: string;
+  /** @default {1} */
+  smp?: number;
+  /** More ferry arguments of both sides. */
+  extra?: string[];
+  /** Runs both ferries through `ip netns exec NS`. */
+  netns?: string;
+  /** `unix:<dir>/mig.sock`, or `tcp:<host>:<free port>`. @default {"unix"} */
+  transport?: "unix" | "tcp";
+  /** The address a `tcp` destination listens on. @default {"127.0.0.1"} */
+  host?: string;
+  /** Only the source's differences. */
+  src?: PairSideOptions;
+  /** Only the destination's differences (a mismatch test's other `-smp`, say). */
+  dst?: PairSideOptions;
+}
+
+/** What the body of {@linkcode withMigrationPair} gets. */
+export interface MigrationPair {
+  /** The temp dir holding the QMP and migration sockets, removed afterwards. */
+  dir: string;
+  src: Vm;
+  /** Started with `-incoming uri`, already listening. */
+  dst: Vm;
+  /** The destination's `-incoming` uri, for `migrate`. */
+  uri: string;
+}
+
+function sideOptions(dir: string, name: string, o: PairOptions, side: PairSideOptions = {}): VmOptions {
+  const vm: VmOptions = {
+    dir,
+    name,
+    append: side.append ?? o.append,
+    extra: [...(o.extra ?? []), ...(side.extra ?? [])],
+  };
+  const mem = side.mem ?? o.mem, smp = side.smp ?? o.smp, netns = side.netns ?? o.netns;
+  if (mem !== undefined) vm.mem = mem;
+  if (smp !== undefined) vm.smp = smp;
+  if (netns !== undefined) vm.netns = netns;
+  if (side.kernel !== undefined) vm.kernel = side.kernel;
+  return vm;
+}
+
+/**
+ * Runs `body` with a source ferry and a destination ferry started with the same command line plus
+ * `-incoming`, each with QMP, in a fresh temp dir; the destination already listens when `body`
+ * starts. Afterwards, also when `body` throws, both QMP clients are closed, both ferries killed and
+ * the dir removed. Pass a function of the dir instead of options when a command line names files
+ * made there (certificates, a changed kernel).
+ *
+ * @param options The shared command line, the transport, and what differs per side.
+ * @param body The test, given `{ dir, src, dst, uri }`.
+ * @example
+ * ```ts
+ * await withMigrationPair({ append: "mode=pattern mib=8 interval_ms=50", transport: "tcp" }, async ({ src, uri }) => {
+ *   await src.ferry.waitLine(/PROBE VERIFY ok/);
+ *   await src.qmp.call("migrate", { uri });
+ *   assert.equal((await waitMigration(src.qmp, FINAL)).status, "completed");
+ * });
+ * ```
+ */
+export async function withMigrationPair(
+  options: PairOptions | ((dir: string) => PairOptions | Promise<PairOptions>),
+  body: (pair: MigrationPair) => Promise<void>,
+): Promise<void> {
+  const dir = tempDir();
+  let src: Vm | undefined, dst: Vm | undefined;
+  try {
+    const o = typeof options === "function" ? await options(dir) : options;
+    if (o.host !== undefined && o.transport !== "tcp") {
+      throw new TypeError(`Cannot listen on host '${o.host}': transport is not tcp`);
+    }
+    const uri = o.transport === "tcp" ? `tcp:${o.host ?? "127.0.0.1"}:${freePort()}` : `unix:${dir}/mig.sock`;
+    src = await startVm(sideOptions(dir, "src", o, o.src));
+    dst = await startVm({ ...sideOptions(dir, "dst", o, o.dst), incoming: uri });
+    await waitIncoming(dst.qmp);
+    await body({ dir, src, dst, uri });
+  } finally {
+    try {
+      await stopVm(src);
+      await stopVm(dst);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  }
 }

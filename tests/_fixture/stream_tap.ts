@@ -1,11 +1,12 @@
 /**
  * A man in the middle for migration tests: a unix-socket proxy between a source and a
  * destination that parses the source's stream by the wire table in docs/migration.md (header size
- * and message kinds from stream.ts), records it, and may change a message on its way. Replies
- * (destination → source) pass through untouched.
+ * and message kinds from stream.ts), records it, and may change a message on its way (a change
+ * that should get past the destination's CRC32C check must reseal the message with stream.ts's
+ * `sealMessage`, as a forger would). Replies (destination → source) pass through untouched.
  * @module
  */
-import { HEADER_BYTES, MessageKind } from "../../src/migration/stream.ts";
+import { HEADER_BYTES, HEADER_LENGTH_OFFSET, MessageKind } from "../../src/migration/stream.ts";
 
 /** One message of a captured stream. */
 export interface WireMessage {
@@ -22,7 +23,7 @@ export function parseMessages(b: Uint8Array): WireMessage[] {
   let o = 0;
   while (o + HEADER_BYTES <= b.length) {
     const v = new DataView(b.buffer, b.byteOffset + o, HEADER_BYTES);
-    const length = Number(v.getBigUint64(16, true));
+    const length = Number(v.getBigUint64(HEADER_LENGTH_OFFSET, true));
     if (o + HEADER_BYTES + length > b.length) break;
     out.push({ offset: o, kind: v.getUint16(10, true), length });
     o += HEADER_BYTES + length;
@@ -92,7 +93,7 @@ export function startTap(
         const kind = new DataView(h.buffer).getUint16(10, true);
         // Control messages that wait for an answer go at once (the source waits for the ack).
         await forward(kind);
-        const len = Number(new DataView(h.buffer).getBigUint64(16, true));
+        const len = Number(new DataView(h.buffer).getBigUint64(HEADER_LENGTH_OFFSET, true));
         const p = await readExact(src, len);
         if (!p) break;
         const m = new Uint8Array(HEADER_BYTES + len);

@@ -1,6 +1,7 @@
 /**
  * The q35 PCI Express root bus `pcie.0`: configuration access through the legacy mechanism
- * (0xCF8 address, 0xCFC..0xCFF data) and ECAM (MMCONFIG, 256 buses × 1 MiB at 0xB000_0000), the
+ * (0xCF8 address, 0xCFC..0xCFF data) and ECAM (MMCONFIG, 256 buses × 1 MiB; the machine's memory map
+ * places it and the BAR window), the
  * Intel Q35 host bridge at 00.0 (8086:29c0), `addr=SLOT[.FN]` placement, BAR allocation in the
  * 32-bit MMIO window and dispatch of BAR accesses to the function that decodes them.
  *
@@ -12,7 +13,7 @@
  * ```ts
  * pio.register(PCI_CONFIG_ADDRESS_PORT, 1, root.configAddressPort, "pci:cf8");
  * pio.register(PCI_CONFIG_DATA_PORT, 4, root.configDataPort, "pci:cfc");
- * mmio.register(PCIE_ECAM_GPA, PCIE_ECAM_BYTES, root.ecam, "pci:ecam");
+ * mmio.register(root.ecamWindow.base, root.ecamWindow.sizeBytes, root.ecam, "pci:ecam");
  * mmio.register(root.window.base, root.window.sizeBytes, root.barWindow, "pci:bars");
  * ```
  * 0xCF8 is registered one port wide so that a byte access to 0xCF9 (reset control) is not ours:
@@ -20,6 +21,9 @@
  * @module
  */
 import type { BusDevice } from "../device.ts";
+import { formatPciAddr, type PciAddress } from "./pci_address.ts";
+
+export type { PciAddress } from "./pci_address.ts";
 import {
   PCI_HEADER_TYPE,
   PCI_INTERRUPT_LINE,
@@ -32,12 +36,6 @@ import {
 export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;
 /** Legacy configuration data ports 0xCFC..0xCFF. */
 export const PCI_CONFIG_DATA_PORT = 0xcfc;
-/** Default ECAM base and size (q35). */
-export const PCI_ECAM_BASE = 0xb000_0000;
-export const PCI_ECAM_BYTES = 0x1000_0000;
-/** The 32-bit MMIO window for BARs: 0xC000_0000..0xFEBF_FFFF (the IOAPIC starts at 0xFEC0_0000). */
-export const PCI_MMIO_WINDOW_BASE = 0xc000_0000;
-export const PCI_MMIO_WINDOW_BYTES = 0xfec0_0000 - 0xc000_0000;
 /** Slots per bus and functions per slot. */
 export const PCI_SLOTS = 32, PCI_FUNCTIONS = 8;
 /** Intel Q35 (MCH) host bridge ids. */
@@ -56,43 +54,8 @@ export interface PciFunction {
   writeBar(bar: number, offset: number, data: Uint8Array): void;
 }
 
-/** A device/function number on bus 0. */
-export interface PciAddress {
-  slot: number;
-  fn: number;
-}
-
-/** `"04.0"`: slot and function as QEMU's `addr=` prints them. */
-export function formatPciAddr(a: PciAddress): string {
-  return `${a.slot.toString(16).padStart(2, "0")}.${a.fn}`;
-}
-
-/**
- * Parses QEMU's `addr=SLOT[.FN]` (hex, optional `0x`): `"4"`, `"0x4"`, `"04.1"`, `"1f.7"`.
- * @param deviceId the device the address belongs to (for messages)
- * @throws {SyntaxError} when it does not parse; {@linkcode RangeError} when out of range
- */
-export function parsePciAddr(text: string, deviceId: string): PciAddress {
-  const m = /^(?:0x)?([0-9a-f]{1,2})(?:\.([0-9a-f]))?$/i.exec(text.trim());
-  if (!m) {
-    throw new SyntaxError(
-      `Cannot parse addr '${text}' of '${deviceId}': expected SLOT[.FN] in hex, e.g. '04.0'`,
-    );
-  }
-  const slot = parseInt(m[1]!, 16), fn = m[2] === undefined ? 0 : parseInt(m[2], 16);
-  if (slot >= PCI_SLOTS) {
-    throw new RangeError(
-      `Cannot place '${deviceId}' at addr '${text}': slot 0x${slot.toString(16)} is outside 0x0..0x1f`,
-    );
-  }
-  if (fn >= PCI_FUNCTIONS) {
-    throw new RangeError(`Cannot place '${deviceId}' at addr '${text}': function ${fn} is outside 0..7`);
-  }
-  return { slot, fn };
-}
-
 /** The host bridge's read-only config space contents. */
-export function q35HostBridgeSpec(ecamBase = PCI_ECAM_BASE): PciFunctionSpec {
+export function q35HostBridgeSpec(ecamBase: number): PciFunctionSpec {
   const pciexbar = new Uint8Array(8);
   // Enable (bit 0), length 256 MiB (bits 2:1 = 0), base in bits 35:28.
   new DataView(pciexbar.buffer).setUint32(0, (ecamBase | 1) >>> 0, true);
@@ -130,10 +93,10 @@ export interface PciRootOptions {
   shared: SharedArrayBuffer;
   /** @default "pcie.0" */
   busName?: string;
-  /** @default 0xB000_0000 */
-  ecamBase?: number;
-  /** The window BARs are allocated in. @default 0xC000_0000 + 0x3EC0_0000 bytes */
-  window?: { base: number; sizeBytes: number };
+  /** The ECAM window (the machine's memory map has it: q35 `0xB000_0000`, 256 MiB). */
+  ecam: { base: number; sizeBytes: number };
+  /** The 32-bit MMIO window BARs are allocated in (the machine's memory map has it). */
+  window: { base: number; sizeBytes: number };
 }
 
 const W_CF8 = 0;
@@ -142,6 +105,7 @@ const W_CF8 = 0;
 export class PciRoot {
   readonly busName: string;
   readonly window: { base: number; sizeBytes: number };
+  readonly ecamWindow: { base: number; sizeBytes: number };
   /** Port 0xCF8 (register 1 port wide). */
   readonly configAddressPort: BusDevice;
   /** Ports 0xCFC..0xCFF. */
@@ -163,9 +127,10 @@ export class PciRoot {
   constructor(options: PciRootOptions) {
     this.#w = new Int32Array(options.shared);
     this.busName = options.busName ?? "pcie.0";
-    this.window = options.window ?? { base: PCI_MMIO_WINDOW_BASE, sizeBytes: PCI_MMIO_WINDOW_BYTES };
+    this.window = options.window;
+    this.ecamWindow = options.ecam;
     this.#nextBarGpa = this.window.base;
-    const host = new HostBridge(options.ecamBase ?? PCI_ECAM_BASE);
+    const host = new HostBridge(options.ecam.base);
     this.#reserved.set(0, host.id);
     this.attach({ slot: 0, fn: 0 }, host);
     const w = this.#w;
@@ -216,10 +181,10 @@ export class PciRoot {
 
   /**
    * Reserves a slot/function for `deviceId` (main thread, while building the machine).
-   * @param addr QEMU's `addr=` text; without it the first free slot from 1, function 0
+   * @param addr the `addr=` given; without it the first free slot from 1, function 0
    * @throws {RangeError} naming the device when the address is out of range, taken, or the bus is full
    */
-  place(deviceId: string, addr?: string): PciAddress {
+  place(deviceId: string, addr?: PciAddress): PciAddress {
     if (addr === undefined) {
       for (let slot = 1; slot < PCI_SLOTS; slot++) {
         if (!this.#slotUsed(slot)) {
@@ -229,7 +194,13 @@ export class PciRoot {
       }
       throw new RangeError(`Cannot place '${deviceId}' on ${this.busName}: every slot is taken`);
     }
-    const a = parsePciAddr(addr, deviceId);
+    const a = addr;
+    if (
+      !Number.isInteger(a.slot) || !Number.isInteger(a.fn) || a.slot < 0 || a.fn < 0 || a.slot >= PCI_SLOTS ||
+      a.fn >= PCI_FUNCTIONS
+    ) {
+      throw new RangeError(`Cannot place '${deviceId}' at addr '${formatPciAddr(a)}': outside 0x0..0x1f.7`);
+    }
     const key = a.slot * PCI_FUNCTIONS + a.fn;
     const other = this.#reserved.get(key);
     if (other !== undefined) {

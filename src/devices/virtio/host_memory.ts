@@ -10,6 +10,8 @@ import type { GuestMemory } from "../../memory/guest_memory.ts";
 export class HostMemory {
   readonly memory: GuestMemory;
   readonly #base: number[];
+  /** One DataView per region: small reads and writes on the request path allocate nothing. */
+  readonly #views: DataView[];
 
   constructor(memory: GuestMemory) {
     this.memory = memory;
@@ -19,6 +21,37 @@ export class HostMemory {
         ? Number(r.hostAddr)
         : Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(r.bytes)))
     );
+    this.#views = memory.regions.map((r) =>
+      new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength)
+    );
+  }
+
+  /**
+   * The little-endian u32 at `gpa` (a request header field), read without allocating.
+   * @throws {RangeError} outside RAM
+   */
+  u32(gpa: number): number {
+    const i = this.#region(gpa, 4);
+    return this.#views[i]!.getUint32(gpa - this.memory.regions[i]!.gpa, true);
+  }
+
+  /**
+   * Writes byte `v` at `gpa` (a status byte) and marks its page dirty, as `GuestMemory.writeU8` does.
+   * @throws {RangeError} outside RAM
+   */
+  setU8(gpa: number, v: number): void {
+    const i = this.#region(gpa, 1);
+    this.#views[i]!.setUint8(gpa - this.memory.regions[i]!.gpa, v);
+    this.memory.markDirty(gpa, 1);
+  }
+
+  #region(gpa: number, len: number): number {
+    const regions = this.memory.regions;
+    for (let i = 0; i < regions.length; i++) {
+      const r = regions[i]!;
+      if (gpa >= r.gpa && gpa + len <= r.gpa + r.sizeBytes) return i;
+    }
+    throw new RangeError(`Cannot reach guest memory at 0x${gpa.toString(16)} length ${len}: not RAM`);
   }
 
   /**

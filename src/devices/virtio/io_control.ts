@@ -15,8 +15,8 @@
  * @module
  */
 import { logger } from "../../util/log.ts";
-import { closeFd, createEventfd, signalEventfd } from "../pci/eventfd.ts";
-import type { IoPlan } from "./virtio_pci.ts";
+import { closeFd, createEventfd, signalEventfd } from "../../sys/eventfd.ts";
+import type { IoPlan } from "./io_plan.ts";
 
 export const IO_REQ_RUN = 0, IO_REQ_PAUSE = 1, IO_REQ_STOP = 2;
 export const IO_ST_RUNNING = 0, IO_ST_PAUSED = 1, IO_ST_EXITED = 2;

@@ -8,10 +8,10 @@
  * starve the others. Pause/resume/stop follow io_control.ts.
  * @module
  */
-import { check } from "../../ffi/errno.ts";
-import { shim, viewAt } from "../../ffi/shim.ts";
+import { viewAt } from "../../sys/mman.ts";
+import { Epoll, EPOLLET, EPOLLIN } from "../../sys/epoll.ts";
 import { GuestMemory } from "../../memory/guest_memory.ts";
-import { drainEventfd } from "../pci/eventfd.ts";
+import { drainEventfd } from "../../sys/eventfd.ts";
 import { logger } from "../../util/log.ts";
 import { type TransportVm, VirtioPciTransport } from "./pci_transport.ts";
 import { BlockRequestHandler } from "./block/block.ts";
@@ -28,10 +28,9 @@ import {
   IO_W_REQ,
   IO_W_STATE,
 } from "./io_control.ts";
-import { type IoPlan, vmFdFromNumber } from "./virtio_pci.ts";
+import type { IoPlan } from "./io_plan.ts";
+import { VmFd } from "../../kvm/kvm.ts";
 
-const EPOLL_CTL_ADD = 1, EPOLLIN = 0x1, EPOLLET = 0x80000000;
-const EINTR = 4;
 const log = logger("io-worker");
 
 type Work = () => "idle" | "more";
@@ -79,14 +78,14 @@ export class IoLoop {
   readonly #closers: Array<() => void> = [];
   /** Wait for requests in flight (before a pause is acknowledged). */
   readonly #drains: Array<() => void> = [];
-  readonly #ep: number;
+  readonly #ep: Epoll;
 
   constructor(options: IoLoopOptions) {
     const plan = options.plan;
     this.#w = new Int32Array(options.control);
     this.#controlFd = options.controlFd;
     this.memory = options.memory ?? new GuestMemory(plan.memory, (addr, size) => viewAt(addr, size));
-    const vm = options.vm ?? (plan.vmFd >= 0 ? vmFdFromNumber(plan.vmFd) : undefined);
+    const vm = options.vm ?? (plan.vmFd >= 0 ? VmFd.fromRawFd(plan.vmFd) : undefined);
     for (const d of plan.devices) {
       const transport = new VirtioPciTransport({
         plan: d.transport,
@@ -120,7 +119,7 @@ export class IoLoop {
         this.#add(d.net.tapFd, false, rx);
       }
     }
-    this.#ep = check(shim().ferry_epoll_create(), "create the I/O Worker's epoll set");
+    this.#ep = new Epoll("the I/O Worker's epoll set");
     this.#watch(this.#controlFd, 0, EPOLLIN);
     this.#sources.forEach((s, i) =>
       this.#watch(s.fd, i + 1, s.drain === false ? EPOLLIN | EPOLLET : EPOLLIN)
@@ -133,10 +132,7 @@ export class IoLoop {
   }
 
   #watch(fd: number, token: number, events: number): void {
-    check(
-      shim().ferry_epoll_ctl(this.#ep, EPOLL_CTL_ADD, fd, events >>> 0, BigInt(token)),
-      `watch fd ${fd} in the I/O Worker`,
-    );
+    this.#ep.add(fd, events, BigInt(token), `fd ${fd} in the I/O Worker`);
   }
 
   /** Processes every queue once (after start/resume: notifications may predate us). */
@@ -163,10 +159,9 @@ export class IoLoop {
 
   /** Runs until a stop request. */
   run(): void {
-    const s = shim();
-    const out = new BigUint64Array(64);
-    const outBytes = new Uint8Array(out.buffer);
+    const out = this.#ep.tokens;
     let more = new Set<Work>();
+    const ready = new Set<Work>();
     let running = false;
     for (;;) {
       const req = Atomics.load(this.#w, IO_W_REQ);
@@ -193,10 +188,11 @@ export class IoLoop {
         }
         continue;
       }
-      const n = Number(s.ferry_epoll_wait(this.#ep, outBytes, 64, more.size > 0 ? 0 : -1));
-      if (n < 0 && n !== -EINTR) throw new Error(`Cannot wait in the I/O Worker: epoll_wait errno ${-n}`);
-      const ready = new Set<Work>(more);
-      more = new Set();
+      const n = this.#ep.wait(more.size > 0 ? 0 : -1);
+      // Reuse the two sets (no allocation per wakeup): ready = what was left over + what woke.
+      ready.clear();
+      for (const w of more) ready.add(w);
+      more.clear();
       for (let i = 0; i < n; i++) {
         const token = Number(out[i]!);
         if (token === 0) {
@@ -233,6 +229,6 @@ export class IoLoop {
   close(): void {
     for (const c of this.#closers) c();
     this.#closers.length = 0;
-    shim().ferry_close(this.#ep);
+    this.#ep.close();
   }
 }

@@ -5,7 +5,7 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { shim } from "../../ffi/shim.ts";
+import { threadId } from "../../sys/fd.ts";
 import { IO_ST_EXITED, IO_W_STATE, type IoInit, type IoMessage } from "./io_control.ts";
 import { IoLoop } from "./io_loop.ts";
 
@@ -26,7 +26,7 @@ self.onmessage = (e: MessageEvent<IoInit>) => {
     });
     return;
   }
-  post({ type: "ready", tid: Number(shim().ferry_gettid()) });
+  post({ type: "ready", tid: threadId() });
   try {
     loop.run();
   } catch (err) {

@@ -7,7 +7,7 @@
  * @module
  */
 import { type PciCapabilitySpec, PciConfigSpace, type PciFunctionSpec } from "../pci/config_space.ts";
-import { formatPciAddr, type PciAddress } from "../pci/pci_root.ts";
+import { type PciAddress, pciSlotName } from "../pci/pci_address.ts";
 import { msixCapability, MsixVectors } from "../pci/msix.ts";
 import { QUEUE_WORDS, QueueRegs, VIRTIO_MSI_NO_VECTOR, VIRTQ_MAX_SIZE } from "./queue_state.ts";
 import {
@@ -159,7 +159,7 @@ export function createTransportShared(info: VirtioDeviceInfo, msixVectors: numbe
 
 /** The PCI-side id of a function: `"pci/pcie.0/04.0"`. */
 export function transportId(busName: string, addr: PciAddress): string {
-  return `pci/${busName}/${formatPciAddr(addr)}`;
+  return `pci/${busName}/${pciSlotName(addr)}`;
 }
 
 /** BAR accesses, as the PCI_CFG window forwards them. */

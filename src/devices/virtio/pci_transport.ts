@@ -37,7 +37,7 @@ import {
 } from "../pci/config_space.ts";
 import type { PciFunction } from "../pci/pci_root.ts";
 import { type GsiRoutingTarget, MsiRouting, MsixVectors } from "../pci/msix.ts";
-import { signalEventfd } from "../pci/eventfd.ts";
+import { signalEventfd } from "../../sys/eventfd.ts";
 import { QUEUE_WORDS, QueueRegs, VIRTIO_MSI_NO_VECTOR } from "./queue_state.ts";
 import { type DescriptorChain, Virtqueue } from "./queue.ts";
 import {
@@ -126,6 +126,8 @@ export class VirtioPciTransport implements PciFunction, Migratable {
   readonly #w: Int32Array;
   readonly #devcfg: Uint8Array;
   readonly #queues: QueueRegs[];
+  /** Checked views of the queues, reused while their registers stay the same ({@linkcode queue}). */
+  readonly #views: (Virtqueue | undefined)[] = [];
   readonly #writable: Uint8Array;
   readonly #vm: TransportVm | undefined;
   readonly #memory: GuestMemory | undefined;
@@ -273,12 +275,18 @@ export class VirtioPciTransport implements PciFunction, Migratable {
       throw new TypeError(`Cannot process queues of ${this.plan.deviceId}: no guest memory in this thread`);
     }
     if (!(this.status & STATUS_DRIVER_OK) || !regs.enabled || regs.broken) return undefined;
-    const vq = new Virtqueue({ memory: this.#memory, regs, eventIdx: this.hasFeature(VIRTIO_F_EVENT_IDX) });
+    const eventIdx = this.hasFeature(VIRTIO_F_EVENT_IDX);
+    // A checked view is reused while the registers still say the same (no allocation per pass).
+    const cached = this.#views[q];
+    if (cached?.matches(eventIdx)) return cached;
+    const vq = new Virtqueue({ memory: this.#memory, regs, eventIdx });
     const why = vq.check();
     if (why) {
+      this.#views[q] = undefined;
       this.markBroken(q, why);
       return undefined;
     }
+    this.#views[q] = vq;
     return vq;
   }
 

@@ -78,6 +78,12 @@ function ringView(mem: GuestMemory, gpa: number, len: number): DataView | undefi
   return new DataView(r.bytes.buffer, r.bytes.byteOffset + (gpa - r.gpa), len);
 }
 
+/** Marks `chain` unusable with the reason. */
+function failChain(chain: DescriptorChain, why: string): DescriptorChain {
+  chain.error = why;
+  return chain;
+}
+
 /** A split virtqueue over guest memory; see the module doc. */
 export class Virtqueue {
   readonly regs: QueueRegs;
@@ -112,6 +118,16 @@ export class Virtqueue {
 
   get size(): number {
     return this.#size;
+  }
+
+  /**
+   * Whether this view still describes its queue: same size and ring addresses in the registers
+   * (the driver may rewrite them after a reset) and the same event-idx choice.
+   */
+  matches(eventIdx: boolean): boolean {
+    const r = this.regs;
+    return eventIdx === this.#eventIdx && r.size === this.#size && r.descGpa === this.#desc &&
+      r.driverGpa === this.#avail && r.deviceGpa === this.#used;
   }
 
   /**
@@ -171,15 +187,13 @@ export class Virtqueue {
 
   #walk(head: number): DescriptorChain {
     const chain: DescriptorChain = { head, segments: [], readableBytes: 0, writableBytes: 0 };
-    const fail = (why: string): DescriptorChain => {
-      chain.error = why;
-      return chain;
-    };
     let table = this.#desc, tableSize = this.#size, limit = this.#size, count = 0;
     let indirect = false, idx = head, total = 0;
     for (;;) {
-      if (idx >= tableSize) return fail(`descriptor index ${idx} is outside a table of ${tableSize}`);
-      if (++count > limit) return fail(`chain is longer than ${limit} descriptors (a loop?)`);
+      if (idx >= tableSize) {
+        return failChain(chain, `descriptor index ${idx} is outside a table of ${tableSize}`);
+      }
+      if (++count > limit) return failChain(chain, `chain is longer than ${limit} descriptors (a loop?)`);
       let dv: DataView, o: number;
       if (!indirect && this.#dDesc) {
         dv = this.#dDesc;
@@ -194,15 +208,16 @@ export class Virtqueue {
       const flags = dv.getUint16(o + 12, true);
       const nextIdx = dv.getUint16(o + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (indirect) return fail("indirect descriptor inside an indirect table");
-        if (flags & VIRTQ_DESC_F_NEXT) return fail("indirect descriptor with NEXT set");
+        if (indirect) return failChain(chain, "indirect descriptor inside an indirect table");
+        if (flags & VIRTQ_DESC_F_NEXT) return failChain(chain, "indirect descriptor with NEXT set");
         if (len === 0 || len % VIRTQ_DESC_BYTES !== 0 || len / VIRTQ_DESC_BYTES > MAX_INDIRECT_ENTRIES) {
-          return fail(
+          return failChain(
+            chain,
             `indirect table length ${len} is not a multiple of 16 up to ${MAX_INDIRECT_ENTRIES} entries`,
           );
         }
         if (addr % 16 !== 0 || !this.#mem.regionOf(addr, len)) {
-          return fail(`indirect table at 0x${addr.toString(16)} is not in RAM`);
+          return failChain(chain, `indirect table at 0x${addr.toString(16)} is not in RAM`);
         }
         indirect = true;
         table = addr;
@@ -213,12 +228,16 @@ export class Virtqueue {
       }
       if (len > 0) {
         const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-        if (!writable && chain.writableBytes > 0) return fail("readable buffer after a writable one");
+        if (!writable && chain.writableBytes > 0) {
+          return failChain(chain, "readable buffer after a writable one");
+        }
         if (!Number.isSafeInteger(addr) || !this.#mem.regionOf(addr, len)) {
-          return fail(`buffer 0x${addr.toString(16)}+${len} is not in RAM`);
+          return failChain(chain, `buffer 0x${addr.toString(16)}+${len} is not in RAM`);
         }
         total += len;
-        if (total > MAX_CHAIN_BYTES) return fail(`chain holds more than ${MAX_CHAIN_BYTES} bytes`);
+        if (total > MAX_CHAIN_BYTES) {
+          return failChain(chain, `chain holds more than ${MAX_CHAIN_BYTES} bytes`);
+        }
         this.#pushSegment(chain, addr, len, writable);
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;

@@ -165,3 +165,23 @@ Deno.test("Virtqueue without event idx interrupts unless NO_INTERRUPT is set", (
   r.run();
   assert.equal(r.fired.length, 1);
 });
+
+Deno.test("the transport reuses its checked queue view, and a reset that moves the rings gets a new one", () => {
+  const r = rig();
+  const vq = r.t.queue(0);
+  assert.ok(vq);
+  assert.equal(r.t.queue(0), vq, "same registers: same view");
+  r.d.submit(0, [{ data: Uint8Array.of(1), writable: false }, { len: 2, writable: true }]);
+  r.run();
+  assert.equal(r.d.takeUsed(0).length, 1);
+  // The driver resets the device and sets it up again with its rings elsewhere in RAM.
+  const d2 = new TestDriver(r.memory, r.t.bar0, 0x200000);
+  d2.init({ numQueues: 1 });
+  const vq2 = r.t.queue(0);
+  assert.ok(vq2);
+  assert.notEqual(vq2, vq);
+  const head = d2.submit(0, [{ data: Uint8Array.of(7), writable: false }, { len: 3, writable: true }]);
+  r.run();
+  assert.deepEqual(d2.takeUsed(0), [{ id: head, len: 3 }], "the used entry lands in the new ring");
+  assert.deepEqual(r.d.takeUsed(0), [], "nothing more in the old one");
+});

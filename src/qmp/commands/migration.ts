@@ -18,6 +18,11 @@ export interface MigrationControl {
   migrate(uri: string): void;
   /** Cancels the active migration; a no-op when none is active. */
   cancel(): void;
+  /**
+   * `migrate-start-postcopy`: switches the active migration to post-copy. Optional: the command
+   * is registered only when present.
+   */
+  startPostcopy?(): void;
   /** The `query-migrate` return object (`{}` before any migration, then `{"status":…,…}`). */
   query(): Record<string, unknown>;
   /** Applies the given parameters (only those present); throws a {@link QmpError} to refuse. */
@@ -111,7 +116,12 @@ export function registerMigrationCommands(server: QmpServer, migration: Migratio
           );
         }
       }
-      if (resume) throw new QmpError("GenericError", "Cannot migrate with 'resume': ferry has no postcopy");
+      if (resume) {
+        throw new QmpError(
+          "GenericError",
+          "Cannot migrate with 'resume': ferry cannot recover a paused post-copy",
+        );
+      }
       migration.migrate(uri);
       return {};
     },
@@ -124,6 +134,16 @@ export function registerMigrationCommands(server: QmpServer, migration: Migratio
     },
   });
   server.register("query-migrate", { args: {}, handler: () => migration.query() });
+  const startPostcopy = migration.startPostcopy?.bind(migration);
+  if (startPostcopy) {
+    server.register("migrate-start-postcopy", {
+      args: {},
+      handler: () => {
+        startPostcopy();
+        return {};
+      },
+    });
+  }
   server.register("migrate-set-parameters", {
     args: PARAMETER_ARGS,
     handler: (args) => {

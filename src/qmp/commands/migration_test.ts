@@ -77,7 +77,7 @@ Deno.test("migrate refuses a missing uri, wrong types, block migration and resum
         { uri: "x", inc: true },
         "Cannot migrate with 'inc': ferry copies no disk contents, use shared storage",
       ],
-      [{ uri: "x", resume: true }, "Cannot migrate with 'resume': ferry has no postcopy"],
+      [{ uri: "x", resume: true }, "Cannot migrate with 'resume': ferry cannot recover a paused post-copy"],
     ];
     for (const [args, desc] of cases) {
       assert.deepEqual(await t.client.execute("migrate", args), { error: { class: "GenericError", desc } });

@@ -21,7 +21,8 @@
  */
 import type { Migratable, StateValue } from "../../device.ts";
 import type { GuestMemory } from "../../../memory/guest_memory.ts";
-import { shim, viewAt } from "../../../ffi/shim.ts";
+import { fsyncFd, preadFd, pwriteFd } from "../../../sys/fd.ts";
+import { MAP_ANONYMOUS, MAP_PRIVATE, mapMemory, PROT_RW, unmapMemory, viewAt } from "../../../sys/mman.ts";
 import { logger } from "../../../util/log.ts";
 import {
   type DescriptorChain,
@@ -62,14 +63,17 @@ export const BLK_CONFIG_BYTES = 36;
 /** Queue size offered. */
 export const BLK_QUEUE_SIZE = 256;
 
-/** `-drive` + `-device virtio-blk-pci` options, as the machine parsed them. */
+/** `-drive id=ID,file=PATH,...` (+ the device's `serial=`): the one declaration, config's too. */
 export interface DriveConfig {
-  /** The drive id (`-drive id=`); the device id is `"virtio-blk/<id>"`. */
+  /** The drive id (`-drive id=`), unique among drives; the device id is `"virtio-blk/<id>"`. */
   id: string;
+  /** Host path of the image, as given. */
   file: string;
+  /** @default false */
   readonly: boolean;
+  /** Open with `O_DIRECT` (StratoVirt's default is on). @default true */
   direct: boolean;
-  /** Up to 20 bytes, returned by GET_ID. */
+  /** Up to 20 bytes, returned by GET_ID (`serial=` on `-device`, or QEMU's legacy place on `-drive`). */
   serial?: string;
 }
 
@@ -345,7 +349,7 @@ export class BlockRequestHandler {
 
   #flush(): number {
     if (this.#p.readonly) return VIRTIO_BLK_S_OK;
-    const rc = Number(shim().ferry_fsync(this.#p.fd));
+    const rc = fsyncFd(this.#p.fd);
     if (rc < 0) {
       this.#log.warnLimited("fdatasync failed: errno %d", -rc);
       return VIRTIO_BLK_S_IOERR;
@@ -399,10 +403,12 @@ export class BlockRequestHandler {
 
   #bounceBuffer(): Uint8Array<ArrayBuffer> {
     if (!this.#bounce) {
-      // Page-aligned anonymous memory: PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS.
-      const addr = Number(shim().ferry_mmap(0n, BigInt(BOUNCE_BYTES + ALIGN), 3, 0x22, -1, 0n));
-      if (addr < 0 && addr > -4096) throw new Error(`Cannot map a bounce buffer: errno ${-addr}`);
-      this.#bounceAddr = BigInt(addr);
+      // Page-aligned anonymous memory.
+      this.#bounceAddr = mapMemory(
+        BOUNCE_BYTES + ALIGN,
+        { prot: PROT_RW, flags: MAP_PRIVATE | MAP_ANONYMOUS },
+        "a bounce buffer",
+      );
       this.#bounce = viewAt(this.#bounceAddr, BOUNCE_BYTES);
     }
     return this.#bounce;
@@ -431,7 +437,7 @@ export class BlockRequestHandler {
 
   /** Frees the bounce buffer. */
   close(): void {
-    if (this.#bounce) shim().ferry_munmap(this.#bounceAddr, BigInt(BOUNCE_BYTES + ALIGN));
+    if (this.#bounce) unmapMemory(this.#bounceAddr, BOUNCE_BYTES + ALIGN);
     this.#bounce = undefined;
   }
 }
@@ -441,15 +447,10 @@ export class BlockRequestHandler {
  * meets the end of file fills zeros. @returns bytes or -errno
  */
 export function transferAll(op: "read" | "write", fd: number, buf: Uint8Array, fileOff: number): number {
-  const s = shim();
   let done = 0;
   while (done < buf.length) {
     const part = buf.subarray(done);
-    const rc = Number(
-      op === "read"
-        ? s.ferry_pread(fd, part, BigInt(part.length), BigInt(fileOff + done))
-        : s.ferry_pwrite(fd, part, BigInt(part.length), BigInt(fileOff + done)),
-    );
+    const rc = op === "read" ? preadFd(fd, part, fileOff + done) : pwriteFd(fd, part, fileOff + done);
     if (rc === -4) continue; // EINTR
     if (rc < 0) return rc;
     if (rc === 0) {

@@ -12,10 +12,21 @@
  * @module
  */
 import { check, ErrnoError } from "../../../ffi/errno.ts";
-import { cString, shim } from "../../../ffi/shim.ts";
+import {
+  closeFd,
+  fileSize,
+  flockFd,
+  fsyncFd,
+  LOCK_EX,
+  LOCK_NB,
+  LOCK_SH,
+  LOCK_UN,
+  O_DIRECT,
+  O_RDONLY,
+  O_RDWR,
+  openFd,
+} from "../../../sys/fd.ts";
 
-const O_RDONLY = 0, O_RDWR = 2, O_CLOEXEC = 0o2000000, O_DIRECT = 0o40000;
-const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
 const EWOULDBLOCK = 11;
 /** Bytes per virtio-blk sector. */
 export const SECTOR_BYTES = 512;
@@ -59,24 +70,20 @@ export class BlockImage {
     this.path = options.path;
     this.readonly = options.readonly;
     this.direct = options.direct;
-    const s = shim();
     const mode = options.readonly ? O_RDONLY : O_RDWR;
     const what = `image '${options.path}' of drive '${options.driveId}'`;
-    this.fd = check(
-      s.ferry_open(cString(options.path), mode | O_CLOEXEC | (options.direct ? O_DIRECT : 0), 0),
-      `open ${what}`,
-    );
+    this.fd = openFd(options.path, mode | (options.direct ? O_DIRECT : 0), what);
     let buffered = -1;
     try {
       if (options.direct) {
-        buffered = check(s.ferry_open(cString(options.path), mode | O_CLOEXEC, 0), `open ${what}`);
+        buffered = openFd(options.path, mode, what);
       }
       this.bufferedFd = buffered;
-      this.sizeBytes = check(s.ferry_fstat_size(this.fd), `stat ${what}`);
+      this.sizeBytes = fileSize(this.fd, what);
       if ((options.lock ?? "now") === "now") this.acquireLock();
     } catch (e) {
-      s.ferry_close(this.fd);
-      if (buffered >= 0) s.ferry_close(buffered);
+      closeFd(this.fd);
+      closeFd(buffered);
       throw e;
     }
   }
@@ -97,7 +104,7 @@ export class BlockImage {
    */
   acquireLock(): void {
     if (this.#locked) return;
-    const rc = Number(shim().ferry_flock(this.fd, (this.readonly ? LOCK_SH : LOCK_EX) | LOCK_NB));
+    const rc = flockFd(this.fd, (this.readonly ? LOCK_SH : LOCK_EX) | LOCK_NB);
     if (rc === -EWOULDBLOCK) {
       throw new Error(
         `Cannot lock image '${this.path}' of drive '${this.driveId}': another process holds it ` +
@@ -112,14 +119,14 @@ export class BlockImage {
   releaseLock(): void {
     if (!this.#locked) return;
     this.flush();
-    check(shim().ferry_flock(this.fd, LOCK_UN), `unlock image '${this.path}' of drive '${this.driveId}'`);
+    check(flockFd(this.fd, LOCK_UN), `unlock image '${this.path}' of drive '${this.driveId}'`);
     this.#locked = false;
   }
 
   /** fdatasync(2) of the image (a no-op for read-only images). */
   flush(): void {
     if (this.readonly) return;
-    const rc = Number(shim().ferry_fsync(this.fd));
+    const rc = fsyncFd(this.fd);
     if (rc < 0) throw new ErrnoError(`flush image '${this.path}' of drive '${this.driveId}'`, -rc);
   }
 
@@ -128,7 +135,7 @@ export class BlockImage {
     if (this.#closed) return;
     this.#closed = true;
     this.#locked = false;
-    shim().ferry_close(this.fd);
-    if (this.bufferedFd >= 0) shim().ferry_close(this.bufferedFd);
+    closeFd(this.fd);
+    closeFd(this.bufferedFd);
   }
 }

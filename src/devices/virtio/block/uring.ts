@@ -8,8 +8,9 @@
  * the completion queue holds entries, so the I/O Worker's `epoll_wait` wakes for completions.
  * @module
  */
-import { check } from "../../../ffi/errno.ts";
-import { shim, viewAt } from "../../../ffi/shim.ts";
+import { closeFd } from "../../../sys/fd.ts";
+import { MAP_POPULATE, MAP_SHARED, mapMemory, PROT_RW, unmapMemory, viewAt } from "../../../sys/mman.ts";
+import { IORING_ENTER_GETEVENTS, uringEnter, uringSetup } from "../../../sys/uring.ts";
 
 /** Opcodes (include/uapi/linux/io_uring.h). */
 export const IORING_OP_FSYNC = 3, IORING_OP_READ = 22, IORING_OP_WRITE = 23;
@@ -18,10 +19,8 @@ export const IOSQE_IO_LINK = 1 << 2;
 /** `fsync_flags`: fdatasync. */
 export const IORING_FSYNC_DATASYNC = 1;
 
-const IORING_ENTER_GETEVENTS = 1;
 const IORING_FEAT_SINGLE_MMAP = 1;
 const IORING_OFF_SQ_RING = 0n, IORING_OFF_CQ_RING = 0x8000000n, IORING_OFF_SQES = 0x10000000n;
-const PROT_RW = 3, MAP_SHARED_POPULATE = 0x01 | 0x8000;
 const EINTR = 4, EAGAIN = 11, EBUSY = 16;
 const SQE_WORDS = 16, CQE_WORDS = 4;
 const TWO32 = 4294967296;
@@ -57,9 +56,8 @@ export class Uring {
    * @throws {ErrnoError} when io_uring_setup or mmap fails (e.g. ENOSYS, EPERM under seccomp)
    */
   constructor(entries: number) {
-    const s = shim();
     const params = new Uint32Array(30); // struct io_uring_params, 120 bytes
-    this.fd = check(s.ferry_uring_setup(entries, new Uint8Array(params.buffer)), "set up an io_uring");
+    this.fd = uringSetup(entries, new Uint8Array(params.buffer));
     try {
       this.entries = params[0]!;
       this.cqEntries = params[1]!;
@@ -94,9 +92,12 @@ export class Uring {
   }
 
   #map(len: number, offset: bigint): Mapping {
-    const addr = Number(shim().ferry_mmap(0n, BigInt(len), PROT_RW, MAP_SHARED_POPULATE, this.fd, offset));
-    if (addr < 0 && addr > -4096) throw new Error(`Cannot map the io_uring rings: errno ${-addr}`);
-    const m = { addr: BigInt(addr), len };
+    const addr = mapMemory(
+      len,
+      { prot: PROT_RW, flags: MAP_SHARED | MAP_POPULATE, fd: this.fd, offset },
+      "the io_uring rings",
+    );
+    const m = { addr, len };
     this.#maps.push(m);
     return m;
   }
@@ -154,9 +155,7 @@ export class Uring {
     for (;;) {
       const n = this.#unsubmitted;
       if (n === 0 && waitFor === 0) return;
-      const rc = Number(
-        shim().ferry_uring_enter(this.fd, n, waitFor, waitFor > 0 ? IORING_ENTER_GETEVENTS : 0),
-      );
+      const rc = uringEnter(this.fd, n, waitFor, waitFor > 0 ? IORING_ENTER_GETEVENTS : 0);
       if (rc >= 0) {
         this.#unsubmitted -= rc;
         if (this.#unsubmitted === 0 || rc === 0) return;
@@ -195,8 +194,8 @@ export class Uring {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const m of this.#maps) shim().ferry_munmap(m.addr, BigInt(m.len));
+    for (const m of this.#maps) unmapMemory(m.addr, m.len);
     this.#maps.length = 0;
-    if (this.fd >= 0) shim().ferry_close(this.fd);
+    closeFd(this.fd);
   }
 }

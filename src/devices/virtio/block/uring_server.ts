@@ -25,7 +25,7 @@
  * @module
  */
 import type { GuestMemory } from "../../../memory/guest_memory.ts";
-import { shim } from "../../../ffi/shim.ts";
+import { fsyncFd } from "../../../sys/fd.ts";
 import { logger } from "../../../util/log.ts";
 import type { DescriptorChain } from "../queue.ts";
 import { HostMemory } from "../host_memory.ts";
@@ -218,8 +218,9 @@ export class BlockUringServer {
       chain.readableBytes < BLK_HEADER_BYTES || chain.writableBytes < 1 || !seg0 || seg0.writable ||
       seg0.len < BLK_HEADER_BYTES
     ) return this.#sync.handle(chain);
-    const type = this.#mem.readU32(seg0.gpa);
-    const sector = this.#mem.readU32(seg0.gpa + 8) + this.#mem.readU32(seg0.gpa + 12) * TWO32;
+    const host = this.#host;
+    const type = host.u32(seg0.gpa);
+    const sector = host.u32(seg0.gpa + 8) + host.u32(seg0.gpa + 12) * TWO32;
     const p = this.#p;
     let len: number, kind: number;
     if (type === VIRTIO_BLK_T_IN) {
@@ -359,7 +360,7 @@ export class BlockUringServer {
     if (--this.#slotPending[slot]! > 0) return;
     this.#freeSlots[this.#nFreeSlots++] = slot;
     if (this.#slotReset[slot] !== this.#t.resetCount) return; // the driver reset the device meanwhile
-    this.#mem.writeU8(this.#slotStatusGpa[slot]!, this.#slotStatus[slot]!);
+    this.#host.setU8(this.#slotStatusGpa[slot]!, this.#slotStatus[slot]!);
     this.#pairs[2 * this.#nPairs] = this.#slotHead[slot]!;
     this.#pairs[2 * this.#nPairs + 1] = this.#slotUsed[slot]!;
     this.#nPairs++;
@@ -367,7 +368,7 @@ export class BlockUringServer {
 
   #fsyncResult(res: number): number {
     if (res !== -ECANCELED) return res;
-    return Number(shim().ferry_fsync(this.#p.fd)); // its link broke: do it here
+    return fsyncFd(this.#p.fd); // its link broke: do it here
   }
 
   /** @returns bytes moved, or -errno */

@@ -28,7 +28,7 @@ import {
   type VirtioDeviceInfo,
   type VirtioPciTransport,
 } from "../pci_transport.ts";
-import { Tap, tapRead, tapReadv, tapWrite, tapWritev, VNET_HDR_BYTES } from "./tap.ts";
+import { Tap, tapRead, tapReadv, tapWrite, tapWritev, VNET_HDR_BYTES } from "../../../sys/tap.ts";
 import { HostMemory, IovecArray } from "../host_memory.ts";
 import { NET_STATE_MIN_VERSION, NET_STATE_VERSION, type NetState, parseNetState } from "./net_state.ts";
 

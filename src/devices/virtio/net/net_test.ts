@@ -20,7 +20,7 @@ import {
   VIRTIO_NET_S_LINK_UP,
   VirtioNet,
 } from "./net.ts";
-import { Tap, VNET_HDR_BYTES } from "./tap.ts";
+import { Tap, VNET_HDR_BYTES } from "../../../sys/tap.ts";
 import type { VirtioPciTransport } from "../pci_transport.ts";
 
 const MAC = parseMac("52:54:00:12:34:56", "test");

@@ -6,30 +6,28 @@
  * @example
  * ```ts
  * const pci = new VirtioPciDevices({ vm });                        // host bridge at 00.0
- * pci.addBlock({ id: "rootfs", file: "disk.img", readonly: false, direct: false }, { addr: "04.0" });
- * pci.addNet({ id: "net0", ifname: "tap0", mac: parseMac("52:54:00:12:34:56", "net0") }, { addr: "05.0" });
+ * pci.addBlock({ id: "rootfs", file: "disk.img", readonly: false, direct: false }, { addr: { slot: 4, fn: 0 } });
+ * pci.addNet({ id: "net0", ifname: "tap0", mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56) }, { addr: { slot: 5, fn: 0 } });
  * pci.wireKvm();                                                   // irqfds, routes, ioeventfds
- * pci.registerBuses(pio, mmio);                                    // main thread's buses
- * // vCPU Worker: buildPciRoot(plan.pci, vmFdFromNumber(plan.pci.vmFd)).registerBuses(pio, mmio)
+ * // each thread's buses (platform.ts): registerPciBuses(buildPciRoot(plan, VmFd.fromRawFd(fd)).root, pio, mmio)
  * const io = await IoControl.start({ plan: pci.ioPlan(memory.layout) }); io.resume();
  * migration: pci.migratables() (transports, then devices); pci.onSwitchover()/onRollback()/beforeResume()
  * ```
  * @module
  */
-import type { Migratable } from "../device.ts";
-import type { MemoryLayout } from "../../memory/guest_memory.ts";
-import { type Kvm, VmFd } from "../../kvm/kvm.ts";
-import { MsiRouting } from "../pci/msix.ts";
-import { createEventfd } from "../pci/eventfd.ts";
+import type { Migratable } from "../devices/device.ts";
+import type { MemoryLayout } from "../memory/guest_memory.ts";
+import type { IoDevicePlan, IoPlan } from "../devices/virtio/io_plan.ts";
+import { IOAPIC_GPA, PCI_HOLE_START, PCIE_ECAM_BYTES, PCIE_ECAM_GPA } from "./boot/layout.ts";
+import { MsiRouting } from "../devices/pci/msix.ts";
+import { createEventfd } from "../sys/eventfd.ts";
+import { pciSlotName } from "../devices/pci/pci_address.ts";
 import {
-  formatPciAddr,
   PCI_CONFIG_ADDRESS_PORT,
   PCI_CONFIG_DATA_PORT,
-  PCI_ECAM_BASE,
-  PCI_ECAM_BYTES,
   type PciAddress,
   PciRoot,
-} from "../pci/pci_root.ts";
+} from "../devices/pci/pci_root.ts";
 import {
   createTransportShared,
   type TransportVm,
@@ -37,52 +35,16 @@ import {
   type VirtioPciPlan,
   virtioPciSpec,
   VirtioPciTransport,
-} from "./pci_transport.ts";
-import { type BlockBackendPlan, blockDeviceId, type DriveConfig, VirtioBlk } from "./block/block.ts";
-import { formatMac, type NetBackendPlan, type NetConfig, netDeviceId, VirtioNet } from "./net/net.ts";
-import type { BlockImageOptions } from "./block/image.ts";
+} from "../devices/virtio/pci_transport.ts";
+import { blockDeviceId, type DriveConfig, VirtioBlk } from "../devices/virtio/block/block.ts";
+import { formatMac, type NetConfig, netDeviceId, VirtioNet } from "../devices/virtio/net/net.ts";
+import type { BlockImageOptions } from "../devices/virtio/block/image.ts";
 
-/** PCI device types ferry implements. */
-export const SUPPORTED_PCI_DEVICES = ["virtio-blk-pci", "virtio-net-pci"] as const;
-/** StratoVirt/QEMU device types ferry refuses at start (never silently ignored). */
-export const UNSUPPORTED_DEVICES = [
-  "vhost-net",
-  "vhost-user-net",
-  "vhost-user-blk-pci",
-  "vhost-vsock",
-  "vfio-pci",
-  "virtio-balloon",
-  "virtio-balloon-pci",
-  "virtio-rng-pci",
-  "virtio-serial-pci",
-  "virtio-scsi-pci",
-  "virtio-gpu-pci",
-  "virtio-fs",
-  "pcie-root-port",
-] as const;
-
-/**
- * Refuses a `-device` type ferry does not implement, with a message naming the device.
- * @throws {RangeError} for anything but virtio-blk-pci / virtio-net-pci
- */
-export function checkDeviceType(type: string, id: string): void {
-  if ((SUPPORTED_PCI_DEVICES as readonly string[]).includes(type)) return;
-  const known = (UNSUPPORTED_DEVICES as readonly string[]).includes(type);
-  throw new RangeError(
-    `Cannot create device '${id}' of type '${type}': ${
-      known ? "not supported by ferry" : "unknown device type"
-    } ` +
-      `(supported: ${SUPPORTED_PCI_DEVICES.join(", ")})`,
-  );
-}
-
-/**
- * A `VmFd` over an fd number in a Worker (fds are process-wide). Only VM ioctls are used through
- * it; `kvm` (needed for `createVcpu`) is absent.
- */
-export function vmFdFromNumber(fd: number): VmFd {
-  return new VmFd(fd, undefined as unknown as Kvm);
-}
+/** pcie.0's windows, from the one q35 memory map (`boot/layout.ts`): ECAM, and BARs up to the IOAPIC. */
+const Q35_PCI_WINDOWS = {
+  ecam: { base: PCIE_ECAM_GPA, sizeBytes: PCIE_ECAM_BYTES },
+  window: { base: PCI_HOLE_START, sizeBytes: IOAPIC_GPA - PCI_HOLE_START },
+};
 
 /** One function as the vCPU Workers see it. Plain data. */
 export interface PciPlan {
@@ -93,25 +55,12 @@ export interface PciPlan {
   functions: VirtioPciPlan[];
 }
 
-/** A device as the I/O Worker serves it. Plain data. */
-export type IoDevicePlan =
-  | { kind: "virtio-blk"; transport: VirtioPciPlan; block: BlockBackendPlan }
-  | { kind: "virtio-net"; transport: VirtioPciPlan; net: NetBackendPlan };
-
-/** Everything the I/O Worker needs. Plain data (postable). */
-export interface IoPlan {
-  memory: MemoryLayout;
-  /** -1 without KVM (tests). */
-  vmFd: number;
-  devices: IoDevicePlan[];
-}
-
 /** A PCI root over plan data in this thread (vCPU Worker), with every function attached. */
 export function buildPciRoot(
   plan: PciPlan,
   vm?: TransportVm,
 ): { root: PciRoot; transports: VirtioPciTransport[] } {
-  const root = new PciRoot({ shared: plan.rootShared, busName: plan.busName });
+  const root = new PciRoot({ ...Q35_PCI_WINDOWS, shared: plan.rootShared, busName: plan.busName });
   const transports = plan.functions.map((f) => {
     const t = new VirtioPciTransport({ plan: f, ...(vm ? { vm } : {}) });
     root.attach(f.addr, t);
@@ -128,7 +77,7 @@ export function registerPciBuses(
 ): void {
   pio.register(PCI_CONFIG_ADDRESS_PORT, 1, root.configAddressPort, "pci:cf8");
   pio.register(PCI_CONFIG_DATA_PORT, 4, root.configDataPort, "pci:cfc");
-  mmio.register(PCI_ECAM_BASE, PCI_ECAM_BYTES, root.ecam, "pci:ecam");
+  mmio.register(root.ecamWindow.base, root.ecamWindow.sizeBytes, root.ecam, "pci:ecam");
   mmio.register(root.window.base, root.window.sizeBytes, root.barWindow, "pci:bars");
 }
 
@@ -164,6 +113,7 @@ export class VirtioPciDevices {
     this.#vm = options.vm;
     this.#vmFd = options.vm?.fd ?? -1;
     this.root = new PciRoot({
+      ...Q35_PCI_WINDOWS,
       shared: this.#rootShared,
       ...(options.busName ? { busName: options.busName } : {}),
     });
@@ -210,7 +160,10 @@ export class VirtioPciDevices {
    * @param device.addr `addr=SLOT[.FN]`; the first free slot when absent
    * @param device.lock `"deferred"` on an incoming migration's destination
    */
-  addBlock(drive: DriveConfig, device: { addr?: string; lock?: BlockImageOptions["lock"] } = {}): VirtioBlk {
+  addBlock(
+    drive: DriveConfig,
+    device: { addr?: PciAddress; lock?: BlockImageOptions["lock"] } = {},
+  ): VirtioBlk {
     // Placement first: a bad address is reported before the image is opened and locked.
     const addr = this.root.place(blockDeviceId(drive.id), device.addr);
     let blk: VirtioBlk | undefined;
@@ -226,7 +179,7 @@ export class VirtioPciDevices {
   }
 
   /** Adds a virtio-net-pci function on a tap (opens the tap). */
-  addNet(config: NetConfig, device: { addr?: string } = {}): VirtioNet {
+  addNet(config: NetConfig, device: { addr?: PciAddress } = {}): VirtioNet {
     const addr = this.root.place(netDeviceId(config.id), device.addr);
     let net: VirtioNet | undefined;
     try {
@@ -257,15 +210,7 @@ export class VirtioPciDevices {
     }
   }
 
-  /** Registers config ports, ECAM and BAR window on the main thread's buses. */
-  registerBuses(
-    pio: Parameters<typeof registerPciBuses>[1],
-    mmio: Parameters<typeof registerPciBuses>[2],
-  ): void {
-    registerPciBuses(this.root, pio, mmio);
-  }
-
-  /** Plain data for vCPU Workers: `buildPciRoot(plan, vmFdFromNumber(plan.vmFd))`. */
+  /** Plain data for vCPU Workers: `buildPciRoot(plan, VmFd.fromRawFd(plan.vmFd))`. */
   pciPlan(): PciPlan {
     return {
       rootShared: this.#rootShared,
@@ -306,16 +251,16 @@ export class VirtioPciDevices {
 
   /**
    * Attributes that must match between migration source and destination (config digest):
-   * per device its type, bus address and identity (drive file, read-only, serial, MAC).
+   * per device its type, bus address and identity (read-only, serial, image size, MAC). Image paths
+   * are left out: a shared image may be mounted at another path on the destination.
    */
   configAttributes(): Record<string, string> {
     const out: Record<string, string> = {};
     for (const { transport, device, type } of this.#entries) {
       const k = `device ${device.id}`;
       out[`${k}: type`] = type;
-      out[`${k}: addr`] = `${this.root.busName}/${formatPciAddr(transport.plan.addr)}`;
+      out[`${k}: addr`] = `${this.root.busName}/${pciSlotName(transport.plan.addr)}`;
       if (device instanceof VirtioBlk) {
-        out[`${k}: file`] = device.image.path;
         out[`${k}: readonly`] = String(device.image.readonly);
         out[`${k}: serial`] = new TextDecoder().decode(device.serial);
         out[`${k}: sectors`] = String(device.image.capacitySectors);

@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
-import { fakeMemory, TestDriver } from "./_testing.ts";
-import { VirtioPciDevices } from "./virtio_pci.ts";
-import { BlockRequestHandler, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "./block/block.ts";
-import { VirtioPciTransport } from "./pci_transport.ts";
-import type { GuestMemory } from "../../memory/guest_memory.ts";
+import { fakeMemory, TestDriver } from "../devices/virtio/_testing.ts";
+import { VirtioPciDevices } from "./pci.ts";
+import {
+  BlockRequestHandler,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+} from "../devices/virtio/block/block.ts";
+import { VirtioPciTransport } from "../devices/virtio/pci_transport.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 
 function header(type: number, sector: number): Uint8Array {
   const h = new Uint8Array(16);
@@ -31,7 +36,7 @@ Deno.test("virtio-blk-pci migrates: a fresh destination continues the rings and 
   const src = new VirtioPciDevices();
   let dst: VirtioPciDevices | undefined;
   try {
-    src.addBlock(drive, { addr: "04.0" });
+    src.addBlock(drive, { addr: { slot: 4, fn: 0 } });
     src.wireKvm();
     const srcT = src.migratables()[0] as VirtioPciTransport;
     const d = new TestDriver(memory, srcT.bar0);
@@ -57,7 +62,7 @@ Deno.test("virtio-blk-pci migrates: a fresh destination continues the rings and 
     // Source paused: save every section, release the lock at switchover.
     const sections = src.migratables().map((m) => ({ id: m.id, version: m.stateVersion, state: m.save() }));
     dst = new VirtioPciDevices();
-    dst.addBlock(drive, { addr: "04.0", lock: "deferred" });
+    dst.addBlock(drive, { addr: { slot: 4, fn: 0 }, lock: "deferred" });
     assert.deepEqual(dst.configAttributes(), src.configAttributes(), "same configuration digest");
     assert.throws(() => dst!.acquireLocks(), /another process holds it/, "the source still holds the image");
     src.onSwitchover();

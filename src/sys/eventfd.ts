@@ -3,11 +3,14 @@
  * I/O Worker. An eventfd is a process-wide fd number, so it travels in plans as plain data.
  * @module
  */
-import { check } from "../../ffi/errno.ts";
-import { shim } from "../../ffi/shim.ts";
+import { check } from "../ffi/errno.ts";
+import { shim } from "../ffi/shim.ts";
+import { readFd, writeFd } from "./fd.ts";
+
+export { closeFd } from "./fd.ts";
 
 const EFD_NONBLOCK = 0o4000, EFD_CLOEXEC = 0o2000000;
-const one = new BigUint64Array([1n]);
+const oneBytes = new Uint8Array(new BigUint64Array([1n]).buffer);
 const sink = new Uint8Array(8);
 
 /**
@@ -20,7 +23,7 @@ export function createEventfd(what: string): number {
 
 /** Adds 1 to the eventfd's counter (wakes its reader; for an irqfd, injects the interrupt). */
 export function signalEventfd(fd: number): void {
-  shim().ferry_write(fd, new Uint8Array(one.buffer), 8n);
+  writeFd(fd, oneBytes);
 }
 
 /**
@@ -28,12 +31,7 @@ export function signalEventfd(fd: number): void {
  * @returns the count, 0 when nothing was pending (EAGAIN)
  */
 export function drainEventfd(fd: number): number {
-  const n = Number(shim().ferry_read(fd, sink, 8n));
+  const n = readFd(fd, sink);
   if (n !== 8) return 0;
   return Number(new DataView(sink.buffer).getBigUint64(0, true));
-}
-
-/** Closes an fd (ignoring errors: used on teardown). */
-export function closeFd(fd: number): void {
-  if (fd >= 0) shim().ferry_close(fd);
 }

@@ -8,14 +8,14 @@
  * writes the self-announce frames after a migration.
  * @module
  */
-import { check } from "../../../ffi/errno.ts";
-import { cString, shim } from "../../../ffi/shim.ts";
+import { check } from "../ffi/errno.ts";
+import { shim } from "../ffi/shim.ts";
+import { closeFd, O_NONBLOCK, O_RDWR, openFd, readFd, readvFd, writeFd, writevFd } from "./fd.ts";
 
-const O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 const TUNSETIFF = 0x400454can, TUNSETOFFLOAD = 0x400454d0n, TUNSETVNETHDRSZ = 0x400454d8n;
 const IFF_TAP = 0x0002, IFF_NO_PI = 0x1000, IFF_VNET_HDR = 0x4000;
 const IFNAMSIZ = 16, IFREQ_BYTES = 40;
-const EAGAIN = 11, EINTR = 4;
+const EAGAIN = 11;
 /** The virtio-net header ferry uses on the tap (virtio 1.x: with `num_buffers`). */
 export const VNET_HDR_BYTES = 12;
 
@@ -37,10 +37,7 @@ export class Tap {
       throw new RangeError(`Cannot open tap '${ifname}' of netdev '${owner}': name longer than 15 bytes`);
     }
     const s = shim();
-    this.fd = check(
-      s.ferry_open(cString("/dev/net/tun"), O_RDWR | O_NONBLOCK | O_CLOEXEC, 0),
-      `open /dev/net/tun for netdev '${owner}'`,
-    );
+    this.fd = openFd("/dev/net/tun", O_RDWR | O_NONBLOCK, `/dev/net/tun for netdev '${owner}'`);
     try {
       const ifr = new Uint8Array(IFREQ_BYTES);
       ifr.set(name);
@@ -58,7 +55,7 @@ export class Tap {
       );
       check(s.ferry_ioctl_val(this.fd, TUNSETOFFLOAD, 0n), `turn offloads off on tap '${ifname}'`);
     } catch (e) {
-      s.ferry_close(this.fd);
+      closeFd(this.fd);
       throw e;
     }
   }
@@ -67,7 +64,7 @@ export class Tap {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    shim().ferry_close(this.fd);
+    closeFd(this.fd);
   }
 }
 
@@ -76,12 +73,8 @@ export class Tap {
  * @returns bytes read, or 0 when none is waiting; -errno on other errors
  */
 export function tapRead(fd: number, buf: Uint8Array): number {
-  for (;;) {
-    const rc = Number(shim().ferry_read(fd, buf, BigInt(buf.length)));
-    if (rc === -EINTR) continue;
-    if (rc === -EAGAIN) return 0;
-    return rc;
-  }
+  const rc = readFd(fd, buf);
+  return rc === -EAGAIN ? 0 : rc;
 }
 
 /**
@@ -89,10 +82,7 @@ export function tapRead(fd: number, buf: Uint8Array): number {
  * @returns bytes written, or -errno (-EAGAIN when the tap queue is full: the frame is dropped)
  */
 export function tapWrite(fd: number, frame: Uint8Array): number {
-  for (;;) {
-    const rc = Number(shim().ferry_write(fd, frame, BigInt(frame.length)));
-    if (rc !== -EINTR) return rc;
-  }
+  return writeFd(fd, frame);
 }
 
 /**
@@ -100,12 +90,8 @@ export function tapWrite(fd: number, frame: Uint8Array): number {
  * @returns bytes read, or 0 when none is waiting; -errno on other errors
  */
 export function tapReadv(fd: number, iov: Uint8Array<ArrayBuffer>, count: number): number {
-  for (;;) {
-    const rc = Number(shim().ferry_readv(fd, iov, count));
-    if (rc === -EINTR) continue;
-    if (rc === -EAGAIN) return 0;
-    return rc;
-  }
+  const rc = readvFd(fd, iov, count);
+  return rc === -EAGAIN ? 0 : rc;
 }
 
 /**
@@ -113,8 +99,5 @@ export function tapReadv(fd: number, iov: Uint8Array<ArrayBuffer>, count: number
  * @returns bytes written, or -errno (-EAGAIN when the tap queue is full: the frame is dropped)
  */
 export function tapWritev(fd: number, iov: Uint8Array<ArrayBuffer>, count: number): number {
-  for (;;) {
-    const rc = Number(shim().ferry_writev(fd, iov, count));
-    if (rc !== -EINTR) return rc;
-  }
+  return writevFd(fd, iov, count);
 }
