@@ -1,6 +1,6 @@
 /**
  * `deno task bench migrate [--runs N] [--scenario idle,dirty,filled] [--rate PAGES_PER_S]
- * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--only WORDS]`:
+ * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--multifd 0,2,4] [--prealloc on] [--only WORDS]`:
  * live migration, ferry beside QEMU, on the same probe guest, sizes and parameters, on this host.
  *
  * Filled (issue 9): a 512 MiB and a 2 GiB guest whose work area (all RAM above 16 MiB but 16 MiB,
@@ -9,7 +9,10 @@
  * pages/s, default 2048), over unix and tcp, max-bandwidth 10 GiB/s on both VMMs. Each row also
  * prints GB/s (bytes sent / total time) and the CPU seconds (utime + stime, all threads, from
  * `migrate` to completion) of source and destination. Filling 2 GiB emulated takes ~50 s per run:
- * `--scenario filled --only 512M` for a quick look.
+ * `--scenario filled --only 512M` for a quick look. `--multifd 0,2,4` (default `0,2`): each filled
+ * row once per channel count, capability `multifd` with `multifd-channels` N on both sides of both
+ * VMMs (0 = off; ids end in `-mfdN`); those destinations start with `-incoming defer`.
+ * `--prealloc on`: both VMMs' destinations start with `-mem-prealloc` (RAM backed before `migrate`).
  *
  * Scenarios (issue 4): a 1 GiB guest idle (`mode=idle`) and a 256 MiB guest dirtying 128 MiB at a
  * converging rate (`mode=dirty mib=128 rate=R`), each over `tcp:127.0.0.1:PORT` and `unix:PATH`,
@@ -84,6 +87,10 @@ export interface MigrateOptions {
   only: string[];
   /** filled, running: pages per second the guest keeps rewriting after the fill. */
   fillRate: number;
+  /** Destinations of both VMMs start with `-mem-prealloc`. */
+  prealloc: boolean;
+  /** filled: multifd channel counts to run (0 = capability off). */
+  multifd: number[];
   /** Which workloads to run (`--scenario idle,dirty,filled`). */
   workloads: Workload[];
   /** QEMU binary; undefined: ferry only (not installed, or `--qemu none`). */
@@ -100,6 +107,10 @@ interface Scenario {
   downtimeGoalMs: number;
   /** filled: QMP `stop` on the source once the guest has filled its area (else it keeps running). */
   paused?: boolean;
+  /** The destination starts with `-mem-prealloc`. */
+  prealloc?: boolean;
+  /** Capability `multifd` with this many channels on both sides; 0/absent = off. */
+  multifd?: number;
 }
 
 /** One `query-migrate` sample on the source. */
@@ -152,6 +163,8 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     bandwidths: [1024 * MIB, 128 * MIB],
     only: [],
     fillRate: DEFAULT_FILL_RATE,
+    multifd: [0, 2],
+    prealloc: false,
     workloads: ["idle", "dirty", "filled"],
     qemu: qemuBinary(),
   };
@@ -162,7 +175,13 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     else if (k === "only") o.only = v.split(",").filter((x) => x);
     else if (k === "qemu") o.qemu = v === "none" ? undefined : v;
     else if (k === "fill-rate") o.fillRate = Number.parseInt(v, 10);
-    else if (k === "scenario") {
+    else if (k === "prealloc") o.prealloc = !["false", "off", "0"].includes(v);
+    else if (k === "multifd") {
+      o.multifd = v.split(",").map((x) => Number.parseInt(x, 10));
+      if (o.multifd.some((n) => !(n >= 0 && n <= 255))) {
+        throw new Error(`Cannot use --multifd '${v}': give channel counts 0..255 (0 = off)`);
+      }
+    } else if (k === "scenario") {
       const ws = v.split(",").filter((x) => x);
       for (const w of ws) {
         if (w !== "idle" && w !== "dirty" && w !== "filled") {
@@ -173,7 +192,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     } else {
       throw new Error(
         `Cannot use option '--${k}' with migrate: choose from --runs, --rate, --bandwidth, --only, ` +
-          "--scenario, --fill-rate, --qemu",
+          "--scenario, --fill-rate, --multifd, --prealloc, --qemu",
       );
     }
   }
@@ -199,17 +218,23 @@ function scenarios(o: MigrateOptions): Scenario[] {
     for (const memMiB of FILLED_SIZES_MIB) {
       for (const paused of [true, false]) {
         for (const transport of ["unix", "tcp"] as const) {
-          const name = memMiB >= 1024 ? `${memMiB / 1024}G` : `${memMiB}M`;
-          s.push({
-            id: `filled-${name}-${paused ? "paused" : "running"}-${transport}`,
-            workload: "filled",
-            memMiB,
-            append: `mode=fill mib=${memMiB - 32} rate=${paused ? 0 : o.fillRate} ${GUEST_COMMON}`,
-            transport,
-            bandwidth: FILLED_BANDWIDTH,
-            downtimeGoalMs: DOWNTIME_LIMIT_MS,
-            paused,
-          });
+          for (const multifd of o.multifd) {
+            const name = memMiB >= 1024 ? `${memMiB / 1024}G` : `${memMiB}M`;
+            s.push({
+              id: `filled-${name}-${paused ? "paused" : "running"}-${transport}${
+                multifd ? `-mfd${multifd}` : ""
+              }`,
+              multifd,
+              prealloc: o.prealloc,
+              workload: "filled",
+              memMiB,
+              append: `mode=fill mib=${memMiB - 32} rate=${paused ? 0 : o.fillRate} ${GUEST_COMMON}`,
+              transport,
+              bandwidth: FILLED_BANDWIDTH,
+              downtimeGoalMs: DOWNTIME_LIMIT_MS,
+              paused,
+            });
+          }
         }
       }
     }
@@ -255,7 +280,7 @@ function vmArgs(
     "-serial",
     "stdio",
   ];
-  const inc = incoming ? ["-incoming", incoming] : [];
+  const inc = incoming ? ["-incoming", incoming, ...(sc.prealloc ? ["-mem-prealloc"] : [])] : [];
   if (vmm === "ferry") {
     return ferryCommand(["-machine", "q35", ...guest, "-qmp", `unix:${qmpPath},server,nowait`, ...inc]);
   }
@@ -300,13 +325,20 @@ async function migrateOnce(vmm: Vmm, sc: Scenario, qemu: string | undefined, seq
   const uri = sc.transport === "tcp" ? `tcp:127.0.0.1:${freePort()}` : `unix:${dir}/mig.sock`;
   const vms: BenchVm[] = [];
   try {
-    const d = vmArgs(vmm, sc, qemu, `${dir}/dst.qmp`, uri);
+    const d = vmArgs(vmm, sc, qemu, `${dir}/dst.qmp`, sc.multifd ? "defer" : uri);
     const dst = new BenchVm(`${vmm} destination`, d.cmd, d.args, `${dir}/dst.qmp`);
     vms.push(dst);
     const s = vmArgs(vmm, sc, qemu, `${dir}/src.qmp`);
     const src = new BenchVm(`${vmm} source`, s.cmd, s.args, `${dir}/src.qmp`);
     vms.push(src);
     const [sq, dq] = await Promise.all([src.qmp(), dst.qmp()]);
+    if (sc.multifd) {
+      for (const q of [sq, dq]) {
+        await q.call("migrate-set-capabilities", { capabilities: [{ capability: "multifd", state: true }] });
+        await q.call("migrate-set-parameters", { "multifd-channels": sc.multifd });
+      }
+      await dq.call("migrate-incoming", { uri });
+    }
 
     await src.waitLine(/PROBE READY/, 30000);
     if (sc.workload === "filled") {
@@ -519,7 +551,8 @@ function filledGoals(sums: Summary[], rows: Record<string, string | number>[], h
     let scale = "";
     if (sc.memMiB !== FILLED_SIZES_MIB[0]) {
       const base = filled.find((x) =>
-        x.sc.memMiB === FILLED_SIZES_MIB[0] && x.sc.paused === sc.paused && x.sc.transport === sc.transport
+        x.sc.memMiB === FILLED_SIZES_MIB[0] && x.sc.paused === sc.paused && x.sc.transport === sc.transport &&
+        x.sc.multifd === sc.multifd
       );
       if (base) {
         const per = ft / (sc.memMiB / 1024),
@@ -533,7 +566,7 @@ function filledGoals(sums: Summary[], rows: Record<string, string | number>[], h
       }
     }
     out(
-      `  ${sc.id.padEnd(28)} total ${f0(ft)} vs ${f0(qt)} ms = ${r2(r)}× ≤ ${want}: ${time.padEnd(8)} ` +
+      `  ${sc.id.padEnd(32)} total ${f0(ft)} vs ${f0(qt)} ms = ${r2(r)}× ≤ ${want}: ${time.padEnd(8)} ` +
         `downtime ${f0(fd)} vs ${f0(qd)} ms: ${dt}${scale}`,
     );
     const row = rows.find((x) => x.bench === `migrate ${sc.id}`)!;
@@ -614,7 +647,7 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
         } ${r2(ratio(med(f, "bytes"), med(rs, "bytes"))).padStart(5)}`;
       }
       out(
-        `  ${sc.id.padEnd(28)} ${vmm.padEnd(6)} ${`${nOk}/${rs.length}`.padEnd(4)} ${
+        `  ${sc.id.padEnd(32)} ${vmm.padEnd(6)} ${`${nOk}/${rs.length}`.padEnd(4)} ${
           f0(med(rs, "totalMs")).padStart(8)
         }  ` +
           `${f0(med(rs, "downtimeMs")).padStart(11)} (${f0(maxOf(rs, "downtimeMs")).padStart(4)})  ` +
@@ -684,7 +717,7 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
   out("  each run, total/downtime ms (✗ = failed):");
   for (const { sc, runs } of sums) {
     const each = (rs: Run[]) => rs.map((r) => r.ok ? `${f0(r.totalMs)}/${f0(r.downtimeMs)}` : "✗").join(" ");
-    out(`  ${sc.id.padEnd(28)} ferry ${each(runs.ferry)}${qemu ? `   qemu ${each(runs.qemu)}` : ""}`);
+    out(`  ${sc.id.padEnd(32)} ferry ${each(runs.ferry)}${qemu ? `   qemu ${each(runs.qemu)}` : ""}`);
   }
   out("  passes = ram.dirty-sync-count (ferry: one per dirty pass plus the final sync while paused;");
   out("  QEMU: includes its setup sync and the final one)");

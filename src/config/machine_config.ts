@@ -122,6 +122,8 @@ export interface MachineConfig {
   name?: string;
   /** `-D PATH`: log file; absent logs to stderr. */
   logFile?: string;
+  /** `-mem-prealloc`: back all guest RAM with host memory at start. */
+  memPrealloc?: boolean;
   /** `-daemonize` is refused ("not supported yet"), so always false. */
   daemonize: boolean;
   /** Lines for stderr about what ferry chose for the operator (a device moved off the host bridge's slot). */

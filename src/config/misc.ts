@@ -41,6 +41,16 @@ export const HELP_OPTION: OptionInfo = {
   status: "supported",
 };
 
+/** `-mem-prealloc` (QEMU's and StratoVirt's name): back all guest RAM with host memory at start. */
+export const MEM_PREALLOC_OPTION: OptionInfo = {
+  name: "-mem-prealloc",
+  arity: "none",
+  repeat: true,
+  form: "",
+  help: "back all guest RAM with host memory at start (a migration destination before its source connects)",
+  status: "supported",
+};
+
 /** `-daemonize`. */
 export const DAEMONIZE_OPTION: OptionInfo = {
   name: "-daemonize",
@@ -103,7 +113,6 @@ export const LATER_OPTIONS: readonly OptionInfo[] = [
   later("-pidfile", "one", "PATH", "write the PID to PATH (with -daemonize)"),
   later("-S", "none", "", "start with vCPUs stopped until QMP cont", { aliases: ["-freeze"] }),
   later("-mem-path", "one", "PATH", "back guest RAM with a file or hugetlbfs"),
-  later("-mem-prealloc", "none", "", "preallocate guest RAM"),
   later("-numa", "many", "node,... | dist,...", "NUMA nodes"),
   later("-no-shutdown", "optional", "", "pause instead of exiting when the guest powers off"),
   later("-battery", "none", "", "ACPI battery and power adapter"),

@@ -30,7 +30,15 @@ import type {
   TlsCredsObjectConfig,
 } from "./machine_config.ts";
 import { DEFAULT_MEMORY_BYTES, MEMORY_OPTION, parseMemory } from "./memory.ts";
-import { HELP_OPTION, IGNORED_OPTIONS, LATER_OPTIONS, LOG_OPTION, NAME_OPTION, parseName } from "./misc.ts";
+import {
+  HELP_OPTION,
+  IGNORED_OPTIONS,
+  LATER_OPTIONS,
+  LOG_OPTION,
+  MEM_PREALLOC_OPTION,
+  NAME_OPTION,
+  parseName,
+} from "./misc.ts";
 import { NETDEV_OPTION, parseNetdev } from "./netdev.ts";
 import { GLOBAL_OPTION, type MigrationGlobals, OBJECT_OPTION, parseGlobal, parseObject } from "./object.ts";
 import { MON_OPTION, type MonRequest, parseMon, parseQmp, QMP_OPTION, resolveMon } from "./qmp.ts";
@@ -60,6 +68,7 @@ export const OPTIONS: readonly OptionInfo[] = [
   NAME_OPTION,
   LOG_OPTION,
   HELP_OPTION,
+  MEM_PREALLOC_OPTION,
   ...LATER_OPTIONS,
   ...IGNORED_OPTIONS,
 ];
@@ -85,6 +94,7 @@ interface Collected {
   netdevs: NetdevConfig[];
   name?: string;
   logFile?: string;
+  memPrealloc?: boolean;
 }
 
 function addUnique<T extends { id: string }>(list: T[], item: T, option: string): void {
@@ -111,6 +121,9 @@ function collect(occ: Occurrence, c: Collected): void {
       return;
     case MEMORY_OPTION:
       c.memoryBytes = parseMemory(value);
+      return;
+    case MEM_PREALLOC_OPTION:
+      c.memPrealloc = true;
       return;
     case SMP_OPTION:
       c.cpus = parseSmp(value);
@@ -251,6 +264,7 @@ export function parseArgs(argv: readonly string[]): MachineConfig {
   };
   if (kernel) config.kernel = kernel;
   if (c.incoming) config.incoming = c.incoming;
+  if (c.memPrealloc) config.memPrealloc = true;
   if (notices.length > 0) config.notices = notices;
   const creds = c.globals["tls-creds"];
   if (creds && !c.objects.some((o) => o.id === creds)) {

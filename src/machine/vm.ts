@@ -10,7 +10,7 @@ import { CAP, CLOCK_REALTIME, MEM_LOG_DIRTY_PAGES } from "../kvm/ioctls.ts";
 import { type CpuidEntry, Kvm, platformMsrs, requiredCaps, type VcpuFd, type VmFd } from "../kvm/kvm.ts";
 import { applySregs, encodeRegs } from "../kvm/regs.ts";
 import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
-import { allocateRam, freeRam, hostGuestMemory } from "../memory/host_memory.ts";
+import { allocateRam, freeRam, hostGuestMemory, preallocRam } from "../memory/host_memory.ts";
 import { logger } from "../util/log.ts";
 import { loadKernel } from "./boot/mod.ts";
 import { ramRegions } from "./boot/layout.ts";
@@ -39,6 +39,8 @@ export type PciDeviceSpec =
 /** What a VM is made of (from the command line). */
 export interface VmSpec {
   memoryBytes: number;
+  /** `-mem-prealloc`: back all guest RAM before the VM starts (or waits for its migration). */
+  memPrealloc?: boolean;
   cpus: number;
   kernel?: { path: string; cmdline: string; initrd?: string };
   serial: SerialSink;
@@ -167,6 +169,14 @@ export class Vm {
     vmFd.createIrqchip();
     vmFd.createPit2();
     const layout = allocateRam(ramRegions(spec.memoryBytes));
+    if (spec.memPrealloc) {
+      try {
+        await preallocRam(layout);
+      } catch (e) {
+        freeRam(layout);
+        throw e;
+      }
+    }
     for (const r of layout.regions) {
       vmFd.setMemorySlot({
         slot: r.slot,

@@ -50,6 +50,14 @@ import { PostcopyDestination } from "./postcopy_destination.ts";
 import { decodeDirtyBitmaps } from "./postcopy_wire.ts";
 import { pausePostcopyGuest, postcopyInfo, PostcopyPausedError } from "./postcopy.ts";
 import {
+  checkMultifd,
+  decodeChannel,
+  decodeSync,
+  MultifdReceiver,
+  MultifdWorkers,
+  SYNC_BYTES,
+} from "./multifd.ts";
+import {
   compareDigests,
   decodeDigest,
   DIGEST_BYTES,
@@ -72,6 +80,8 @@ export interface ReceiveMigrationOptions {
   stallTimeoutMs?: number;
   /** Speak TLS with these server credentials (tls.ts); plaintext when absent. */
   tls?: TlsCreds;
+  /** Capability `multifd` with this many channels (multifd.ts); 0 or absent = off. */
+  multifdChannels?: number;
   /** This side's capabilities (`postcopy-ram` must be on to accept post-copy). */
   capabilities?: Readonly<MigrationCapabilities>;
 }
@@ -114,6 +124,9 @@ export async function receiveMigration(
   status.attachInfo(() => incoming.info());
   let listener: MigrationListener | undefined;
   let conn: Deno.Conn | undefined;
+  // multifd: the channel Workers load while the destination waits for its source.
+  const multifd = options.multifdChannels ?? 0;
+  const workers = multifd > 0 ? MultifdWorkers.take(multifd) : undefined;
   let file: SnapshotFileSource | undefined;
   try {
     if (target.kind === "file") {
@@ -124,7 +137,10 @@ export async function receiveMigration(
     } else {
       listener = await MigrationListener.open(target, options.tls);
       options.onListening?.(listener.addr);
-      conn = await listener.acceptOne(options.signal);
+      if (multifd > 0 && options.tls) {
+        throw new TypeError("Cannot receive a migration: multifd with TLS is not supported");
+      }
+      conn = multifd > 0 ? await listener.accept(options.signal) : await listener.acceptOne(options.signal);
     }
     const c = conn;
     const onAbort = () => {
@@ -134,7 +150,12 @@ export async function receiveMigration(
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await incoming.run(conn, status, file !== undefined);
+      await incoming.run(conn, status, file !== undefined, {
+        listener,
+        channels: file ? 0 : multifd,
+        signal: options.signal,
+        workers,
+      });
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
     }
@@ -168,6 +189,7 @@ export async function receiveMigration(
     status.transition("failed", message);
     throw new Error(message, { cause: e });
   } finally {
+    workers?.close();
     listener?.close();
     if (conn) {
       try {
@@ -176,6 +198,20 @@ export async function receiveMigration(
     }
   }
 }
+
+/** How the destination receives multifd channels. */
+interface MultifdIncoming {
+  listener: MigrationListener | undefined;
+  channels: number;
+  signal: AbortSignal | undefined;
+  workers: MultifdWorkers | undefined;
+}
+const NO_MULTIFD: MultifdIncoming = {
+  listener: undefined,
+  channels: 0,
+  signal: undefined,
+  workers: undefined,
+};
 
 class IncomingMigration {
   #vm: MigrationVm;
@@ -186,6 +222,7 @@ class IncomingMigration {
   #writer: MessageWriter | undefined;
   #reader: MessageReader | undefined;
   #stallMs: number;
+  #multifd: MultifdReceiver | undefined;
   #capabilities: Readonly<MigrationCapabilities>;
   #postcopy: PostcopyDestination | undefined;
 
@@ -227,8 +264,32 @@ class IncomingMigration {
     await settleWithin(w.send("nack", encodeReason(reason)), 200);
   }
 
-  /** Receives from `conn`; `oneWay` (a snapshot file): nothing is sent back and the file must end after `complete`. */
-  async run(conn: Deno.Conn, status: MigrationStatusTracker, oneWay = false): Promise<void> {
+  /**
+   * Receives from `conn`; `oneWay` (a snapshot file): nothing is sent back and the file must end
+   * after `complete`. With multifd (`mf.channels` > 0) RAM arrives on channels from `mf.listener`.
+   */
+  async run(
+    conn: Deno.Conn,
+    status: MigrationStatusTracker,
+    oneWay = false,
+    mf: MultifdIncoming = NO_MULTIFD,
+  ): Promise<void> {
+    try {
+      await this.#run(conn, status, oneWay, mf);
+    } catch (e) {
+      // A channel failure closed the main connection: its reason is the cause.
+      throw this.#multifd?.failure ?? e;
+    } finally {
+      this.#multifd?.close();
+    }
+  }
+
+  async #run(
+    conn: Deno.Conn,
+    status: MigrationStatusTracker,
+    oneWay: boolean,
+    mf: MultifdIncoming,
+  ): Promise<void> {
     const vm = this.#vm;
     const guard = new StallGuard(conn, {
       peer: "source",
@@ -305,6 +366,7 @@ class IncomingMigration {
     expect(h, "config", "after hello");
     const config = decodeConfig(await reader.readPayload(h, MAX_CONFIG_BYTES));
     c.transferredBytes += h.length;
+    checkMultifd(config.config, mf.channels);
     checkCompatibility(config, { config: vm.configAttributes(), host: vm.hostAttributes() });
     if (!oneWay) await send("ack");
     this.#setupMs = performance.now() - this.#startMs;
@@ -312,6 +374,31 @@ class IncomingMigration {
 
     // ram* state* digest complete
     const digest = new MigrationDigest(vm.memory);
+    if (mf.channels > 0) {
+      h = await next("before the multifd channels");
+      expect(h, "channel", "after ack");
+      const main = decodeChannel(await reader.readPayload(h, 64));
+      this.#multifd = await MultifdReceiver.accept({
+        listener: mf.listener!,
+        memory: vm.memory,
+        main,
+        channels: mf.channels,
+        stallTimeoutMs: this.#stallMs,
+        populate: vm.populate !== undefined,
+        digestTables: digest.tables,
+        onLanded: (zeroPages, rawPages, bytes) => {
+          c.transferredBytes += bytes;
+          c.zeroPages += zeroPages;
+          c.normalPages += rawPages;
+        },
+        ...(mf.signal ? { signal: mf.signal } : {}),
+        ...(mf.workers ? { workers: mf.workers } : {}),
+      });
+      mf.listener!.close();
+      this.#multifd.onFailure((e) => {
+        void settleWithin(writer.send("nack", encodeReason(e.message)), 200).then(() => conn.close());
+      });
+    }
     let sourceDigest: SwitchoverDigest | undefined;
     const sections: Section[] = [];
     const ids = new Set<string>();
@@ -362,6 +449,10 @@ class IncomingMigration {
         c.transferredBytes += h.length;
         c.zeroPages += r.zeroPages;
         c.normalPages += r.rawPages;
+        continue;
+      }
+      if (h.kind === "sync" && this.#multifd) {
+        await this.#multifd.sync(decodeSync(await reader.readPayload(h, SYNC_BYTES)));
         continue;
       }
       if (h.kind === "state") {

@@ -55,7 +55,15 @@ export class MigrationDigest {
   /** @param memory the VM's guest RAM */
   constructor(memory: GuestMemory) {
     this.#memory = memory;
-    this.#tables = memory.regions.map((r) => new Uint32Array(r.sizeBytes / PAGE_SIZE).fill(NEVER));
+    // Shared, so that multifd's channel Workers record the pages they move (multifd.ts).
+    this.#tables = memory.regions.map((r) =>
+      new Uint32Array(new SharedArrayBuffer(r.sizeBytes / PAGE_SIZE * 4)).fill(NEVER)
+    );
+  }
+
+  /** The per-page tables, one per region (over SharedArrayBuffers; Workers fill them with {@linkcode recordPages}). */
+  get tables(): readonly Uint32Array[] {
+    return this.#tables;
   }
 
   /**
@@ -119,6 +127,30 @@ export class MigrationDigest {
       pages += t.length;
     }
     return { ram, state: this.#state, pages, sections: this.#sections };
+  }
+}
+
+/**
+ * Records what `pageCount` pages at `off` of `bytes` (one region) now hold into that region's
+ * `table`, as {@linkcode MigrationDigest.recordRun} does; for Workers that hold only the tables.
+ */
+export function recordPages(
+  table: Uint32Array,
+  bytes: Uint8Array,
+  off: number,
+  pageCount: number,
+  zero: boolean,
+): void {
+  const first = off / PAGE_SIZE;
+  if (zero) {
+    table.fill(ZERO_PAGE_CRC, first, first + pageCount);
+    return;
+  }
+  const f = shim().ferry_crc32c;
+  const b = bytes as Uint8Array<ArrayBuffer>;
+  for (let p = 0; p < pageCount; p++) {
+    const o = off + p * PAGE_SIZE;
+    table[first + p] = f(b.subarray(o, o + PAGE_SIZE), PAGE, 0);
   }
 }
 

@@ -59,3 +59,4 @@ export {
 } from "./source.ts";
 export { receiveMigration, type ReceiveMigrationOptions } from "./destination.ts";
 export { PostcopyPausedError } from "./postcopy.ts";
+export { multifdChannels, prewarmMultifd } from "./multifd.ts";

@@ -70,6 +70,11 @@ export interface MigrationParameters {
   "tls-creds": string;
   /** Host name the destination's certificate must carry; `""` = the uri's host (QEMU). @default {""} */
   "tls-hostname": string;
+  /**
+   * multifd: how many extra connections carry RAM (QEMU's name and range); both sides must agree.
+   * @default {2}
+   */
+  "multifd-channels": number;
 }
 
 /** The defaults. */
@@ -86,6 +91,7 @@ export const DEFAULT_MIGRATION_PARAMETERS: Readonly<MigrationParameters> = Objec
   "throttle-trigger-threshold": 50,
   "tls-creds": "",
   "tls-hostname": "",
+  "multifd-channels": 2,
 });
 
 const INTEGER_LIMITS: Record<string, [number, number]> = {
@@ -97,6 +103,7 @@ const INTEGER_LIMITS: Record<string, [number, number]> = {
   "cpu-throttle-increment": [1, 99],
   "max-cpu-throttle": [1, 99],
   "throttle-trigger-threshold": [1, 100],
+  "multifd-channels": [1, 255],
 };
 
 /**
@@ -166,6 +173,12 @@ export interface MigrationCapabilities {
   "postcopy-ram": boolean;
   /** Destination: report `postcopy-blocktime` and `postcopy-vcpu-blocktime`. @default {false} */
   "postcopy-blocktime": boolean;
+  /**
+   * Send RAM over `multifd-channels` extra connections, each driven by its own Worker on both
+   * sides (multifd.ts); the main connection keeps control and state. Both sides must set it.
+   * @default {false}
+   */
+  multifd?: boolean;
 }
 
 /** The default capabilities. */
@@ -173,6 +186,7 @@ export const DEFAULT_MIGRATION_CAPABILITIES: Readonly<MigrationCapabilities> = O
   "auto-converge": true,
   "postcopy-ram": false,
   "postcopy-blocktime": false,
+  multifd: false,
 });
 
 /** One entry of `migrate-set-capabilities` / `query-migrate-capabilities`. */

@@ -51,7 +51,9 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
     "auto-converge": false,
     "postcopy-ram": false,
     "postcopy-blocktime": false,
+    multifd: false,
   });
+  assert.equal(updateMigrationCapabilities(c, [{ capability: "multifd", state: true }]).multifd, true);
   assert.throws(
     () =>
       updateMigrationCapabilities(c, [{ capability: "auto-converge", state: false }, {
@@ -68,5 +70,6 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
     { capability: "auto-converge", state: true },
     { capability: "postcopy-ram", state: false },
     { capability: "postcopy-blocktime", state: false },
+    { capability: "multifd", state: false },
   ]);
 });

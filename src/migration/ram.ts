@@ -116,6 +116,14 @@ export interface RamSenderOptions {
   /** The switch-over digest: every sent run is recorded in it. */
   digest?: MigrationDigest;
   /**
+   * multifd: RAM messages go to these channels instead of the writer, and each pass ends with
+   * their `sync()` (multifd.ts).
+   */
+  channels?: {
+    send(table: Uint8Array, parts: readonly Uint8Array[]): Promise<void>;
+    sync(): Promise<void>;
+  };
+  /**
    * Asked after each message: true ends the pass there ({@linkcode RamSender.stoppedAt} then says
    * where). Post-copy uses it to switch without finishing the pass.
    */
@@ -153,6 +161,7 @@ export class RamSender {
   #pass: PassResult = { bytes: 0, pages: 0, elapsedMs: 0, sendMs: 0 };
   #residency: RamSenderOptions["residency"];
   #digest: MigrationDigest | undefined;
+  #channels: RamSenderOptions["channels"];
   /** `ferry_scan_runs` output: (first page, count, zero) triples, and where it stopped. */
   #scanOut = new Uint32Array(MAX_RUNS_PER_MESSAGE * 3);
   #scanNext = new Uint32Array(1);
@@ -175,6 +184,7 @@ export class RamSender {
     this.#signal = options.signal;
     this.#residency = options.residency;
     this.#digest = options.digest;
+    this.#channels = options.channels;
     this.#stopWhen = options.stopWhen;
   }
 
@@ -218,6 +228,11 @@ export class RamSender {
     this.#limiter?.reset();
     for (let ri = 0; ri < this.#memory.regions.length && !this.#stoppedAt; ri++) await walk(ri);
     await this.#flush();
+    if (this.#channels) {
+      const ts = performance.now();
+      await this.#channels.sync();
+      this.#pass.sendMs += performance.now() - ts;
+    }
     this.#pass.elapsedMs = performance.now() - t0;
     return this.#pass;
   }
@@ -325,13 +340,18 @@ export class RamSender {
     this.#zeroPages = 0;
     this.#rawPages = 0;
     const t0 = performance.now();
-    const rawPages = parts.reduce((n, p) => n + p.length, 0) / PAGE_SIZE;
-    if (this.#pageCrcs.length < rawPages) this.#pageCrcs = new Uint32Array(rawPages);
-    const crcs = this.#pageCrcs;
-    await this.#writer.sendPages("ram", table, parts, crcs);
-    // The CRCs of the pages as copied and sent: a page the guest changes meanwhile is dirty and is
-    // sent (and recorded) again.
-    this.#digest?.recordRuns(runs, crcs);
+    if (this.#channels) {
+      // multifd: the channel Workers send, checksum and record the pages (multifd.ts).
+      await this.#channels.send(table, parts);
+    } else {
+      const rawPages = parts.reduce((n, p) => n + p.length, 0) / PAGE_SIZE;
+      if (this.#pageCrcs.length < rawPages) this.#pageCrcs = new Uint32Array(rawPages);
+      const crcs = this.#pageCrcs;
+      await this.#writer.sendPages("ram", table, parts, crcs);
+      // The CRCs of the pages as copied and sent: a page the guest changes meanwhile is dirty and is
+      // sent (and recorded) again.
+      this.#digest?.recordRuns(runs, crcs);
+    }
     c.transferredBytes += bytes;
     this.#pass.bytes += bytes;
     this.#pass.pages += pages;

@@ -53,6 +53,7 @@ import {
 import { countDirtyPages, mergeBitmaps, type PassResult, RamSender, RateLimiter } from "./ram.ts";
 import { settleWithin } from "./_async.ts";
 import { encodeDigest, MigrationDigest } from "./digest.ts";
+import { multifdAttributes, multifdChannels, MultifdSender, MultifdWorkers } from "./multifd.ts";
 import { PostcopySender, unsentPages } from "./postcopy_source.ts";
 import { decodePageRequest, encodeDirtyBitmaps, PAGE_REQUEST_BYTES } from "./postcopy_wire.ts";
 
@@ -189,6 +190,10 @@ class OutgoingMigration {
   #replies: Promise<void> | undefined;
   #peerError: string | undefined;
   #connClosed = false;
+  #multifd: MultifdSender | undefined;
+  #multifdWorkers: MultifdWorkers | undefined;
+  /** multifd channels, fixed at the start (a later `multifd-channels` applies to the next migration). */
+  #channels: number | undefined;
   // What the rollback must undo.
   #dirtyLogging = false;
   #paused = false;
@@ -392,6 +397,8 @@ class OutgoingMigration {
 
   #finish(to: MigrationStatus, errorDesc?: string): void {
     this.#endMs = performance.now();
+    this.#multifd?.close();
+    this.#multifdWorkers?.close();
     this.#finished = true;
     if (this.#conn && !this.#connClosed) {
       this.#connClosed = true;
@@ -406,6 +413,8 @@ class OutgoingMigration {
   async #rollback(reason: string): Promise<void> {
     await this.#unthrottle();
     this.#closeConn(reason);
+    this.#multifd?.close();
+    this.#multifdWorkers?.close();
     const vm = this.#vm;
     if (this.#dirtyLogging) {
       this.#dirtyLogging = false;
@@ -441,6 +450,8 @@ class OutgoingMigration {
     const vm = this.#vm;
     const signal = this.#abort.signal;
     const c = this.#counters;
+    // The channel Workers load while the main connection is set up.
+    if (this.#channelCount() > 0) this.#multifdWorkers = MultifdWorkers.take(this.#channelCount());
 
     const target = this.#target;
     const conn = target.kind === "file"
@@ -480,7 +491,8 @@ class OutgoingMigration {
         "hello",
         encodeHello({ pageSize: PAGE_SIZE, product: this.#options.product ?? "ferry" }),
       );
-      await writer.send("config", encodeConfig({ config: vm.configAttributes(), host: vm.hostAttributes() }));
+      const config = { ...vm.configAttributes(), ...multifdAttributes(this.#channelCount()) };
+      await writer.send("config", encodeConfig({ config, host: vm.hostAttributes() }));
       if (this.#oneWay) return; // the restoring side checks the configuration
       const h = await reader.readHeader();
       if (!h) throw new ProtocolError("the destination closed the connection");
@@ -498,6 +510,24 @@ class OutgoingMigration {
         await this.#step("advise post-copy", () => writer.send("postcopyAdvise"));
       }
     }
+    if (this.#channelCount() > 0) {
+      this.#multifd = await this.#step("open the multifd channels", () => {
+        if (this.#options.tls) throw new TypeError("multifd with TLS is not supported");
+        if (this.#capabilities["postcopy-ram"]) {
+          throw new TypeError("multifd with postcopy-ram is not supported");
+        }
+        return MultifdSender.open({
+          uri: this.#uri,
+          memory: vm.memory,
+          channels: this.#channelCount(),
+          writer,
+          stallTimeoutMs: stallMs,
+          connectTimeoutMs: this.#options.connectTimeoutMs ?? 10_000,
+          signal,
+          ...(this.#multifdWorkers ? { workers: this.#multifdWorkers } : {}),
+        });
+      });
+    }
 
     await this.#step("start dirty logging", () => {
       vm.startDirtyLog();
@@ -509,10 +539,12 @@ class OutgoingMigration {
     const limiter = new RateLimiter(this.#params["max-bandwidth"]);
     this.#limiter = limiter;
     const digest = new MigrationDigest(vm.memory);
+    this.#multifd?.recordInto(digest.tables);
     const sender = new RamSender(writer, vm.memory, c, {
       limiter,
       signal,
-      digest,
+      // multifd: the channel Workers record what they send in the digest.
+      ...(this.#multifd ? { channels: this.#multifd } : { digest }),
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
       // migrate-start-postcopy switches without finishing the pass in progress.
       ...(this.#capabilities["postcopy-ram"] && !this.#oneWay
@@ -723,6 +755,13 @@ class OutgoingMigration {
       }
       throw e;
     }
+  }
+
+  /** multifd channels (capability `multifd`), 0 when off. */
+  #channelCount(): number {
+    // A snapshot file has no channels: it is written in one stream.
+    this.#channels ??= this.#oneWay ? 0 : multifdChannels(this.#capabilities, this.#params);
+    return this.#channels;
   }
 
   /** A nack or cancel from the destination ends the migration; anything else is a protocol error. */

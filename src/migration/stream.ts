@@ -95,6 +95,10 @@ export const MessageKind = {
   postcopyEnd: 14,
   /** D→S: every page landed; the source may let go. */
   postcopyDone: 15,
+  /** S→D, first on a multifd channel (and on the main one): migration id and channel index (multifd.ts). */
+  channel: 16,
+  /** S→D on every multifd channel and then the main one: the end of a pass (u32 sync count). */
+  sync: 17,
 } as const;
 /** A message kind name. */
 export type MessageKindName = keyof typeof MessageKind;
@@ -127,6 +131,9 @@ export const PAYLOAD_BYTES: Readonly<Record<MessageKindName, readonly [number, n
   pageRequest: [16, 16],
   postcopyEnd: [0, 0],
   postcopyDone: [0, 0],
+  // multifd.ts: 16-byte migration id, u16 index, u16 count (CHANNEL_BYTES); u32 sync number (SYNC_BYTES).
+  channel: [20, 20],
+  sync: [4, 4],
 };
 
 /** Bytes of a whole message (header and payload) with `payloadBytes` of payload. */

@@ -175,6 +175,18 @@ export class MigrationListener {
    * @param signal aborts the wait
    */
   async acceptOne(signal?: AbortSignal): Promise<Deno.Conn> {
+    try {
+      return await this.accept(signal);
+    } finally {
+      this.close();
+    }
+  }
+
+  /**
+   * Accepts one connection and keeps listening (multifd channels arrive on the same listener).
+   * @param signal aborts the wait (and closes the listener)
+   */
+  async accept(signal?: AbortSignal): Promise<Deno.Conn> {
     const onAbort = () => this.close();
     signal?.addEventListener("abort", onAbort, { once: true });
     try {
@@ -190,7 +202,6 @@ export class MigrationListener {
       });
     } finally {
       signal?.removeEventListener("abort", onAbort);
-      this.close();
     }
   }
 

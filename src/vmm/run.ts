@@ -68,6 +68,7 @@ export async function vmmOptions(config: MachineConfig): Promise<VmmOptions> {
   const digest = config.kernel ? await kernelDigest(config.kernel.path) : undefined;
   const spec: VmSpec = {
     memoryBytes: config.memoryBytes,
+    ...(config.memPrealloc ? { memPrealloc: true } : {}),
     pci: pciDevices(config),
     cpus: config.cpus,
     serial: config.serial,

@@ -23,8 +23,10 @@ import {
   type MigrationParameters,
   MigrationStatusTracker,
   type MigrationUri,
+  multifdChannels,
   parseMigrationUri,
   PostcopyPausedError,
+  prewarmMultifd,
   receiveMigration,
   startMigration,
   updateMigrationCapabilities,
@@ -191,6 +193,7 @@ export class Vmm implements MachineControl, MigrationControl {
     });
     this.#incoming = receiveMigration(this.#adapter, target, this.#migration, {
       signal: abort.signal,
+      multifdChannels: multifdChannels(this.#capabilities, this.#params),
       capabilities: this.#capabilities,
       ...(tls ? { tls } : {}),
     }).finally(off).then(
@@ -439,6 +442,7 @@ export class Vmm implements MachineControl, MigrationControl {
       throw new QmpError("GenericError", (e as Error).message);
     }
     this.#active?.setParameters(this.#params);
+    if (!this.#migration.isActive) prewarmMultifd(multifdChannels(this.#capabilities, this.#params));
   }
 
   /** `migrate-set-capabilities`; refused during a migration, as QEMU does. */
@@ -451,6 +455,7 @@ export class Vmm implements MachineControl, MigrationControl {
     } catch (e) {
       throw new QmpError("GenericError", (e as Error).message);
     }
+    prewarmMultifd(multifdChannels(this.#capabilities, this.#params));
   }
 
   capabilities(): MigrationCapabilityStatus[] {

@@ -70,6 +70,8 @@ export interface MigrationParameters {
   "tls-creds"?: string;
   /** Name the destination's certificate must carry, `""` for the uri's host (QEMU's name). */
   "tls-hostname"?: string;
+  /** multifd: RAM connections besides the main one (QEMU's name, 1..255, default 2). */
+  "multifd-channels"?: number;
 }
 
 /** QEMU's ceiling for `downtime-limit`: 2000 s. */
@@ -88,6 +90,7 @@ const PARAMETER_ARGS = {
   "throttle-trigger-threshold": { type: "uint", required: false, min: 1, max: 100 },
   "tls-creds": { type: "str", required: false },
   "tls-hostname": { type: "str", required: false },
+  "multifd-channels": { type: "uint", required: false, min: 1, max: 255 },
 } as const;
 
 /**
