@@ -8,6 +8,7 @@
  */
 import { QmpError } from "../protocol.ts";
 import type { QmpServer } from "../server.ts";
+import type { MigrationParameters as FullMigrationParameters } from "../../migration/parameters.ts";
 
 /** What the migration commands need from ferry's migration code. */
 export interface MigrationControl {
@@ -44,35 +45,8 @@ export interface MigrationControl {
   incoming?(uri: string): void;
 }
 
-/** Parameters `migrate-set-parameters` accepts (each optional). */
-export interface MigrationParameters {
-  /** Longest tolerated pause at switch-over, milliseconds (QEMU's name and unit). */
-  "downtime-limit"?: number;
-  /** Bandwidth cap, bytes per second (QEMU's name and unit). */
-  "max-bandwidth"?: number;
-  /** ferry extension: dirty-RAM passes before the convergence policy applies. */
-  "max-iterations"?: number;
-  /** ferry extension: after `max-iterations`, `cancel` the migration or `force` the switch-over. */
-  "convergence-policy"?: "cancel" | "force";
-  /** ferry extension: wall-time cap of the dirty passes in ms (0 = none) before the policy applies. */
-  "max-precopy-time"?: number;
-  /** auto-converge: first vCPU throttle, percent (QEMU's name, 1..99). */
-  "cpu-throttle-initial"?: number;
-  /** auto-converge: throttle step, percent (QEMU's name, 1..99). */
-  "cpu-throttle-increment"?: number;
-  /** auto-converge: smaller steps near the needed throttle (QEMU's name). */
-  "cpu-throttle-tailslow"?: boolean;
-  /** auto-converge: highest throttle, percent (QEMU's name, 1..99). */
-  "max-cpu-throttle"?: number;
-  /** auto-converge: dirtied/sent percentage that triggers a step (QEMU's name, 1..100). */
-  "throttle-trigger-threshold"?: number;
-  /** Id of a `-object tls-creds-x509`, `""` for plaintext (QEMU's name). */
-  "tls-creds"?: string;
-  /** Name the destination's certificate must carry, `""` for the uri's host (QEMU's name). */
-  "tls-hostname"?: string;
-  /** multifd: RAM connections besides the main one (QEMU's name, 1..255, default 2). */
-  "multifd-channels"?: number;
-}
+/** Parameters `migrate-set-parameters` accepts: any of migration's one table (parameters.ts), each optional. */
+export type MigrationParameters = Partial<FullMigrationParameters>;
 
 /** QEMU's ceiling for `downtime-limit`: 2000 s. */
 export const MAX_DOWNTIME_LIMIT_MS = 2_000_000;
