@@ -1,6 +1,7 @@
 /**
- * The migration wire format: framing, message kinds, payload encoders/decoders, and a bounded
- * buffered reader. Everything is explicit little-endian. Table and diagram: docs/migration.md.
+ * The migration wire format's framing: headers with sequence numbers and CRC32C, and a bounded
+ * buffered reader and writer (constants and kinds in `wire.ts`, payload codecs in `messages.ts`,
+ * both re-exported here). Everything is explicit little-endian. Table and diagram: docs/migration.md.
  *
  * Every message (protocol version 2) is a 32-byte header followed by `length` payload bytes:
  *
@@ -24,164 +25,26 @@
  * @module
  */
 import { shim } from "../ffi/shim.ts";
+import {
+  HEADER_BYTES,
+  HEADER_CRC_OFFSET,
+  HEADER_LENGTH_OFFSET,
+  HEADER_SEQ_OFFSET,
+  KIND_NAMES,
+  MAGIC,
+  MAX_MESSAGE_BYTES,
+  type MessageHeader,
+  MessageKind,
+  type MessageKindName,
+  MIN_PROTOCOL_VERSION,
+  PAYLOAD_BYTES,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  WIRE_PAGE_SIZE,
+} from "./wire.ts";
 
-/** Wire protocol version this ferry writes. */
-export const PROTOCOL_VERSION = 2;
-/** Oldest wire protocol version this ferry reads (version 1 had no sequence numbers nor CRC). */
-export const MIN_PROTOCOL_VERSION = 2;
-/** `"FERRYMIG"`. */
-export const MAGIC: Uint8Array = new TextEncoder().encode("FERRYMIG");
-/** Bytes in every message header. */
-export const HEADER_BYTES = 32;
-/** Offset of the u64 payload length in the header. */
-export const HEADER_LENGTH_OFFSET = 16;
-/** Offset of the u32 sequence number in the header. */
-export const HEADER_SEQ_OFFSET = 24;
-/** Offset of the u32 CRC32C in the header. */
-export const HEADER_CRC_OFFSET = 28;
-/** Largest payload of any message. */
-export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
-/** Largest section payload. */
-export const MAX_SECTION_BYTES = 16 * 1024 * 1024;
-/** Longest section id in UTF-8 bytes. */
-export const MAX_SECTION_ID_BYTES = 256;
-/** Most sections in one migration. */
-export const MAX_SECTIONS = 4096;
-/** Largest config message (JSON). */
-export const MAX_CONFIG_BYTES = 1024 * 1024;
-/** Longest nack/cancel reason and hello product string. */
-export const MAX_REASON_BYTES = 4096;
-/** Most runs in one RAM message. */
-export const MAX_RUNS_PER_MESSAGE = 8192;
-/** Page size on the wire. */
-export const WIRE_PAGE_SIZE = 4096;
-/** Bytes of the RAM message prefix: u32 run count + u32 reserved. */
-export const RAM_PREFIX_BYTES = 8;
-/** Bytes per run in a RAM message: u64 gpa, u32 page count, u32 flags. */
-export const RUN_BYTES = 16;
-/** Run flag: the pages are all zero; no bytes follow for this run. */
-export const RUN_ZERO = 1;
-
-/** Message kinds (u16 on the wire). */
-export const MessageKind = {
-  /** S→D first message: page size, product version. */
-  hello: 1,
-  /** S→D: JSON `{config, host}` attributes. */
-  config: 2,
-  /** D→S: configuration accepted. */
-  ack: 3,
-  /** D→S: refused or failed; payload is the reason (UTF-8). */
-  nack: 4,
-  /** S→D: a batch of page runs. */
-  ram: 5,
-  /** S→D: one state section. */
-  state: 6,
-  /** S→D: all sent; payload is the section count (u32). */
-  complete: 7,
-  /** Either way: the sender gives up; payload is the reason (UTF-8). */
-  cancel: 8,
-  /** D→S: the guest runs on the destination. */
-  resumed: 9,
-  /** S→D, after the last `state`: the switch-over digest of RAM and state (digest.ts). */
-  digest: 10,
-  // Post-copy (postcopy_wire.ts).
-  /** S→D after `ack`: the source may switch to post-copy (capability `postcopy-ram`). */
-  postcopyAdvise: 11,
-  /** S→D at the switch: the bitmap of pages the destination still lacks. */
-  postcopyDirty: 12,
-  /** D→S during post-copy: send these pages first (u64 gpa, u32 page count). */
-  pageRequest: 13,
-  /** S→D: every page of `postcopyDirty` was sent. */
-  postcopyEnd: 14,
-  /** D→S: every page landed; the source may let go. */
-  postcopyDone: 15,
-  /** S→D, first on a multifd channel (and on the main one): migration id and channel index (multifd.ts). */
-  channel: 16,
-  /** S→D on every multifd channel and then the main one: the end of a pass (u32 sync count). */
-  sync: 17,
-} as const;
-/** A message kind name. */
-export type MessageKindName = keyof typeof MessageKind;
-const KIND_NAMES = new Map<number, MessageKindName>(
-  Object.entries(MessageKind).map(([k, v]) => [v, k as MessageKindName]),
-);
-
-/** Bytes of the `digest` payload (digest.ts encodes it). */
-export const DIGEST_PAYLOAD_BYTES = 24;
-
-/**
- * Payload bytes each message kind may carry, checked when a header is decoded (before anything is
- * read or allocated): `[min, max]`.
- */
-export const PAYLOAD_BYTES: Readonly<Record<MessageKindName, readonly [number, number]>> = {
-  hello: [6, 6 + MAX_REASON_BYTES],
-  config: [0, MAX_CONFIG_BYTES],
-  ack: [0, 0],
-  nack: [0, MAX_REASON_BYTES],
-  ram: [RAM_PREFIX_BYTES + RUN_BYTES, MAX_MESSAGE_BYTES],
-  state: [2 + 1 + 8, 2 + MAX_SECTION_ID_BYTES + 8 + MAX_SECTION_BYTES],
-  complete: [4, 4],
-  cancel: [0, MAX_REASON_BYTES],
-  resumed: [0, 0],
-  digest: [DIGEST_PAYLOAD_BYTES, DIGEST_PAYLOAD_BYTES],
-  postcopyAdvise: [0, 0],
-  // u32 region count, then per region u32 words and the words (postcopy_wire.ts).
-  postcopyDirty: [4, MAX_MESSAGE_BYTES],
-  // u64 gpa, u32 page count, u32 reserved (postcopy_wire.ts PAGE_REQUEST_BYTES).
-  pageRequest: [16, 16],
-  postcopyEnd: [0, 0],
-  postcopyDone: [0, 0],
-  // multifd.ts: 16-byte migration id, u16 index, u16 count (CHANNEL_BYTES); u32 sync number (SYNC_BYTES).
-  channel: [20, 20],
-  sync: [4, 4],
-};
-
-/** Bytes of a whole message (header and payload) with `payloadBytes` of payload. */
-export function messageBytes(payloadBytes: number): number {
-  return HEADER_BYTES + payloadBytes;
-}
-
-/** Thrown for malformed, hostile or truncated input from the peer. */
-export class ProtocolError extends Error {
-  override name = "ProtocolError";
-}
-
-/** A decoded header. */
-export interface MessageHeader {
-  version: number;
-  kind: MessageKindName;
-  flags: number;
-  /** Payload bytes that follow (already checked against {@linkcode PAYLOAD_BYTES}). */
-  length: number;
-  /** Sequence number: the message's index on its connection, from 0. */
-  seq: number;
-  /** CRC32C of the header (with this field 0) and the payload, as sent. */
-  crc: number;
-}
-
-/** One run of pages in a RAM message. */
-export interface RamRun {
-  gpa: number;
-  pageCount: number;
-  /** True for a zero run (no bytes follow). */
-  zero: boolean;
-}
-
-/** The hello payload. */
-export interface Hello {
-  pageSize: number;
-  /** Source product and version, e.g. `"ferry 0.1.0"`. */
-  product: string;
-}
-
-/** The config payload. */
-export interface ConfigMessage {
-  config: Record<string, string>;
-  host: Record<string, string>;
-}
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: true });
+export * from "./wire.ts";
+export * from "./messages.ts";
 
 /**
  * CRC32C of `bytes`, continuing `crc` (0 to start), by the shim's `crc32` instruction path.
@@ -326,221 +189,6 @@ function hex(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
-function encodeString16(s: string, max: number, what: string): Uint8Array {
-  const bytes = encoder.encode(s);
-  if (bytes.length > max) {
-    throw new RangeError(`Cannot encode ${what} of ${bytes.length} bytes: limit is ${max}`);
-  }
-  const out = new Uint8Array(2 + bytes.length);
-  new DataView(out.buffer).setUint16(0, bytes.length, true);
-  out.set(bytes, 2);
-  return out;
-}
-
-function decodeUtf8(b: Uint8Array, what: string): string {
-  try {
-    return decoder.decode(b);
-  } catch {
-    throw new ProtocolError(`Cannot decode ${what}: not valid UTF-8`);
-  }
-}
-
-/** Encodes the hello payload: u32 page size, u16 product length, product (UTF-8). */
-export function encodeHello(h: Hello): Uint8Array {
-  const p = encodeString16(h.product, MAX_REASON_BYTES, "product version");
-  const out = new Uint8Array(4 + p.length);
-  new DataView(out.buffer).setUint32(0, h.pageSize, true);
-  out.set(p, 4);
-  return out;
-}
-
-/** Decodes the hello payload. */
-export function decodeHello(b: Uint8Array): Hello {
-  if (b.length < 6) throw new ProtocolError(`Cannot decode hello: ${b.length} bytes is too short`);
-  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const pageSize = v.getUint32(0, true);
-  const n = v.getUint16(4, true);
-  if (6 + n !== b.length) {
-    throw new ProtocolError(`Cannot decode hello: product length ${n} does not fit ${b.length} bytes`);
-  }
-  return { pageSize, product: decodeUtf8(b.subarray(6), "hello product") };
-}
-
-/** Encodes the config payload (JSON). */
-export function encodeConfig(c: ConfigMessage): Uint8Array {
-  const b = encoder.encode(JSON.stringify({ config: c.config, host: c.host }));
-  if (b.length > MAX_CONFIG_BYTES) {
-    throw new RangeError(`Cannot encode config of ${b.length} bytes: limit is ${MAX_CONFIG_BYTES}`);
-  }
-  return b;
-}
-
-function stringRecord(v: unknown, what: string): Record<string, string> {
-  if (typeof v !== "object" || v === null || Array.isArray(v)) {
-    throw new ProtocolError(`Cannot decode config: '${what}' is not an object`);
-  }
-  const out: Record<string, string> = {};
-  for (const [k, x] of Object.entries(v)) {
-    if (typeof x !== "string") {
-      throw new ProtocolError(`Cannot decode config: '${what}.${k}' is not a string`);
-    }
-    Object.defineProperty(out, k, { value: x, enumerable: true, writable: true, configurable: true });
-  }
-  return out;
-}
-
-/** Decodes and validates the config payload. */
-export function decodeConfig(b: Uint8Array): ConfigMessage {
-  let v: unknown;
-  try {
-    v = JSON.parse(decodeUtf8(b, "config"));
-  } catch (e) {
-    if (e instanceof ProtocolError) throw e;
-    throw new ProtocolError(`Cannot decode config: ${(e as Error).message}`);
-  }
-  if (typeof v !== "object" || v === null) throw new ProtocolError("Cannot decode config: not a JSON object");
-  const o = v as Record<string, unknown>;
-  return { config: stringRecord(o.config, "config"), host: stringRecord(o.host, "host") };
-}
-
-/** Encodes a nack/cancel reason (UTF-8, truncated to the bound on a character boundary). */
-export function encodeReason(reason: string): Uint8Array {
-  let b = encoder.encode(reason);
-  if (b.length > MAX_REASON_BYTES) {
-    b = b.subarray(0, MAX_REASON_BYTES);
-    while (b.length > 0 && (b[b.length - 1]! & 0xc0) === 0x80) b = b.subarray(0, b.length - 1);
-    if (b.length > 0 && b[b.length - 1]! >= 0xc0) b = b.subarray(0, b.length - 1);
-  }
-  return b;
-}
-
-/** Decodes a nack/cancel reason. */
-export function decodeReason(b: Uint8Array): string {
-  return decodeUtf8(b, "reason");
-}
-
-/** Encodes the `complete` payload: the number of sections sent (u32). */
-export function encodeComplete(sectionCount: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, sectionCount, true);
-  return b;
-}
-
-/** Decodes the `complete` payload. */
-export function decodeComplete(b: Uint8Array): number {
-  if (b.length !== 4) throw new ProtocolError(`Cannot decode complete: ${b.length} bytes, need 4`);
-  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
-}
-
-/** A section on the wire: u16 id length, id (UTF-8), u32 version, u32 payload length, payload. */
-export function encodeSection(s: { id: string; version: number; payload: Uint8Array }): Uint8Array {
-  const id = encodeString16(s.id, MAX_SECTION_ID_BYTES, `section id '${s.id.slice(0, 40)}'`);
-  if (s.payload.length > MAX_SECTION_BYTES) {
-    throw new RangeError(
-      `Cannot encode section '${s.id}' of ${s.payload.length} bytes: limit is ${MAX_SECTION_BYTES}`,
-    );
-  }
-  if (!Number.isInteger(s.version) || s.version < 0 || s.version > 0xffffffff) {
-    throw new RangeError(`Cannot encode section '${s.id}': version ${s.version} is not a u32`);
-  }
-  const out = new Uint8Array(id.length + 8 + s.payload.length);
-  out.set(id, 0);
-  const v = new DataView(out.buffer);
-  v.setUint32(id.length, s.version, true);
-  v.setUint32(id.length + 4, s.payload.length, true);
-  out.set(s.payload, id.length + 8);
-  return out;
-}
-
-/** Decodes one section (the payload is copied out of `b`). */
-export function decodeSection(b: Uint8Array): { id: string; version: number; payload: Uint8Array } {
-  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  if (b.length < 2) throw new ProtocolError(`Cannot decode state section: ${b.length} bytes is too short`);
-  const idLen = v.getUint16(0, true);
-  if (idLen === 0 || idLen > MAX_SECTION_ID_BYTES) {
-    throw new ProtocolError(
-      `Cannot decode state section: id length ${idLen} is outside 1..${MAX_SECTION_ID_BYTES}`,
-    );
-  }
-  if (b.length < 2 + idLen + 8) {
-    throw new ProtocolError(`Cannot decode state section: ${b.length} bytes is too short`);
-  }
-  const id = decodeUtf8(b.subarray(2, 2 + idLen), "section id");
-  const version = v.getUint32(2 + idLen, true);
-  const len = v.getUint32(2 + idLen + 4, true);
-  if (len > MAX_SECTION_BYTES) {
-    throw new ProtocolError(`Cannot decode state section '${id}': ${len} bytes exceeds ${MAX_SECTION_BYTES}`);
-  }
-  if (2 + idLen + 8 + len !== b.length) {
-    throw new ProtocolError(
-      `Cannot decode state section '${id}': payload length ${len} does not fit the message`,
-    );
-  }
-  return { id, version, payload: b.slice(2 + idLen + 8) };
-}
-
-/** Encodes the run table of a RAM message: u32 count, u32 reserved, then 16 bytes per run. */
-export function encodeRunTable(runs: readonly RamRun[]): Uint8Array {
-  if (runs.length === 0 || runs.length > MAX_RUNS_PER_MESSAGE) {
-    throw new RangeError(`Cannot encode ${runs.length} runs: need 1..${MAX_RUNS_PER_MESSAGE}`);
-  }
-  const out = new Uint8Array(RAM_PREFIX_BYTES + runs.length * RUN_BYTES);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, runs.length, true);
-  let o = RAM_PREFIX_BYTES;
-  for (const r of runs) {
-    v.setBigUint64(o, BigInt(r.gpa), true);
-    v.setUint32(o + 8, r.pageCount, true);
-    v.setUint32(o + 12, r.zero ? RUN_ZERO : 0, true);
-    o += RUN_BYTES;
-  }
-  return out;
-}
-
-/** Decodes the RAM prefix; returns the run count after checking it against `messageLength`. */
-export function decodeRunCount(prefix: Uint8Array, messageLength: number): number {
-  const v = new DataView(prefix.buffer, prefix.byteOffset, prefix.byteLength);
-  const count = v.getUint32(0, true);
-  const reserved = v.getUint32(4, true);
-  if (reserved !== 0) {
-    throw new ProtocolError(`Cannot decode RAM message: reserved field is ${reserved}, want 0`);
-  }
-  if (count === 0 || count > MAX_RUNS_PER_MESSAGE) {
-    throw new ProtocolError(
-      `Cannot decode RAM message: run count ${count} is outside 1..${MAX_RUNS_PER_MESSAGE}`,
-    );
-  }
-  if (RAM_PREFIX_BYTES + count * RUN_BYTES > messageLength) {
-    throw new ProtocolError(`Cannot decode RAM message: ${count} runs do not fit in ${messageLength} bytes`);
-  }
-  return count;
-}
-
-/**
- * Decodes run entries (structure only; the caller checks them against its RAM).
- * @throws {ProtocolError} for unaligned or unsafe addresses, empty runs, unknown flags
- */
-export function decodeRuns(table: Uint8Array): RamRun[] {
-  const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
-  const runs: RamRun[] = [];
-  for (let o = 0; o + RUN_BYTES <= table.length; o += RUN_BYTES) {
-    const gpa = v.getBigUint64(o, true);
-    const pageCount = v.getUint32(o + 8, true);
-    const flags = v.getUint32(o + 12, true);
-    const i = o / RUN_BYTES;
-    if (gpa > BigInt(Number.MAX_SAFE_INTEGER) || gpa % BigInt(WIRE_PAGE_SIZE) !== 0n) {
-      throw new ProtocolError(`Cannot decode RAM run ${i}: gpa 0x${gpa.toString(16)} is not a page address`);
-    }
-    if (pageCount === 0) throw new ProtocolError(`Cannot decode RAM run ${i}: page count is 0`);
-    if ((flags & ~RUN_ZERO) !== 0) {
-      throw new ProtocolError(`Cannot decode RAM run ${i}: unknown flags 0x${flags.toString(16)}`);
-    }
-    runs.push({ gpa: Number(gpa), pageCount, zero: flags === RUN_ZERO });
-  }
-  return runs;
-}
-
-/** What the reader reads from. */
 export interface ByteSource {
   read(p: Uint8Array): Promise<number | null>;
 }
