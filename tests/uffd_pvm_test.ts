@@ -13,6 +13,7 @@ import { Vm, type VmSpec } from "../src/machine/vm.ts";
 import { discardPages, Userfault } from "../src/memory/userfault.ts";
 import { restoreSections, saveSections } from "../src/migration/mod.ts";
 import { PROBE, tempDir } from "./_fixture/ferry.ts";
+import { serialLines as lines, waitForSerial as waitFor } from "./_fixture/serial_file.ts";
 import type { ServeReport, ServeRequest } from "./_fixture/uffd_server_worker.ts";
 
 const AREA_GPA = 16 << 20;
@@ -24,28 +25,6 @@ function spec(serialPath: string): VmSpec {
     serial: { kind: "file", path: serialPath },
     kernel: { path: PROBE, cmdline: "mode=fill mib=32 rate=0 cpus=1 interval_ms=100" },
   };
-}
-
-function lines(path: string): string[] {
-  try {
-    const all = Deno.readTextFileSync(path).split("\n");
-    all.pop();
-    return all;
-  } catch {
-    return [];
-  }
-}
-
-async function waitFor(path: string, re: RegExp, timeoutMs = 20000): Promise<RegExpMatchArray> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    for (const l of lines(path)) {
-      const m = l.match(re);
-      if (m) return m;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`No ${re} in ${path}:\n${lines(path).slice(-15).join("\n")}`);
 }
 
 /** Waits for a `PROBE VERIFY ok` round of at least `round` (VERIFY lines come at progress ticks, so rounds are skipped). */

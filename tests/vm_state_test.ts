@@ -7,6 +7,7 @@ import { Vm, type VmSpec } from "../src/machine/vm.ts";
 import { decodeVcpuState } from "../src/machine/vcpu_state.ts";
 import { decodeState, restoreSections, saveSections } from "../src/migration/mod.ts";
 import { PROBE, tempDir } from "./_fixture/ferry.ts";
+import { serialLines as lines, waitForSerial as waitFor } from "./_fixture/serial_file.ts";
 
 function spec(cpus: number, serialPath: string, cmdline: string): VmSpec {
   return {
@@ -15,30 +16,6 @@ function spec(cpus: number, serialPath: string, cmdline: string): VmSpec {
     serial: { kind: "file", path: serialPath },
     kernel: { path: PROBE, cmdline },
   };
-}
-
-/** The complete lines of the serial file: the guest writes it byte by byte, so a last line without
- * its newline is still being written (a half-written `count=` would read as a smaller number). */
-function lines(path: string): string[] {
-  try {
-    const all = Deno.readTextFileSync(path).split("\n");
-    all.pop();
-    return all;
-  } catch {
-    return [];
-  }
-}
-
-async function waitFor(path: string, re: RegExp, timeoutMs = 15000): Promise<RegExpMatchArray> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    for (const l of lines(path)) {
-      const m = l.match(re);
-      if (m) return m;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`No ${re} in ${path}:\n${lines(path).slice(-15).join("\n")}`);
 }
 
 function lastProgress(path: string, cpu: number): number {
