@@ -11,7 +11,8 @@
  */
 import { hostGuestMemory, Populator, residency } from "../memory/host_memory.ts";
 import type { MemoryLayout } from "../memory/guest_memory.ts";
-import { shim } from "../ffi/shim.ts";
+import { Epoll, EPOLLIN } from "../sys/epoll.ts";
+import { readFd } from "../sys/fd.ts";
 import { connectMigration, parseMigrationUri, StallGuard } from "./transport.ts";
 import {
   decodeReason,
@@ -65,17 +66,19 @@ type Incoming =
   | { type: "digest"; tables: Uint32Array[] }
   | { type: "go" };
 
-// deno-lint-ignore no-explicit-any
-const self_ = globalThis as any;
-const post = (m: unknown, transfer: Transferable[] = []) => self_.postMessage(m, transfer);
-const fail = (e: unknown) => post({ type: "error", message: (e as Error)?.message ?? String(e) });
+function post(m: unknown): void {
+  self.postMessage(m);
+}
+function fail(e: unknown): void {
+  post({ type: "error", message: (e as Error)?.message ?? String(e) });
+}
 
 let tail: Promise<void> = Promise.resolve();
 let failed = false;
 let goWaiter: (() => void) | undefined;
 let goPending = 0;
 
-self_.onmessage = (e: MessageEvent<Incoming>) => {
+self.onmessage = (e: MessageEvent<Incoming>) => {
   const m = e.data;
   if (m.type === "go") {
     if (goWaiter) {
@@ -168,37 +171,33 @@ async function send(kind: "channel" | "ram" | "sync", ...parts: Uint8Array[]): P
 // ---- destination ------------------------------------------------------------------------------
 
 const EAGAIN = 11;
-const EINTR = 4;
-const EPOLL_CTL_ADD = 1;
-const EPOLLIN = 0x1;
 /** Longest single epoll wait: a terminated Worker ends within this. */
 const WAIT_SLICE_MS = 250;
 
 /** Reads a non-blocking socket descriptor; a read that gets nothing for `stallMs` fails. */
 class FdSource {
   #fd: number;
-  #epfd: number;
+  #ep: Epoll;
   #stallMs: number;
-  #out = new BigUint64Array(1);
 
   constructor(fd: number, stallMs: number) {
     this.#fd = fd;
     this.#stallMs = stallMs;
-    const s = shim();
-    this.#epfd = Number(s.ferry_epoll_create());
-    if (this.#epfd < 0) throw new Error(`cannot create epoll: errno ${-this.#epfd}`);
-    const rc = Number(s.ferry_epoll_ctl(this.#epfd, EPOLL_CTL_ADD, fd, EPOLLIN, 0n));
-    if (rc < 0) throw new Error(`cannot watch the channel socket: errno ${-rc}`);
+    this.#ep = new Epoll("the multifd channel's epoll set", 1);
+    try {
+      this.#ep.add(fd, EPOLLIN, 0n, "the channel socket");
+    } catch (e) {
+      this.#ep.close();
+      throw e;
+    }
   }
 
   read(p: Uint8Array): Promise<number | null> {
-    const s = shim();
     let waited = 0;
     for (;;) {
-      const n = Number(s.ferry_read(this.#fd, p as Uint8Array<ArrayBuffer>, BigInt(p.length)));
+      const n = readFd(this.#fd, p);
       if (n > 0) return Promise.resolve(n);
       if (n === 0) return Promise.resolve(null);
-      if (n === -EINTR) continue;
       if (n !== -EAGAIN) return Promise.reject(new Error(`cannot read from the source: errno ${-n}`));
       if (this.#stallMs > 0 && waited >= this.#stallMs) {
         return Promise.reject(
@@ -207,13 +206,13 @@ class FdSource {
       }
       const slice = this.#stallMs > 0 ? Math.min(WAIT_SLICE_MS, this.#stallMs - waited) : WAIT_SLICE_MS;
       const t0 = performance.now();
-      s.ferry_epoll_wait(this.#epfd, this.#out, 1, Math.max(1, Math.ceil(slice)));
+      this.#ep.wait(Math.max(1, Math.ceil(slice)));
       waited += performance.now() - t0;
     }
   }
 
   close(): void {
-    shim().ferry_close(this.#epfd);
+    this.#ep.close();
   }
 }
 
