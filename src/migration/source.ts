@@ -22,7 +22,7 @@
  */
 import { logger } from "../util/log.ts";
 import { PAGE_SIZE } from "../memory/guest_memory.ts";
-import type { MigrationVm } from "./vm_port.ts";
+import type { MigrationVm, Section } from "./vm_port.ts";
 import { type MigrationStatus, MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import {
@@ -628,20 +628,7 @@ class OutgoingMigration {
       vm.stopDirtyLog();
     }, false);
     const sections = await this.#step("save device state", () => vm.saveState(), false);
-    await this.#step("send device state", async () => {
-      if (sections.length > MAX_SECTIONS) {
-        throw new RangeError(`${sections.length} sections exceed ${MAX_SECTIONS}`);
-      }
-      const seen = new Set<string>();
-      for (const s of sections) {
-        if (seen.has(s.id)) throw new RangeError(`section id '${s.id}' appears twice`);
-        seen.add(s.id);
-        const b = encodeSection(s);
-        await writer.send("state", b);
-        digest.recordSection(b);
-        c.transferredBytes += messageBytes(b.length);
-      }
-    });
+    await this.#step("send device state", () => this.#sendSections(writer, sections, digest));
     await this.#step("send the switch-over digest", async () => {
       const t0 = performance.now();
       const d = digest.finish();
@@ -662,6 +649,25 @@ class OutgoingMigration {
       await this.#step("wait for the destination to resume", () => this.#replies);
     }
     this.#downtimeMs = performance.now() - this.#pausedAtMs!;
+  }
+
+  /**
+   * Sends one `state` message per section (at most {@linkcode MAX_SECTIONS}, ids unique), recording
+   * each in the switch-over digest when there is one.
+   */
+  async #sendSections(writer: MessageWriter, sections: Section[], digest?: MigrationDigest): Promise<void> {
+    if (sections.length > MAX_SECTIONS) {
+      throw new RangeError(`${sections.length} sections exceed ${MAX_SECTIONS}`);
+    }
+    const seen = new Set<string>();
+    for (const s of sections) {
+      if (seen.has(s.id)) throw new RangeError(`section id '${s.id}' appears twice`);
+      seen.add(s.id);
+      const b = encodeSection(s);
+      await writer.send("state", b);
+      digest?.recordSection(b);
+      this.#counters.transferredBytes += messageBytes(b.length);
+    }
   }
 
   /**
@@ -692,14 +698,7 @@ class OutgoingMigration {
       const bitmap = encodeDirtyBitmaps(last);
       await writer.send("postcopyDirty", bitmap);
       c.transferredBytes += messageBytes(bitmap.length);
-      const seen = new Set<string>();
-      for (const s of sections) {
-        if (seen.has(s.id)) throw new RangeError(`section id '${s.id}' appears twice`);
-        seen.add(s.id);
-        const b = encodeSection(s);
-        await writer.send("state", b);
-        c.transferredBytes += messageBytes(b.length);
-      }
+      await this.#sendSections(writer, sections);
       this.#postcopy = sender; // from here on the reply reader takes page requests
       await writer.send("complete", encodeComplete(sections.length));
       this.#committed = true;
