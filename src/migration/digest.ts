@@ -99,17 +99,7 @@ export class MigrationDigest {
     const ri = this.#memory.regions.indexOf(region);
     const table = this.#tables[ri];
     if (!table) throw new RangeError("Cannot record pages of a region the digest does not know");
-    const first = off / PAGE_SIZE;
-    if (zero) {
-      table.fill(ZERO_PAGE_CRC, first, first + pageCount);
-      return;
-    }
-    const f = shim().ferry_crc32c;
-    const bytes = region.bytes as Uint8Array<ArrayBuffer>;
-    for (let p = 0; p < pageCount; p++) {
-      const o = off + p * PAGE_SIZE;
-      table[first + p] = f(bytes.subarray(o, o + PAGE_SIZE), PAGE, 0);
-    }
+    recordPages(table, region.bytes, off, pageCount, zero);
   }
 
   /** Records one `state` message payload, as sent or as received. */
