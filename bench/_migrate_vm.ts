@@ -7,6 +7,10 @@
 import { QmpClient } from "../src/client/qmp_client.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** The probe guest's progress line; group 1 is the count (pages written, in fill and dirty modes). */
+const PROGRESS = /PROBE PROGRESS cpu=0 count=(\d+)/;
+/** Lines a probe guest prints when its state did not survive. */
+const BROKEN = /PROBE (BOOT|VERIFY FAIL|STATE FAIL|EXCEPTION)/;
 
 /** A VMM process under the benchmark. */
 export class BenchVm {
@@ -86,6 +90,25 @@ export class BenchVm {
       }
       await sleep(20);
     }
+  }
+
+  /** Waits until the guest's progress count reaches `count` (e.g. every page of its area written once). */
+  async waitProgress(count: number, timeoutMs: number): Promise<void> {
+    for (let from = 0;;) {
+      const { m, index } = await this.waitLine(PROGRESS, timeoutMs, from);
+      if (Number(m[1]) >= count) return;
+      from = index + 1;
+    }
+  }
+
+  /**
+   * Waits for the guest to make progress after this point (a migrated or restored guest runs on),
+   * then fails if it ever printed that its state broke, naming `what`.
+   */
+  async assertGuestContinues(what: string): Promise<void> {
+    await this.waitLine(PROGRESS, 30000, this.lines.length);
+    const bad = this.lines.find((l) => BROKEN.test(l));
+    if (bad) throw new Error(`${what} printed '${bad}'`);
   }
 
   /** Closes QMP and kills the process (SIGKILL, by its pid); never throws. */

@@ -21,7 +21,6 @@ const MEM_MIB = 256;
 const GUEST = "mode=dirty mib=192 rate=0 native=0 interval_ms=100 cpus=1";
 /** 200 Mbit/s. */
 const LINK_BYTES_PER_S = 25_000_000;
-const PROGRESS = /PROBE PROGRESS cpu=0 count=(\d+)/;
 const FINAL = ["completed", "failed", "cancelled", "canceled", "postcopy-paused"];
 
 type Vmm = "ferry" | "qemu";
@@ -89,11 +88,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<PostcopyRun> {
     }
     await dq.call("migrate-incoming", { uri });
     // The guest has written its whole area once.
-    for (let from = 0;;) {
-      const { m, index } = await src.waitLine(PROGRESS, 60000, from);
-      if (Number(m[1]) >= 192 * 256) break;
-      from = index + 1;
-    }
+    await src.waitProgress(192 * 256, 60000);
     await sq.call("migrate-set-parameters", {
       "max-bandwidth": LINK_BYTES_PER_S,
       "downtime-limit": 300,
@@ -129,10 +124,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<PostcopyRun> {
     run.blocktimeMs = blocktime;
     run.vcpuBlocktimeMs = vcpuBlocktime;
     run.latencyUs = latencyNs / 1000;
-    const from = dst.lines.length;
-    await dst.waitLine(PROGRESS, 30000, from);
-    const bad = dst.lines.find((l) => /PROBE (BOOT|VERIFY FAIL|STATE FAIL|EXCEPTION)/.test(l));
-    if (bad) throw new Error(`${vmm} destination guest printed '${bad}'`);
+    await dst.assertGuestContinues(`${vmm} destination guest`);
     run.ok = true;
   } catch (e) {
     run.error = (e as Error).message.split("\n")[0]!;

@@ -21,7 +21,6 @@ const MEM_MIB = 512;
 const FILL_MIB = 448;
 const GUEST = `mode=dirty mib=${FILL_MIB} rate=0 native=0 interval_ms=100 cpus=1`;
 const MAX_BANDWIDTH = 64 * 1024 * MIB;
-const PROGRESS = /PROBE PROGRESS cpu=0 count=(\d+)/;
 
 type Vmm = "ferry" | "qemu";
 
@@ -92,11 +91,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
     vms.push(src);
     const sq = await src.qmp();
     const want = FILL_MIB * MIB / 4096;
-    for (let from = 0;;) {
-      const { m, index } = await src.waitLine(PROGRESS, 60000, from);
-      if (Number(m[1]) >= want) break;
-      from = index + 1;
-    }
+    await src.waitProgress(want, 60000);
     await sq.call("stop");
     await sq.call("migrate-set-parameters", { "max-bandwidth": MAX_BANDWIDTH, "downtime-limit": 300 });
     let cpu0 = cpuSeconds(src.child.pid);
@@ -136,9 +131,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
       throw new Error(`${vmm} restore ended ${String(st.status)}: ${dst.stderrTail()}`);
     }
     await dq.call("cont");
-    await dst.waitLine(PROGRESS, 30000, dst.lines.length);
-    const bad = dst.lines.find((l) => /PROBE (BOOT|VERIFY FAIL|STATE FAIL|EXCEPTION)/.test(l));
-    if (bad) throw new Error(`${vmm} restored guest printed '${bad}'`);
+    await dst.assertGuestContinues(`${vmm} restored guest`);
     run.ok = true;
   } catch (e) {
     run.error = (e as Error).message.split("\n")[0]!;

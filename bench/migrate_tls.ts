@@ -24,7 +24,6 @@ const MEM_MIB = 512;
 const FILL_MIB = 448;
 const GUEST = `mode=dirty mib=${FILL_MIB} rate=0 native=0 interval_ms=100 cpus=1`;
 const MAX_BANDWIDTH = 64 * 1024 * MIB;
-const PROGRESS = /PROBE PROGRESS cpu=0 count=(\d+)/;
 
 type Variant = "ferry plain" | "ferry tls" | "qemu tls" | "qemu plain";
 
@@ -88,11 +87,7 @@ async function once(
     await dq.call("migrate-incoming", { uri });
     // Fill: every page of the work area written once, then stop the guest.
     const want = FILL_MIB * MIB / 4096;
-    for (let from = 0;;) {
-      const { m, index } = await src.waitLine(PROGRESS, 60000, from);
-      if (Number(m[1]) >= want) break;
-      from = index + 1;
-    }
+    await src.waitProgress(want, 60000);
     await sq.call("stop");
     await sq.call("migrate-set-parameters", {
       "max-bandwidth": MAX_BANDWIDTH,
@@ -124,10 +119,7 @@ async function once(
     // The guest continues on the destination.
     await new Promise((r) => setTimeout(r, 100));
     await dq.call("cont");
-    const from = dst.lines.length;
-    await dst.waitLine(PROGRESS, 30000, from);
-    const bad = dst.lines.find((l) => /PROBE (BOOT|VERIFY FAIL|STATE FAIL|EXCEPTION)/.test(l));
-    if (bad) throw new Error(`${variant} destination guest printed '${bad}'`);
+    await dst.assertGuestContinues(`${variant} destination guest`);
     run.ok = true;
   } catch (e) {
     run.error = (e as Error).message.split("\n")[0]!;
