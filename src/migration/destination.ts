@@ -116,7 +116,6 @@ export async function receiveMigration(
   }
   const incoming = new IncomingMigration(
     vm,
-    status,
     options.stallTimeoutMs ?? STALL_TIMEOUT_MS,
     options.capabilities ?? DEFAULT_MIGRATION_CAPABILITIES,
   );
@@ -226,12 +225,7 @@ class IncomingMigration {
   #capabilities: Readonly<MigrationCapabilities>;
   #postcopy: PostcopyDestination | undefined;
 
-  constructor(
-    vm: MigrationVm,
-    _status: MigrationStatusTracker,
-    stallMs: number,
-    capabilities: Readonly<MigrationCapabilities>,
-  ) {
+  constructor(vm: MigrationVm, stallMs: number, capabilities: Readonly<MigrationCapabilities>) {
     this.#vm = vm;
     this.#stallMs = stallMs;
     this.#capabilities = capabilities;
