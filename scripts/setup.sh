@@ -2,7 +2,8 @@
 # Installs and builds what ferry needs, idempotently; fast when everything is already there.
 #   Zig      pinned, from PyPI (package ziglang) into .tools/zig
 #   qemu.qmp pinned, from PyPI into .tools/qemu-qmp (QEMU's own QMP library, driven against ferry in tests)
-#   Debian   socat, ncat (QMP clients in tests), qemu-system-x86 (the benchmark peer and a guest check)
+#   Debian   socat, ncat (QMP clients in tests), qemu-system-x86 (the benchmark peer and a guest check),
+#            iproute2 and openssl (network namespaces, tc and certificates in tests)
 #   zig build  the shim (zig-out/lib/libferry_shim.so) and the probe guest (zig-out/guest/probe.elf)
 # Flags: --quiet (print nothing when there is nothing to do), --bench (also what benchmarks need).
 set -eu
@@ -42,6 +43,9 @@ need=""
 command -v socat >/dev/null 2>&1 || need="$need socat"
 command -v ncat >/dev/null 2>&1 || need="$need ncat"
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
+# ip/tc: network namespaces and throttled links in the migration tests; openssl: their TLS certificates.
+command -v tc >/dev/null 2>&1 || need="$need iproute2"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ]; then
     say "installing Debian packages:$need"
