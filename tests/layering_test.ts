@@ -29,6 +29,14 @@ function* walk(dir: string): Generator<string> {
   }
 }
 
+/** The relative specifiers a module imports: static imports and re-exports, and `import("./x.ts")` (lazy loads). */
+function relativeImports(text: string): RegExpMatchArray[] {
+  return [
+    ...text.matchAll(/^\s*(?:import|export)\s[^;]*?from\s+"(\.[^"]+)"/gms),
+    ...text.matchAll(/\bimport\(\s*"(\.[^"]+)"\s*\)/g),
+  ];
+}
+
 function layerOf(path: string): string | undefined {
   const m = path.match(/\/src\/([^/]+)\//);
   return m?.[1];
@@ -43,7 +51,7 @@ Deno.test("src/ modules import only their own layer or the layers below", () => 
     const from = layerOf(file)!;
     assert.ok(from in RANK, `unknown layer '${from}' (add it to the table in this test)`);
     const text = Deno.readTextFileSync(file);
-    for (const m of text.matchAll(/^\s*(?:import|export)\s[^;]*?from\s+"(\.[^"]+)"/gms)) {
+    for (const m of relativeImports(text)) {
       const target = new URL(m[1]!, `file://${file}`).pathname;
       const to = layerOf(target);
       if (!to || to === from) continue;
@@ -60,7 +68,7 @@ function importGraph(): Map<string, string[]> {
   for (const file of walk(`${ROOT}src`)) {
     const deps: string[] = [];
     const text = Deno.readTextFileSync(file);
-    for (const m of text.matchAll(/^\s*(?:import|export)\s[^;]*?from\s+"(\.[^"]+)"/gms)) {
+    for (const m of relativeImports(text)) {
       deps.push(new URL(m[1]!, `file://${file}`).pathname);
     }
     graph.set(file, deps);
@@ -105,4 +113,42 @@ Deno.test("src/ modules import one another without cycles (type-only imports inc
 Deno.test("findCycle() reports a two-module cycle and accepts a chain", () => {
   assert.deepEqual(findCycle(new Map([["a", ["b"]], ["b", ["a"]]])), ["a", "b", "a"]);
   assert.equal(findCycle(new Map([["a", ["b"]], ["b", ["c"]], ["c", []]])), undefined);
+});
+
+/**
+ * Modules a process loads at start: the static, non-type-only imports reachable from `entry`
+ * (dynamic `import()` is a lazy load and is not followed). Returns project paths and bare
+ * specifiers (`node:…`).
+ */
+function startupModules(entry: string): Set<string> {
+  const seen = new Set<string>();
+  const todo = [entry];
+  for (let file = todo.pop(); file !== undefined; file = todo.pop()) {
+    if (seen.has(file)) continue;
+    seen.add(file);
+    if (!file.startsWith("/")) continue;
+    const text = Deno.readTextFileSync(file);
+    for (const m of text.matchAll(/^\s*(?:import|export)\s+(?!type\b)([^;]*?)\s*from\s+"([^"]+)"/gms)) {
+      const names = m[1]!.trim();
+      const typesOnly = names.startsWith("{") &&
+        names.slice(1, -1).split(",").map((n) => n.trim()).filter(Boolean).every((n) =>
+          n.startsWith("type ")
+        );
+      if (typesOnly) continue;
+      const spec = m[2]!;
+      todo.push(spec.startsWith(".") ? new URL(spec, `file://${file}`).pathname : spec);
+    }
+  }
+  return seen;
+}
+
+Deno.test("the VMM and the vCPU Worker load no node: built-ins and no virtio code at start", () => {
+  for (const entry of [`${ROOT}main.ts`, `${ROOT}src/machine/vcpu_worker.ts`]) {
+    const loaded = [...startupModules(entry)];
+    assert.ok(loaded.length > 10, `${entry}: ${loaded.length} modules`);
+    // Deno's Node layer costs each isolate ~6 MiB resident and ~10 ms; virtio loads only with -device.
+    const heavy = loaded.filter((m) => m.startsWith("node:") || m.includes("/src/devices/virtio/"))
+      .filter((m) => !m.endsWith("/src/devices/virtio/net/mac.ts"));
+    assert.deepEqual(heavy, [], `${entry.slice(ROOT.length)} loads at start: ${heavy.join(", ")}`);
+  }
 });

@@ -8,9 +8,11 @@
  * ```
  * Exit status: 0 on success (a `return`, or a `completed` migration), 1 on a QMP error or a failed
  * or canceled migration, 2 on bad usage.
+ *
+ * `node:util` (for `parseArgs`) loads only when a subcommand runs: a VMM process never pays for
+ * Deno's Node layer.
  * @module
  */
-import { parseArgs } from "node:util";
 import { QmpClient } from "./qmp_client.ts";
 import { progressLine, summaryLines } from "./progress.ts";
 
@@ -53,6 +55,7 @@ async function watch(q: QmpClient, intervalMs: number, tty: boolean): Promise<Re
  * @param args the arguments after the subcommand
  */
 export async function runClient(name: string, args: string[]): Promise<number> {
+  const { parseArgs } = await import("node:util");
   let parsed;
   try {
     parsed = parseArgs({

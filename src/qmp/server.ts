@@ -8,7 +8,6 @@
  * is dropped instead of holding memory or stalling anyone else.
  * @module
  */
-import { dirname } from "node:path";
 import { logger } from "../util/log.ts";
 import { JsonSplitter, type SplitFrame } from "./json_splitter.ts";
 import { parseQmpJson } from "./json_parser.ts";
@@ -27,6 +26,14 @@ import {
 import { type ArgSchema, type ArgsOf, checkArgs } from "./schema.ts";
 
 const log = logger("qmp");
+
+/** The directory part of a socket path (`node:path`'s `dirname` for the forms a path can take). */
+function dirname(path: string): string {
+  const trimmed = path.replace(/\/+$/, "");
+  const slash = trimmed.lastIndexOf("/");
+  if (slash < 0) return ".";
+  return slash === 0 ? "/" : trimmed.slice(0, slash).replace(/\/+$/, "") || "/";
+}
 const encoder = new TextEncoder();
 
 /** Options of {@link QmpServer}. */

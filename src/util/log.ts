@@ -9,7 +9,7 @@
  * ```
  * @module
  */
-import { format } from "node:util";
+import { formatLine } from "./format.ts";
 
 const LEVELS = { error: 0, warn: 1, info: 2, debug: 3 } as const;
 /** A log level name. */
@@ -40,7 +40,9 @@ export interface Logger {
 
 function emit(level: LogLevel, component: string, msg: string, args: unknown[]): void {
   if (LEVELS[level] > threshold) return;
-  const line = `${new Date().toISOString()} ${level.toUpperCase()} ${component}: ${format(msg, ...args)}\n`;
+  const line = `${new Date().toISOString()} ${level.toUpperCase()} ${component}: ${
+    formatLine(msg, ...args)
+  }\n`;
   if (sink) sink(line);
   else Deno.stderr.writeSync(encoder.encode(line));
 }
