@@ -19,6 +19,7 @@ comptime {
     _ = @import("vectored.zig"); // readv/writev (virtio-net)
     _ = @import("scan.zig"); // migration data path: page scanning
     _ = @import("uffd.zig"); // userfaultfd (post-copy)
+    _ = @import("sha256.zig"); // the kernel image digest (configuration check)
 }
 
 inline fn ret(r: usize) isize {
@@ -199,4 +200,5 @@ test {
     _ = crc32c;
     _ = @import("scan.zig");
     _ = @import("uffd.zig");
+    _ = @import("sha256.zig");
 }

@@ -14,7 +14,7 @@ import { type OptionInfo, OptionList, readId } from "./_kv.ts";
 import { checkBlkSerial } from "./drive.ts";
 import type { DeviceConfig, DriveConfig, NetdevConfig } from "./machine_config.ts";
 import { formatPciAddr, parsePciAddr } from "../devices/pci/pci_address.ts";
-import { formatMac, parseMac } from "../devices/virtio/net/net.ts";
+import { formatMac, parseMac } from "../devices/virtio/net/mac.ts";
 
 export { formatPciAddr, parsePciAddr } from "../devices/pci/pci_address.ts";
 

@@ -27,7 +27,7 @@ import { shim } from "../ffi/shim.ts";
 import { KVM } from "../kvm/ioctls.ts";
 import { lowRamEnd } from "./boot/layout.ts";
 import { VmFd } from "../kvm/kvm.ts";
-import { buildPciRoot, type PciPlan, registerPciBuses } from "./pci.ts";
+import type { PciPlan } from "./pci.ts";
 
 /** Where the serial console goes. */
 export type SerialSink = { kind: "stdio" } | { kind: "file"; path: string } | { kind: "none" };
@@ -101,17 +101,22 @@ function makeDevices(
   pio.register(0x600, 0x80, devices.acpiPm, "acpi-pm");
   pio.register(0x80, 1, devices.debugPort, "debug-port");
   pio.register(0x70, 2, devices.cmos, "rtc-cmos");
-  const mmio = new MmioBus();
-  if (plan.pci) {
-    const { root } = buildPciRoot(plan.pci, VmFd.fromRawFd(plan.pci.vmFd));
-    registerPciBuses(root, pio, mmio);
-  }
-  return { devices, buses: { pio, mmio } };
+  return { devices, buses: { pio, mmio: new MmioBus() } };
 }
 
-/** Builds this thread's buses over the shared device state. */
-export function buildBuses(plan: DevicePlan, onRequest: (r: MachineRequest) => void): Buses {
-  return makeDevices(plan, onRequest, sinkWriter(plan.serialSink)).buses;
+/**
+ * Builds this thread's buses over the shared device state. The PCI root and the virtio devices
+ * (pci.ts and what it imports) load only when the plan has PCI functions: a VM without `-device`
+ * does not pay for their code in each thread.
+ */
+export async function buildBuses(plan: DevicePlan, onRequest: (r: MachineRequest) => void): Promise<Buses> {
+  const { buses } = makeDevices(plan, onRequest, sinkWriter(plan.serialSink));
+  if (plan.pci) {
+    const { buildPciRoot, registerPciBuses } = await import("./pci.ts");
+    const { root } = buildPciRoot(plan.pci, VmFd.fromRawFd(plan.pci.vmFd));
+    registerPciBuses(root, buses.pio, buses.mmio);
+  }
+  return buses;
 }
 
 /** Main-thread owner of the platform devices' shared state. */

@@ -33,10 +33,10 @@ function post(msg: VcpuReady | VcpuEvent): void {
   self.postMessage(msg);
 }
 
-function serve(init: VcpuInit): void {
+async function serve(init: VcpuInit): Promise<void> {
   const lib = shim();
   let host: VcpuHost | undefined = undefined;
-  const buses = buildBuses(init.devices, (r) => host?.request(r));
+  const buses = await buildBuses(init.devices, (r) => host?.request(r));
   host = new VcpuHost(init.host, buses, post);
   const bell = host.doorbellAddr;
   post({ type: "ready", tid: Number(lib.ferry_gettid()) });
@@ -48,11 +48,11 @@ function serve(init: VcpuInit): void {
   }
 }
 
-self.onmessage = (e: MessageEvent<VcpuInit>) => {
+self.onmessage = async (e: MessageEvent<VcpuInit>) => {
   const init = e.data;
   if (init.type !== "init") return;
   try {
-    serve(init);
+    await serve(init);
   } catch (err) {
     post({ type: "event", id: 0, kind: "error", detail: `vCPU Worker failed: ${String(err)}` });
   }

@@ -21,8 +21,8 @@ import { Platform, type SerialSink } from "./platform.ts";
 import type { Migratable } from "../devices/device.ts";
 import { VcpuMigratable, type VcpuState } from "./vcpu_state.ts";
 import { VmKernelMigratable, type VmKernelState } from "./vm_kernel_state.ts";
-import { VirtioPciDevices } from "./pci.ts";
-import { IoControl } from "../devices/virtio/io_control.ts";
+import type { VirtioPciDevices } from "./pci.ts";
+import type { IoControl } from "../devices/virtio/io_control.ts";
 import type { DriveConfig } from "../devices/virtio/block/block.ts";
 import type { PciAddress } from "../devices/pci/pci_address.ts";
 
@@ -193,7 +193,7 @@ export class Vm {
       v.setCpuid(cpuidFor(cpuid, i, spec.cpus));
       vcpus.push(v);
     }
-    const pci = Vm.#createPci(spec, vmFd, options.boot);
+    const pci = await Vm.#createPci(spec, vmFd, options.boot);
     const platform = new Platform({
       vmFd: vmFd.fd,
       serial: spec.serial,
@@ -204,16 +204,21 @@ export class Vm {
     vm.#bootState = vcpus.map((_, i) => vm.saveVcpu(i));
     if (options.boot) vm.#boot();
     await vm.#startWorkers(worker);
-    if (pci) vm.#io = await IoControl.start({ plan: pci.ioPlan(layout) });
+    if (pci) {
+      const { IoControl } = await import("../devices/virtio/io_control.ts");
+      vm.#io = await IoControl.start({ plan: pci.ioPlan(layout) });
+    }
     return vm;
   }
 
   /**
    * Builds the PCI devices. A migration destination (`boot: false`) opens disk images without
-   * their lock: the source still holds it until switchover.
+   * their lock: the source still holds it until switchover. The PCI and virtio modules load here,
+   * only for a VM that has PCI devices.
    */
-  static #createPci(spec: VmSpec, vmFd: VmFd, boot: boolean): VirtioPciDevices | undefined {
+  static async #createPci(spec: VmSpec, vmFd: VmFd, boot: boolean): Promise<VirtioPciDevices | undefined> {
     if (!spec.pci || spec.pci.length === 0) return undefined;
+    const { VirtioPciDevices } = await import("./pci.ts");
     const pci = new VirtioPciDevices({ vm: vmFd });
     try {
       for (const d of spec.pci) {
