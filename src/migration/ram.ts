@@ -6,6 +6,7 @@
  * against its RAM before writing any byte of it.
  * @module
  */
+import { setImmediate } from "node:timers";
 import { type GuestMemory, PAGE_SIZE, type Region } from "../memory/guest_memory.ts";
 import {
   decodeRunCount,
@@ -365,8 +366,12 @@ export class RamSender {
 /** Pages scanned between yields to the event loop (QMP stays responsive while zero RAM is scanned). */
 const YIELD_EVERY_PAGES = 16384;
 
+/**
+ * Lets pending I/O (QMP) run. `setImmediate`, not `setTimeout(0)`: a chain of zero timeouts is
+ * clamped (~2 ms a yield here, 64 yields per idle 1 GiB pass), an immediate costs ~0.04 ms.
+ */
 function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /**
