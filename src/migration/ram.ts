@@ -6,7 +6,6 @@
  * against its RAM before writing any byte of it.
  * @module
  */
-import { setImmediate } from "node:timers";
 import { type GuestMemory, PAGE_SIZE, type Region } from "../memory/guest_memory.ts";
 import {
   decodeRunCount,
