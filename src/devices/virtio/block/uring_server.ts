@@ -123,6 +123,7 @@ export class BlockUringServer {
   readonly #merge: boolean;
   readonly #stage = new MergeStage();
   readonly #groups = new MergeGroups();
+  #operations = 0;
   // Completions of one reap, as (head, len) pairs.
   readonly #pairs = new Uint32Array(2 * BLK_QUEUE_SIZE);
   #nPairs = 0;
@@ -163,6 +164,11 @@ export class BlockUringServer {
     this.#merge = options.merge ?? true;
     for (let i = 0; i < ops; i++) this.#freeOps[i] = ops - 1 - i;
     for (let i = 0; i < BLK_QUEUE_SIZE; i++) this.#freeSlots[i] = BLK_QUEUE_SIZE - 1 - i;
+  }
+
+  /** io_uring operations started so far (a merged run of requests is one). */
+  get operations(): number {
+    return this.#operations;
   }
 
   /** Requests submitted and not yet completed. */
@@ -422,6 +428,7 @@ export class BlockUringServer {
 
   #newOp(slot: number, kind: number, fd: number, gpa: number, len: number, off: number): number {
     const op = this.#freeOps[--this.#nFreeOps]!;
+    this.#operations++;
     this.#opSlot[op] = slot;
     this.#opKind[op] = kind;
     this.#opFd[op] = fd;
