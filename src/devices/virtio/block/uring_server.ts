@@ -63,11 +63,15 @@ const EINVAL = 22, ECANCELED = 125;
 const TWO32 = 4294967296;
 const K_READ = 0, K_WRITE = 1, K_FSYNC = 2;
 /**
- * After a queue pass ran dry, keep the driver's notifications off and poll this long for new
+ * After a queue pass ran dry, keep the driver's notifications off and poll up to this long for new
  * requests while reaping completions (QEMU's iothreads poll up to 32 µs the same way): a driver
  * that refills as requests complete then needs neither a notify exit nor an epoll wake per refill.
+ * The time polled adapts as QEMU's `aio_poll` does: it grows (from 4 µs, doubling) while the next
+ * event comes within this bound after a pass, and drops to 0 when it comes later (an O_DIRECT
+ * disk slower than the bound), so polling costs CPU only where it catches something.
  */
 export const BLK_POLL_US = 32;
+const POLL_START_US = 4;
 /** SQ entries of a drive's ring (completion queue: twice that). */
 export const BLK_RING_ENTRIES = 256;
 
@@ -133,7 +137,11 @@ export class BlockUringServer {
   #held = false;
   readonly #take = (c: DescriptorChain): number | undefined => this.#takeChain(c);
   readonly #onCqe = (op: number, res: number): void => this.#complete(op, res);
-  readonly #pollUs: number;
+  readonly #pollMaxUs: number;
+  /** Poll time of the next pass (adaptive; see {@linkcode BLK_POLL_US}). */
+  #pollUs: number;
+  /** When the last pass ended (performance.now() ms), or -1. */
+  #idleSince = -1;
   /** While the queue pass polls: submit what was taken, reap what completed. */
   readonly #pollHook = (): boolean => {
     this.#flushStage();
@@ -150,7 +158,7 @@ export class BlockUringServer {
     this.#sync = new BlockRequestHandler({ plan: this.#p, memory: this.#mem, transport: this.#t });
     this.#host = new HostMemory(this.#mem);
     this.ring = options.ring ?? new Uring(BLK_RING_ENTRIES);
-    this.#pollUs = options.pollUs ?? BLK_POLL_US;
+    this.#pollMaxUs = this.#pollUs = options.pollUs ?? BLK_POLL_US;
     const ops = this.ring.cqEntries;
     this.#opSlot = new Int32Array(ops);
     this.#opKind = new Uint8Array(ops);
@@ -178,6 +186,7 @@ export class BlockUringServer {
 
   /** The queue was notified: takes every available chain, submits, reaps what is done already. */
   work(): "idle" | "more" {
+    this.#adaptPoll();
     const r = this.submitAvailable();
     this.#reap();
     return r === "more" || (this.#stalled && this.#nFreeSlots > 0) ? "more" : "idle";
@@ -190,13 +199,28 @@ export class BlockUringServer {
     const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#pollUs, this.#pollHook);
     this.#flushStage();
     if (this.ring.unsubmitted > 0) this.ring.submit();
+    if (this.#pollMaxUs > 0) this.#idleSince = performance.now();
     return r;
+  }
+
+  /** The poll time after an idle spell (QEMU's rule, see {@linkcode BLK_POLL_US}). */
+  #adaptPoll(): void {
+    if (this.#idleSince < 0) return;
+    const blockedUs = (performance.now() - this.#idleSince) * 1000;
+    this.#idleSince = -1;
+    if (blockedUs > this.#pollMaxUs) this.#pollUs = 0;
+    else if (blockedUs > this.#pollUs) {
+      this.#pollUs = Math.min(this.#pollMaxUs, this.#pollUs === 0 ? POLL_START_US : 2 * this.#pollUs);
+    }
   }
 
   /** The ring fd is readable: completes what finished; serves the queue again if it was stalled. */
   completions(): "idle" | "more" {
+    this.#adaptPoll();
     this.#reap();
-    return this.#stalled ? this.work() : "idle";
+    if (this.#stalled) return this.work();
+    if (this.#pollMaxUs > 0) this.#idleSince = performance.now();
+    return "idle";
   }
 
   /**
