@@ -57,6 +57,7 @@ import {
   IOSQE_IO_LINK,
   Uring,
 } from "./uring.ts";
+import { AdaptivePoll } from "../adaptive_poll.ts";
 import { MERGE_MAX_PARTS, MERGE_MAX_REQS, MergeGroups, MergeStage } from "./request_merge.ts";
 
 const EINVAL = 22, ECANCELED = 125;
@@ -66,12 +67,10 @@ const K_READ = 0, K_WRITE = 1, K_FSYNC = 2;
  * After a queue pass ran dry, keep the driver's notifications off and poll up to this long for new
  * requests while reaping completions (QEMU's iothreads poll up to 32 µs the same way): a driver
  * that refills as requests complete then needs neither a notify exit nor an epoll wake per refill.
- * The time polled adapts as QEMU's `aio_poll` does: it grows (from 4 µs, doubling) while the next
- * event comes within this bound after a pass, and drops to 0 when it comes later (an O_DIRECT
- * disk slower than the bound), so polling costs CPU only where it catches something.
+ * The time polled adapts as QEMU's `aio_poll` does (adaptive_poll.ts), so an O_DIRECT disk slower
+ * than the bound costs no spinning.
  */
 export const BLK_POLL_US = 32;
-const POLL_START_US = 4;
 /** SQ entries of a drive's ring (completion queue: twice that). */
 export const BLK_RING_ENTRIES = 256;
 
@@ -137,11 +136,7 @@ export class BlockUringServer {
   #held = false;
   readonly #take = (c: DescriptorChain): number | undefined => this.#takeChain(c);
   readonly #onCqe = (op: number, res: number): void => this.#complete(op, res);
-  readonly #pollMaxUs: number;
-  /** Poll time of the next pass (adaptive; see {@linkcode BLK_POLL_US}). */
-  #pollUs: number;
-  /** When the last pass ended (performance.now() ms), or -1. */
-  #idleSince = -1;
+  readonly #poll: AdaptivePoll;
   /** While the queue pass polls: submit what was taken, reap what completed. */
   readonly #pollHook = (): boolean => {
     this.#flushStage();
@@ -158,7 +153,7 @@ export class BlockUringServer {
     this.#sync = new BlockRequestHandler({ plan: this.#p, memory: this.#mem, transport: this.#t });
     this.#host = new HostMemory(this.#mem);
     this.ring = options.ring ?? new Uring(BLK_RING_ENTRIES);
-    this.#pollMaxUs = this.#pollUs = options.pollUs ?? BLK_POLL_US;
+    this.#poll = new AdaptivePoll(options.pollUs ?? BLK_POLL_US);
     const ops = this.ring.cqEntries;
     this.#opSlot = new Int32Array(ops);
     this.#opKind = new Uint8Array(ops);
@@ -186,7 +181,7 @@ export class BlockUringServer {
 
   /** The queue was notified: takes every available chain, submits, reaps what is done already. */
   work(): "idle" | "more" {
-    this.#adaptPoll();
+    this.#poll.wake();
     const r = this.submitAvailable();
     this.#reap();
     return r === "more" || (this.#stalled && this.#nFreeSlots > 0) ? "more" : "idle";
@@ -196,30 +191,19 @@ export class BlockUringServer {
   submitAvailable(): "idle" | "more" {
     this.#writeback = this.#t.readDeviceConfig(BLK_CFG_WRITEBACK, 1)[0] !== 0;
     this.#stalled = false;
-    const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#pollUs, this.#pollHook);
+    const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#poll.us, this.#pollHook);
     this.#flushStage();
     if (this.ring.unsubmitted > 0) this.ring.submit();
-    if (this.#pollMaxUs > 0) this.#idleSince = performance.now();
+    this.#poll.idle();
     return r;
-  }
-
-  /** The poll time after an idle spell (QEMU's rule, see {@linkcode BLK_POLL_US}). */
-  #adaptPoll(): void {
-    if (this.#idleSince < 0) return;
-    const blockedUs = (performance.now() - this.#idleSince) * 1000;
-    this.#idleSince = -1;
-    if (blockedUs > this.#pollMaxUs) this.#pollUs = 0;
-    else if (blockedUs > this.#pollUs) {
-      this.#pollUs = Math.min(this.#pollMaxUs, this.#pollUs === 0 ? POLL_START_US : 2 * this.#pollUs);
-    }
   }
 
   /** The ring fd is readable: completes what finished; serves the queue again if it was stalled. */
   completions(): "idle" | "more" {
-    this.#adaptPoll();
+    this.#poll.wake();
     this.#reap();
     if (this.#stalled) return this.work();
-    if (this.#pollMaxUs > 0) this.#idleSince = performance.now();
+    this.#poll.idle();
     return "idle";
   }
 
