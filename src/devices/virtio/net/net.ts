@@ -22,6 +22,7 @@ import type { GuestMemory } from "../../../memory/guest_memory.ts";
 import { logger } from "../../../util/log.ts";
 import { type DescriptorChain, readFromChain, writeToChain } from "../queue.ts";
 import {
+  CHAIN_WAIT_SOURCE,
   STATUS_DRIVER_OK,
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_INDIRECT_DESC,
@@ -312,7 +313,8 @@ export class NetHandler {
       iov.push(this.#scratchAddr, this.#rxBuf.length);
       const n = tapReadv(this.#p.tapFd, iov.bytes, iov.count);
       if (n <= 0) {
-        if (n < 0) this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
+        if (n === 0) return CHAIN_WAIT_SOURCE; // no frame: the tap wakes us, not the driver
+        this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
         return undefined;
       }
       if (n < VNET_HDR_BYTES) continue;
@@ -357,7 +359,8 @@ export class NetHandler {
       if (this.#rxPending === 0) {
         const n = tapRead(this.#p.tapFd, this.#rxBuf);
         if (n <= 0) {
-          if (n < 0) this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
+          if (n === 0) return CHAIN_WAIT_SOURCE;
+          this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
           return undefined;
         }
         if (n < VNET_HDR_BYTES) continue;
