@@ -113,6 +113,11 @@ export class BenchVm {
 
   /** Closes QMP and kills the process (SIGKILL, by its pid); never throws. */
   async close(): Promise<void> {
+    // With BENCH_CPU_PROF, quit through QMP so that Deno writes the CPU profile on exit.
+    if (this.#qmp && Deno.env.get("BENCH_CPU_PROF") && !this.#exited) {
+      await this.#qmp.execute("quit").catch(() => {});
+      await Promise.race([this.child.status, new Promise((r) => setTimeout(r, 5000))]);
+    }
     if (this.#qmp) await this.#qmp.close().catch(() => {});
     if (!this.#exited) {
       try {

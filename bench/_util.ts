@@ -23,7 +23,9 @@ export function median(xs: number[]): number {
 export function ferryCommand(args: string[]): { cmd: string; args: string[] } {
   const bin = Deno.env.get("FERRY_BIN");
   if (bin) return { cmd: bin, args };
-  return { cmd: Deno.execPath(), args: ["run", "-A", `${ROOT}main.ts`, ...args] };
+  const prof = Deno.env.get("BENCH_CPU_PROF");
+  const extra = prof ? [`--cpu-prof`, `--cpu-prof-dir=${prof}`] : [];
+  return { cmd: Deno.execPath(), args: ["run", "-A", ...extra, `${ROOT}main.ts`, ...args] };
 }
 
 /** QEMU from Debian, or undefined when it is not installed. */

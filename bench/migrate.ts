@@ -14,6 +14,10 @@
  * VMMs (0 = off; ids end in `-mfdN`); those destinations start with `-incoming defer`.
  * `--prealloc on`: both VMMs' destinations start with `-mem-prealloc` (RAM backed before `migrate`).
  *
+ * Profiling: `BENCH_PERF=PREFIX` records `perf record -g` of both processes over each migration
+ * into `PREFIX.ferry` / `PREFIX.qemu`; `BENCH_CPU_PROF=DIR` runs ferry with `--cpu-prof` (V8
+ * profiles of every isolate in DIR, written when the VMs quit through QMP at the end of a run).
+ *
  * Scenarios (issue 4): a 1 GiB guest idle (`mode=idle`) and a 256 MiB guest dirtying 128 MiB at a
  * converging rate (`mode=dirty mib=128 rate=R`), each over `tcp:127.0.0.1:PORT` and `unix:PATH`,
  * at each bandwidth setting given (default 1 GiB/s — "unlimited", set explicitly on both VMMs since
@@ -367,6 +371,16 @@ async function migrateOnce(vmm: Vmm, sc: Scenario, qemu: string | undefined, seq
     });
 
     const cpu0 = [cpuSeconds(src.child.pid), cpuSeconds(dst.child.pid)];
+    // BENCH_PERF=PREFIX: `perf record -g` both processes over the migration, into PREFIX.<vmm>.
+    const perfOut = Deno.env.get("BENCH_PERF");
+    const perf = perfOut
+      ? new Deno.Command("perf", {
+        args: ["record", "-g", "-o", `${perfOut}.${vmm}`, "-p", `${src.child.pid},${dst.child.pid}`],
+        stdout: "null",
+        stderr: "null",
+      }).spawn()
+      : undefined;
+    if (perf) await sleep(300);
     const t0 = performance.now();
     await sq.call("migrate", { uri });
     let info: Record<string, unknown>;
@@ -386,6 +400,10 @@ async function migrateOnce(vmm: Vmm, sc: Scenario, qemu: string | undefined, seq
       if (["completed", "failed", "canceled", "cancelled"].includes(status)) {
         run.srcCpuS = cpuSeconds(src.child.pid) - cpu0[0]!;
         run.dstCpuS = cpuSeconds(dst.child.pid) - cpu0[1]!;
+        if (perf) {
+          perf.kill("SIGINT");
+          await perf.status;
+        }
         break;
       }
       if (!cancelled && performance.now() - t0 > MIGRATION_TIMEOUT_MS) {

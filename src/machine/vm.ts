@@ -10,7 +10,13 @@ import { CAP, CLOCK_REALTIME, MEM_LOG_DIRTY_PAGES } from "../kvm/ioctls.ts";
 import { type CpuidEntry, Kvm, platformMsrs, requiredCaps, type VcpuFd, type VmFd } from "../kvm/kvm.ts";
 import { applySregs, encodeRegs } from "../kvm/regs.ts";
 import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
-import { allocateRam, freeRam, hostGuestMemory, preallocRam } from "../memory/host_memory.ts";
+import {
+  adviseHugePages,
+  allocateRam,
+  freeRam,
+  hostGuestMemory,
+  preallocRam,
+} from "../memory/host_memory.ts";
 import { logger } from "../util/log.ts";
 import { loadKernel } from "./boot/mod.ts";
 import { ramRegions } from "./boot/layout.ts";
@@ -168,7 +174,8 @@ export class Vm {
     vmFd.setIdentityMapAddr(0xfffbc000);
     vmFd.createIrqchip();
     vmFd.createPit2();
-    const layout = allocateRam(ramRegions(spec.memoryBytes));
+    // A destination lands its RAM in 4 KiB pages; huge pages come after (adviseHugePages).
+    const layout = allocateRam(ramRegions(spec.memoryBytes), { hugePages: options.boot });
     if (spec.memPrealloc) {
       try {
         await preallocRam(layout);
@@ -313,6 +320,14 @@ export class Vm {
     this.control.resume();
     this.#paused = false;
     return Promise.resolve();
+  }
+
+  /**
+   * A migration destination's RAM, mapped in small pages for the landing, takes transparent huge
+   * pages from now on ({@linkcode adviseHugePages}).
+   */
+  adviseHugePages(): void {
+    adviseHugePages(this.layout);
   }
 
   /**

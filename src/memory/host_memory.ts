@@ -16,8 +16,16 @@ const MADV_POPULATE_WRITE = 23;
 /** Huge-page size: populated ranges are widened to it (a THP fault backs as much anyway). */
 const HUGE_BYTES = 2 * 1024 * 1024;
 
-/** Maps host memory for each `{gpa, sizeBytes}` range and returns the layout. */
-export function allocateRam(ranges: { gpa: number; sizeBytes: number }[]): MemoryLayout {
+/**
+ * Maps host memory for each `{gpa, sizeBytes}` range and returns the layout.
+ * @param options.hugePages advise transparent huge pages now (a booting VM); a migration
+ *   destination passes false, lands the incoming pages in 4 KiB pages and calls
+ *   {@linkcode adviseHugePages} once the guest is in (docs/migration-performance.md, "Landing").
+ */
+export function allocateRam(
+  ranges: { gpa: number; sizeBytes: number }[],
+  options: { hugePages: boolean } = { hugePages: true },
+): MemoryLayout {
   const regions = ranges.map((r, slot) => {
     if (r.sizeBytes % PAGE_SIZE !== 0) {
       throw new RangeError(`Cannot map RAM region of ${r.sizeBytes} bytes: not a multiple of ${PAGE_SIZE}`);
@@ -34,9 +42,7 @@ export function allocateRam(ranges: { gpa: number; sizeBytes: number }[]): Memor
       `map ${r.sizeBytes} bytes of guest RAM`,
     );
     shim().ferry_madvise(BigInt(addr), BigInt(r.sizeBytes), MADV_DONTFORK);
-    // Transparent huge pages where the host allows them (THP "madvise" mode): fewer faults when
-    // migration scans untouched RAM, and reads of never-written memory hit the huge zero page.
-    shim().ferry_madvise(BigInt(addr), BigInt(r.sizeBytes), MADV_HUGEPAGE);
+    if (options.hugePages) adviseRegion(BigInt(addr), r.sizeBytes);
     return {
       gpa: r.gpa,
       sizeBytes: r.sizeBytes,
@@ -75,6 +81,25 @@ export async function preallocRam(layout: MemoryLayout): Promise<void> {
     }
   };
   await Promise.all(Array.from({ length: PREALLOC_THREADS }, run));
+}
+
+/**
+ * Transparent huge pages where the host allows them (THP "madvise" mode): fewer faults and TLB
+ * misses for a running guest, and reads of never-written memory hit the huge zero page.
+ */
+function adviseRegion(addr: bigint, sizeBytes: number): void {
+  shim().ferry_madvise(addr, BigInt(sizeBytes), MADV_HUGEPAGE);
+}
+
+/**
+ * Advises transparent huge pages for all guest RAM of a layout mapped with `hugePages: false`,
+ * once a migration has landed: later faults get huge pages and khugepaged may collapse the
+ * landed 4 KiB pages in the background. Best effort (a host without THP ignores it).
+ */
+export function adviseHugePages(layout: MemoryLayout): void {
+  for (const r of layout.regions) {
+    if (r.hostAddr !== 0n) adviseRegion(r.hostAddr, r.sizeBytes);
+  }
 }
 
 /** A `GuestMemory` over host mappings (usable in any thread of this process). */

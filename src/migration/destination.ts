@@ -159,6 +159,7 @@ export async function receiveMigration(
       options.signal?.removeEventListener("abort", onAbort);
     }
     incoming.end();
+    vm.landed?.();
     status.transition("completed");
   } catch (e) {
     incoming.end();

@@ -228,6 +228,7 @@ export class RamSender {
     this.#limiter?.reset();
     for (let ri = 0; ri < this.#memory.regions.length && !this.#stoppedAt; ri++) await walk(ri);
     await this.#flush();
+    await this.#writer.drain();
     if (this.#channels) {
       const ts = performance.now();
       await this.#channels.sync();
@@ -347,7 +348,8 @@ export class RamSender {
       const rawPages = parts.reduce((n, p) => n + p.length, 0) / PAGE_SIZE;
       if (this.#pageCrcs.length < rawPages) this.#pageCrcs = new Uint32Array(rawPages);
       const crcs = this.#pageCrcs;
-      await this.#writer.sendPages("ram", table, parts, crcs);
+      // Copied now, written in the background while the next message is built (stream.ts).
+      await this.#writer.sendPagesQueued("ram", table, parts, crcs);
       // The CRCs of the pages as copied and sent: a page the guest changes meanwhile is dirty and is
       // sent (and recorded) again.
       this.#digest?.recordRuns(runs, crcs);
@@ -363,8 +365,12 @@ export class RamSender {
 /** Pages scanned between yields to the event loop (QMP stays responsive while zero RAM is scanned). */
 const YIELD_EVERY_PAGES = 16384;
 
+/**
+ * Lets pending I/O (QMP) run. `setImmediate`, not `setTimeout(0)`: a chain of zero timeouts is
+ * clamped (~2 ms a yield here, 64 yields per idle 1 GiB pass), an immediate costs ~0.04 ms.
+ */
 function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /**

@@ -291,9 +291,9 @@ export class MessageReader {
   }
 
   /**
-   * {@linkcode readExact} for whole 4 KiB pages (a raw RAM run, straight into guest memory): the
-   * bytes are read first, then one pass computes each page's CRC32C into `pageCrcs` (for the
-   * switch-over digest) and adds them to the message's CRC32C.
+   * {@linkcode readExact} for whole 4 KiB pages (a raw RAM run, straight into guest memory): as
+   * each read lands, the pages it completed get their CRC32C into `pageCrcs` (for the switch-over
+   * digest), added to the message's CRC32C while they are still in cache.
    */
   async readPages(dst: Uint8Array, what: string, pageCrcs: Uint32Array): Promise<void> {
     const m = this.#open;
@@ -305,8 +305,18 @@ export class MessageReader {
           : `Cannot read ${what}: no message is open`,
       );
     }
-    await this.#fill(dst, what, undefined);
-    m.crc = this.#crcPages(dst as Uint8Array<ArrayBuffer>, BigInt(pages), pageCrcs, m.crc);
+    let done = 0;
+    await this.#fill(dst, what, undefined, (landed) => {
+      const upto = Math.floor(landed / WIRE_PAGE_SIZE);
+      if (upto === done) return;
+      m.crc = this.#crcPages(
+        dst.subarray(done * WIRE_PAGE_SIZE) as Uint8Array<ArrayBuffer>,
+        BigInt(upto - done),
+        pageCrcs.subarray(done),
+        m.crc,
+      );
+      done = upto;
+    });
     m.remaining -= dst.length;
     if (m.remaining === 0) this.#close(m);
   }
@@ -328,8 +338,16 @@ export class MessageReader {
     return `Cannot accept migration message #${seq} ('${kind}') at stream offset ${at}`;
   }
 
-  /** Fills `dst` from the connection; adds the bytes to `m`'s CRC when given. */
-  async #fill(dst: Uint8Array, what: string, m: OpenMessage | undefined): Promise<void> {
+  /**
+   * Fills `dst` from the connection; adds the bytes to `m`'s CRC when given, and tells `landed`
+   * how many bytes of `dst` are filled after each read.
+   */
+  async #fill(
+    dst: Uint8Array,
+    what: string,
+    m: OpenMessage | undefined,
+    landed?: (filled: number) => void,
+  ): Promise<void> {
     let off = 0;
     const crc = this.#crc;
     while (off < dst.length) {
@@ -340,6 +358,7 @@ export class MessageReader {
         this.#start += n;
         this.#offset += n;
         off += n;
+        landed?.(off);
         continue;
       }
       const want = dst.length - off;
@@ -352,6 +371,7 @@ export class MessageReader {
           if (m && n > 0) m.crc = crc(into as Uint8Array<ArrayBuffer>, BigInt(n), m.crc);
           off += n;
           this.#offset += n;
+          landed?.(off);
         }
       } else {
         n = await this.#src.read(this.#buf);
@@ -452,16 +472,29 @@ const MIN_SEND_BUFFER = 64 * 1024;
 
 /**
  * Writes messages; serialises concurrent senders so frames never interleave. Every message is
- * copied into one reused send buffer while its CRC32C is computed (`ferry_copy_crc32c`, one pass),
- * then written with one `writeAll`: the checksum covers exactly the bytes sent, even for guest RAM
- * that running vCPUs change meanwhile, and no buffer is allocated per message.
+ * copied into one of two reused send buffers while its CRC32C is computed (`ferry_copy_crc32c`, one
+ * pass), then written with one `writeAll`: the checksum covers exactly the bytes sent, even for
+ * guest RAM that running vCPUs change meanwhile, and no buffer is allocated per message.
+ *
+ * Copies and writes are two ordered phases: a message is copied (and numbered) once its buffer's
+ * previous write is done, and written after the message before it. So with
+ * {@linkcode sendPagesQueued} the next RAM message is copied while the kernel still takes the last
+ * one (the socket buffer is far smaller than a message), and the peer is not left idle meanwhile.
  */
 export class MessageWriter {
   #sink: ByteSink;
-  #tail: Promise<void> = Promise.resolve();
+  /** The copy phase of the last message (copies run in call order). */
+  #copyTail: Promise<void> = Promise.resolve();
+  /** The write of the last message (writes run in copy order). */
+  #writeTail: Promise<void> = Promise.resolve();
+  /** The first write error: every later send fails with it. */
+  #error: unknown;
   #busy = 0;
   #seq = 0;
-  #buf = new Uint8Array(MIN_SEND_BUFFER);
+  #bufs = [new Uint8Array(MIN_SEND_BUFFER), new Uint8Array(MIN_SEND_BUFFER)];
+  /** Per buffer: its last write (the buffer is free once that settled). */
+  #bufFree: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
+  #next = 0;
   #copy = shim().ferry_copy_crc32c;
   #copyPages = shim().ferry_copy_crc32c_pages;
 
@@ -469,7 +502,7 @@ export class MessageWriter {
     this.#sink = sink;
   }
 
-  /** True while a message is being written. */
+  /** True while a message is being copied or written. */
   get busy(): boolean {
     return this.#busy > 0;
   }
@@ -480,13 +513,13 @@ export class MessageWriter {
   }
 
   /**
-   * Sends one message with the next sequence number. `parts` (e.g. guest RAM views) are copied
-   * into the send buffer in order, the CRC32C computed in the same pass.
+   * Sends one message with the next sequence number; resolves once it is written. `parts` (e.g.
+   * guest RAM views) are copied into a send buffer in order, the CRC32C computed in the same pass.
    * @param kind message kind
    * @param parts payload pieces; their total length is the payload length
    */
-  send(kind: MessageKindName, ...parts: Uint8Array[]): Promise<void> {
-    return this.#send(kind, parts, undefined);
+  async send(kind: MessageKindName, ...parts: Uint8Array[]): Promise<void> {
+    await (await this.#enqueue(kind, parts, undefined)).written;
   }
 
   /**
@@ -494,65 +527,114 @@ export class MessageWriter {
    * views), writing the CRC32C of every page into `pageCrcs` from index 0: the checksums of
    * exactly the bytes sent, computed in the same copy pass (the switch-over digest takes them).
    */
-  sendPages(
+  async sendPages(
     kind: MessageKindName,
     prefix: Uint8Array,
     pages: readonly Uint8Array[],
     pageCrcs: Uint32Array,
   ): Promise<void> {
-    return this.#send(kind, [prefix, ...pages], pageCrcs);
+    await (await this.#enqueue(kind, [prefix, ...pages], pageCrcs)).written;
   }
 
-  #send(
+  /**
+   * {@linkcode sendPages} that resolves once the message is copied (`pageCrcs` filled, the pages
+   * free to change): its write goes on in the background, after the messages before it. A write
+   * error fails the next send, and {@linkcode drain}.
+   */
+  async sendPagesQueued(
+    kind: MessageKindName,
+    prefix: Uint8Array,
+    pages: readonly Uint8Array[],
+    pageCrcs: Uint32Array,
+  ): Promise<void> {
+    await this.#enqueue(kind, [prefix, ...pages], pageCrcs);
+  }
+
+  /** Waits until every message sent so far is written; throws the first write error. */
+  async drain(): Promise<void> {
+    await this.#copyTail;
+    await this.#writeTail;
+    if (this.#error !== undefined) throw this.#error;
+  }
+
+  /** Copies the message once a buffer is free; resolves (a wrapper, not flattened) to its write. */
+  #enqueue(
     kind: MessageKindName,
     parts: readonly Uint8Array[],
     pageCrcs: Uint32Array | undefined,
-  ): Promise<void> {
-    const run = async () => {
-      this.#busy++;
-      try {
-        let length = 0;
-        for (const p of parts) length += p.length;
-        const [, max] = PAYLOAD_BYTES[kind];
-        if (length > max) {
-          throw new RangeError(`Cannot encode a '${kind}' message of ${length} bytes: limit is ${max}`);
-        }
-        const total = HEADER_BYTES + length;
-        if (this.#buf.length < total) {
-          this.#buf = new Uint8Array(Math.max(total, Math.min(2 * this.#buf.length, MAX_MESSAGE_BYTES)));
-        }
-        const b = this.#buf as Uint8Array<ArrayBuffer>;
-        const seq = this.#seq;
-        this.#seq = (seq + 1) >>> 0;
-        writeHeader(b, kind, length, seq, PROTOCOL_VERSION);
-        let crc = crc32c(b.subarray(0, HEADER_BYTES));
-        let o = HEADER_BYTES;
-        let page = 0;
-        for (let i = 0; i < parts.length; i++) {
-          const p = parts[i]! as Uint8Array<ArrayBuffer>;
-          if (p.length === 0) continue;
-          if (pageCrcs && i > 0) {
-            const n = p.length / WIRE_PAGE_SIZE;
-            if (!Number.isInteger(n) || page + n > pageCrcs.length) {
-              throw new RangeError(
-                `Cannot send part ${i} of a '${kind}' message as pages: ${p.length} bytes`,
-              );
-            }
-            crc = this.#copyPages(b.subarray(o), p, BigInt(n), pageCrcs.subarray(page), crc);
-            page += n;
-          } else {
-            crc = this.#copy(b.subarray(o), p, BigInt(p.length), crc);
-          }
-          o += p.length;
-        }
-        new DataView(b.buffer, 0, HEADER_BYTES).setUint32(HEADER_CRC_OFFSET, crc >>> 0, true);
-        await writeAll(this.#sink, b.subarray(0, total));
-      } finally {
-        this.#busy--;
+  ): Promise<{ written: Promise<void> }> {
+    this.#busy++;
+    const copied = this.#copyTail.then(async () => {
+      if (this.#error !== undefined) throw this.#error;
+      const i = this.#next;
+      this.#next ^= 1;
+      await this.#bufFree[i];
+      if (this.#error !== undefined) throw this.#error;
+      const b = this.#fill(i, kind, parts, pageCrcs);
+      const written = this.#writeTail.then(() => {
+        if (this.#error !== undefined) throw this.#error;
+        return writeAll(this.#sink, b);
+      }).catch((e) => {
+        this.#error ??= e;
+        throw e;
+      });
+      this.#writeTail = this.#bufFree[i] = written.catch(() => {});
+      return { written };
+    });
+    this.#copyTail = copied.then(() => {}, () => {});
+    const done = () => void this.#busy--;
+    copied.then(({ written }) => written.then(done, done), done);
+    return copied;
+  }
+
+  /** Numbers the message and copies it into buffer `i` with its CRC32C; returns the bytes to write. */
+  #fill(
+    i: number,
+    kind: MessageKindName,
+    parts: readonly Uint8Array[],
+    pageCrcs: Uint32Array | undefined,
+  ): Uint8Array {
+    let length = 0;
+    for (const p of parts) length += p.length;
+    const [, max] = PAYLOAD_BYTES[kind];
+    if (length > max) {
+      throw new RangeError(`Cannot encode a '${kind}' message of ${length} bytes: limit is ${max}`);
+    }
+    const total = HEADER_BYTES + length;
+    if (this.#bufs[i]!.length < total) {
+      this.#bufs[i] = new Uint8Array(Math.max(total, Math.min(2 * this.#bufs[i]!.length, MAX_MESSAGE_BYTES)));
+    }
+    const b = this.#bufs[i]! as Uint8Array<ArrayBuffer>;
+    // Checked before the sequence number is taken: a refused message leaves no gap.
+    let page = 0;
+    for (let j = 1; pageCrcs && j < parts.length; j++) {
+      const n = parts[j]!.length / WIRE_PAGE_SIZE;
+      if (!Number.isInteger(n) || page + n > pageCrcs.length) {
+        throw new RangeError(
+          `Cannot send part ${j} of a '${kind}' message as pages: ${parts[j]!.length} bytes`,
+        );
       }
-    };
-    const p = this.#tail.then(run);
-    this.#tail = p.catch(() => {});
-    return p;
+      page += n;
+    }
+    const seq = this.#seq;
+    this.#seq = (seq + 1) >>> 0;
+    writeHeader(b, kind, length, seq, PROTOCOL_VERSION);
+    let crc = crc32c(b.subarray(0, HEADER_BYTES));
+    let o = HEADER_BYTES;
+    page = 0;
+    for (let j = 0; j < parts.length; j++) {
+      const p = parts[j]! as Uint8Array<ArrayBuffer>;
+      if (p.length === 0) continue;
+      if (pageCrcs && j > 0) {
+        const n = p.length / WIRE_PAGE_SIZE;
+        crc = this.#copyPages(b.subarray(o), p, BigInt(n), pageCrcs.subarray(page), crc);
+        page += n;
+      } else {
+        crc = this.#copy(b.subarray(o), p, BigInt(p.length), crc);
+      }
+      o += p.length;
+    }
+    new DataView(b.buffer, 0, HEADER_BYTES).setUint32(HEADER_CRC_OFFSET, crc >>> 0, true);
+    return b.subarray(0, total);
   }
 }

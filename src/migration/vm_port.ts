@@ -51,6 +51,11 @@ export interface MigrationVm {
    * paused on the source (QEMU's rule), and tells the network where it went.
    */
   startIncomingGuest(): Promise<void>;
+  /**
+   * Optional, destination, once every page has landed (the migration completed): RAM that was
+   * kept in small pages for the landing may take transparent huge pages now.
+   */
+  landed?(): void;
   /** Called paused: every vCPU, VM and device section. */
   saveState(): Promise<Section[]>;
   /** Destination: validates and applies; throws an error naming the section and field. */

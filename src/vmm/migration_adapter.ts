@@ -119,6 +119,10 @@ export class VmMigrationAdapter implements MigrationVm {
     this.#vm.pci?.announce().catch(() => {});
   }
 
+  landed(): void {
+    this.#vm.adviseHugePages();
+  }
+
   /** Destination, after a completed incoming migration: whether the guest runs (else paused). */
   get guestRunning(): boolean {
     return this.#runAfterRestore;
