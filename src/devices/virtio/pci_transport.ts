@@ -91,7 +91,7 @@ export {
   type VirtioPciPlan,
   virtioPciSpec,
 } from "./pci_config.ts";
-export { CHAIN_DEFERRED } from "./queue_processing.ts";
+export { CHAIN_DEFERRED, CHAIN_WAIT_SOURCE } from "./queue_processing.ts";
 
 /** The VM operations the transport uses (a `VmFd`). */
 export interface TransportVm extends GsiRoutingTarget {
@@ -337,7 +337,8 @@ export class VirtioPciTransport implements PciFunction, Migratable {
    * returned with length 0 and a rate-limited warning, without reaching `handle`.
    * @param handle returns the byte count written into the chain, undefined to leave the chain
    *   on the ring and end the pass (e.g. no received frame to put in it), or
-   *   {@linkcode CHAIN_DEFERRED} when the device completes it later with {@linkcode complete}
+   *   {@linkcode CHAIN_DEFERRED} when the device completes it later with {@linkcode complete}, or
+   *   {@linkcode CHAIN_WAIT_SOURCE} like undefined but leaving the driver's notifications off
    * @param budget chains per pass, so one busy queue cannot starve the others
    * @param pollUs after the ring ran dry, keep the driver's notifications off and poll it this
    *   long for more chains (a driver streaming chains then needs no notify exit for each)

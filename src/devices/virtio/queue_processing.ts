@@ -10,6 +10,13 @@ import { type DescriptorChain, QueueError, type Virtqueue } from "./queue.ts";
 
 /** What a queue handler returns for a chain it will complete later ({@linkcode completeChains}). */
 export const CHAIN_DEFERRED = -1;
+/**
+ * What a queue handler returns when its own source has nothing for the chain (a tap with no frame
+ * waiting): the chain stays on the ring and the pass ends, and the driver's notifications stay off,
+ * since the source wakes the device, not the driver (QEMU's virtio-net asks for RX kicks only when
+ * it runs out of buffers). Where the ring itself runs dry, notifications are turned on as usual.
+ */
+export const CHAIN_WAIT_SOURCE = -2;
 /** A pass publishes the used index after this many chains (and at the end). */
 const USED_PUBLISH_EVERY = 32;
 
@@ -64,9 +71,9 @@ export function processQueue(
             continue;
           }
           const used = handle(chain);
-          if (used === undefined) {
+          if (used === undefined || used === CHAIN_WAIT_SOURCE) {
             vq.regs.nextAvail = vq.regs.nextAvail - 1; // leave the chain on the ring
-            vq.enableNotification();
+            if (used === undefined) vq.enableNotification();
             stop = true;
             break;
           }

@@ -6,9 +6,11 @@ import {
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
+  VIRTQ_USED_F_NO_NOTIFY,
   writeToChain,
 } from "./queue.ts";
 import {
+  CHAIN_WAIT_SOURCE,
   STATUS_NEEDS_RESET,
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_INDIRECT_DESC,
@@ -184,4 +186,18 @@ Deno.test("the transport reuses its checked queue view, and a reset that moves t
   r.run();
   assert.deepEqual(d2.takeUsed(0), [{ id: head, len: 3 }], "the used entry lands in the new ring");
   assert.deepEqual(r.d.takeUsed(0), [], "nothing more in the old one");
+});
+
+Deno.test("A pass whose handler waits for its own source leaves the chain and the driver's notifications off", () => {
+  const r = rig(1n << 32n); // VERSION_1 only, no event idx: the used ring's flags say it
+  const head = r.d.submit(0, [{ len: 64, writable: true }]);
+  const usedFlags = () => r.memory.readU16(r.d.queues[0]!.used);
+  r.t.process(0, () => CHAIN_WAIT_SOURCE);
+  assert.equal(usedFlags() & VIRTQ_USED_F_NO_NOTIFY, VIRTQ_USED_F_NO_NOTIFY, "the driver need not kick");
+  assert.equal(r.d.usedIdx(0), 0, "the chain stays on the ring");
+  r.t.process(0, () => undefined);
+  assert.equal(usedFlags() & VIRTQ_USED_F_NO_NOTIFY, 0, "undefined asks for the driver's kick");
+  r.run();
+  assert.deepEqual(r.d.takeUsed(0), [{ id: head, len: 64 }], "the same chain is served later");
+  assert.equal(usedFlags() & VIRTQ_USED_F_NO_NOTIFY, 0, "the ring ran dry: notifications on");
 });

@@ -13,7 +13,11 @@ import { MAP_POPULATE, MAP_SHARED, mapMemory, PROT_RW, unmapMemory, viewAt } fro
 import { IORING_ENTER_GETEVENTS, uringEnter, uringSetup } from "../../../sys/uring.ts";
 
 /** Opcodes (include/uapi/linux/io_uring.h). */
-export const IORING_OP_FSYNC = 3, IORING_OP_READ = 22, IORING_OP_WRITE = 23;
+export const IORING_OP_READV = 1,
+  IORING_OP_WRITEV = 2,
+  IORING_OP_FSYNC = 3,
+  IORING_OP_READ = 22,
+  IORING_OP_WRITE = 23;
 /** `sqe.flags`: the next SQE starts only after this one succeeded. */
 export const IOSQE_IO_LINK = 1 << 2;
 /** `fsync_flags`: fdatasync. */

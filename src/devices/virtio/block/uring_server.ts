@@ -15,6 +15,9 @@
  * - Per operation: a short transfer is finished with pread/pwrite, O_DIRECT's EINVAL is retried
  *   on the buffered fd (as block.ts does), an operation canceled by a broken link is redone.
  *
+ * - Merging (request_merge.ts, QEMU's rule): the plain reads, or write-back writes, of one pass
+ *   are staged and, sorted by sector, each run of adjacent requests becomes one `READV` / `WRITEV`.
+ *
  * No allocation per request on the fast path: request and operation state live in typed arrays
  * indexed by slot, the CQE's user data is the operation index, and completions are handed to the
  * transport in one batch per reap. {@linkcode drain} waits for every request in flight: the I/O
@@ -48,18 +51,24 @@ import {
   IORING_FSYNC_DATASYNC,
   IORING_OP_FSYNC,
   IORING_OP_READ,
+  IORING_OP_READV,
   IORING_OP_WRITE,
+  IORING_OP_WRITEV,
   IOSQE_IO_LINK,
   Uring,
 } from "./uring.ts";
+import { AdaptivePoll } from "../adaptive_poll.ts";
+import { MERGE_MAX_PARTS, MERGE_MAX_REQS, MergeGroups, MergeStage } from "./request_merge.ts";
 
 const EINVAL = 22, ECANCELED = 125;
 const TWO32 = 4294967296;
 const K_READ = 0, K_WRITE = 1, K_FSYNC = 2;
 /**
- * After a queue pass ran dry, keep the driver's notifications off and poll this long for new
+ * After a queue pass ran dry, keep the driver's notifications off and poll up to this long for new
  * requests while reaping completions (QEMU's iothreads poll up to 32 µs the same way): a driver
  * that refills as requests complete then needs neither a notify exit nor an epoll wake per refill.
+ * The time polled adapts as QEMU's `aio_poll` does (adaptive_poll.ts), so an O_DIRECT disk slower
+ * than the bound costs no spinning.
  */
 export const BLK_POLL_US = 32;
 /** SQ entries of a drive's ring (completion queue: twice that). */
@@ -80,6 +89,8 @@ export interface BlockUringServerOptions {
   ring?: Uring;
   /** See {@linkcode BLK_POLL_US}. */
   pollUs?: number;
+  /** Merge adjacent reads or writes of a pass (request_merge.ts). @default true */
+  merge?: boolean;
 }
 
 /** Serves queue 0 of a drive through io_uring; see the module doc. */
@@ -110,6 +121,12 @@ export class BlockUringServer {
   readonly #opOff: Float64Array;
   readonly #freeOps: Int32Array;
   #nFreeOps: number;
+  /** The merged group an operation serves, or -1. */
+  readonly #opGroup: Int32Array;
+  readonly #merge: boolean;
+  readonly #stage = new MergeStage();
+  readonly #groups = new MergeGroups();
+  #operations = 0;
   // Completions of one reap, as (head, len) pairs.
   readonly #pairs = new Uint32Array(2 * BLK_QUEUE_SIZE);
   #nPairs = 0;
@@ -119,9 +136,10 @@ export class BlockUringServer {
   #held = false;
   readonly #take = (c: DescriptorChain): number | undefined => this.#takeChain(c);
   readonly #onCqe = (op: number, res: number): void => this.#complete(op, res);
-  readonly #pollUs: number;
+  readonly #poll: AdaptivePoll;
   /** While the queue pass polls: submit what was taken, reap what completed. */
   readonly #pollHook = (): boolean => {
+    this.#flushStage();
     if (this.ring.unsubmitted > 0) this.ring.submit();
     if (this.inFlight === 0) return false;
     return this.#reap() > 0;
@@ -135,7 +153,7 @@ export class BlockUringServer {
     this.#sync = new BlockRequestHandler({ plan: this.#p, memory: this.#mem, transport: this.#t });
     this.#host = new HostMemory(this.#mem);
     this.ring = options.ring ?? new Uring(BLK_RING_ENTRIES);
-    this.#pollUs = options.pollUs ?? BLK_POLL_US;
+    this.#poll = new AdaptivePoll(options.pollUs ?? BLK_POLL_US);
     const ops = this.ring.cqEntries;
     this.#opSlot = new Int32Array(ops);
     this.#opKind = new Uint8Array(ops);
@@ -145,8 +163,15 @@ export class BlockUringServer {
     this.#opOff = new Float64Array(ops);
     this.#freeOps = new Int32Array(ops);
     this.#nFreeOps = ops;
+    this.#opGroup = new Int32Array(ops).fill(-1);
+    this.#merge = options.merge ?? true;
     for (let i = 0; i < ops; i++) this.#freeOps[i] = ops - 1 - i;
     for (let i = 0; i < BLK_QUEUE_SIZE; i++) this.#freeSlots[i] = BLK_QUEUE_SIZE - 1 - i;
+  }
+
+  /** io_uring operations started so far (a merged run of requests is one). */
+  get operations(): number {
+    return this.#operations;
   }
 
   /** Requests submitted and not yet completed. */
@@ -156,6 +181,7 @@ export class BlockUringServer {
 
   /** The queue was notified: takes every available chain, submits, reaps what is done already. */
   work(): "idle" | "more" {
+    this.#poll.wake();
     const r = this.submitAvailable();
     this.#reap();
     return r === "more" || (this.#stalled && this.#nFreeSlots > 0) ? "more" : "idle";
@@ -165,15 +191,20 @@ export class BlockUringServer {
   submitAvailable(): "idle" | "more" {
     this.#writeback = this.#t.readDeviceConfig(BLK_CFG_WRITEBACK, 1)[0] !== 0;
     this.#stalled = false;
-    const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#pollUs, this.#pollHook);
+    const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#poll.us, this.#pollHook);
+    this.#flushStage();
     if (this.ring.unsubmitted > 0) this.ring.submit();
+    this.#poll.idle();
     return r;
   }
 
   /** The ring fd is readable: completes what finished; serves the queue again if it was stalled. */
   completions(): "idle" | "more" {
+    this.#poll.wake();
     this.#reap();
-    return this.#stalled ? this.work() : "idle";
+    if (this.#stalled) return this.work();
+    this.#poll.idle();
+    return "idle";
   }
 
   /**
@@ -182,6 +213,7 @@ export class BlockUringServer {
    */
   drain(): number {
     const n = this.inFlight;
+    this.#flushStage();
     while (this.inFlight > 0) {
       this.ring.submit(1);
       this.#reap();
@@ -195,6 +227,7 @@ export class BlockUringServer {
       this.drain();
     } finally {
       this.ring.close();
+      this.#groups.close();
       this.#sync.close();
     }
   }
@@ -217,7 +250,7 @@ export class BlockUringServer {
     if (
       chain.readableBytes < BLK_HEADER_BYTES || chain.writableBytes < 1 || !seg0 || seg0.writable ||
       seg0.len < BLK_HEADER_BYTES
-    ) return this.#sync.handle(chain);
+    ) return this.#syncHandle(chain);
     const host = this.#host;
     const type = host.u32(seg0.gpa);
     const sector = host.u32(seg0.gpa + 8) + host.u32(seg0.gpa + 12) * TWO32;
@@ -232,12 +265,12 @@ export class BlockUringServer {
     } else if (type === VIRTIO_BLK_T_FLUSH && !p.readonly) {
       len = 0;
       kind = K_FSYNC;
-    } else return this.#sync.handle(chain);
+    } else return this.#syncHandle(chain);
     if (
       kind !== K_FSYNC &&
       (len % SECTOR_BYTES !== 0 || !Number.isSafeInteger(sector) ||
         sector + len / SECTOR_BYTES > p.capacitySectors)
-    ) return this.#sync.handle(chain); // it answers IOERR with the warning
+    ) return this.#syncHandle(chain); // it answers IOERR with the warning
     // Count the operations and check O_DIRECT alignment.
     const segs = chain.segments;
     let ops = 0;
@@ -256,7 +289,7 @@ export class BlockUringServer {
         n = Math.min(n, left);
         if (n === 0) continue;
         if (p.direct && ((this.#host.addr(gpa, n) % SECTOR_BYTES) !== 0 || n % SECTOR_BYTES !== 0)) {
-          return this.#sync.handle(chain); // the bounce buffer
+          return this.#syncHandle(chain); // the bounce buffer
         }
         left -= n;
         ops++;
@@ -264,14 +297,18 @@ export class BlockUringServer {
     }
     const writeThrough = kind === K_WRITE && !this.#writeback;
     const need = ops + (kind === K_FSYNC || writeThrough ? 1 : 0);
-    if (need === 0) return this.#sync.handle(chain);
-    if (need > this.ring.entries) return this.#sync.handle(chain);
-    if (this.#nFreeSlots === 0 || this.#nFreeOps < need) {
+    if (need === 0) return this.#syncHandle(chain);
+    if (need > this.ring.entries) return this.#syncHandle(chain);
+    // Staged requests are submitted (unmerged at worst) before anything else takes SQEs or ops.
+    const stage = this.#stage;
+    const staging = this.#merge && kind !== K_FSYNC && !writeThrough && stage.fits(kind, ops);
+    if (!staging || (stage.n > 0 && this.ring.sqSpace < stage.parts + need)) this.#flushStage();
+    if (this.#nFreeSlots === 0 || this.#nFreeOps < stage.parts + need) {
       this.#stalled = true;
       return undefined; // stays on the ring until completions free room
     }
-    if (this.ring.sqSpace < need) this.ring.submit();
-    if (this.ring.sqSpace < need) {
+    if (this.ring.sqSpace < stage.parts + need) this.ring.submit();
+    if (this.ring.sqSpace < stage.parts + need) {
       this.#stalled = true;
       return undefined;
     }
@@ -298,6 +335,7 @@ export class BlockUringServer {
     this.#slotStatusGpa[slot] = statusGpa;
     this.#slotReset[slot] = this.#t.resetCount;
     this.#slotSector[slot] = sector;
+    if (staging) stage.begin(kind, slot, sector);
     if (kind !== K_FSYNC) {
       const opcode = kind === K_READ ? IORING_OP_READ : IORING_OP_WRITE;
       const flags = writeThrough ? IOSQE_IO_LINK : 0;
@@ -314,8 +352,11 @@ export class BlockUringServer {
         }
         n = Math.min(n, left);
         if (n === 0) continue;
-        const op = this.#newOp(slot, kind, p.fd, gpa, n, off);
-        this.ring.prep(opcode, p.fd, this.#host.addr(gpa, n), n, off, op, flags);
+        if (staging) stage.addPart(gpa, this.#host.addr(gpa, n), n);
+        else {
+          const op = this.#newOp(slot, kind, p.fd, gpa, n, off);
+          this.ring.prep(opcode, p.fd, this.#host.addr(gpa, n), n, off, op, flags);
+        }
         left -= n;
         off += n;
       }
@@ -327,8 +368,75 @@ export class BlockUringServer {
     return CHAIN_DEFERRED;
   }
 
+  /** A chain served synchronously: what is staged goes to the kernel first. */
+  #syncHandle(chain: DescriptorChain): number {
+    this.#flushStage();
+    return this.#sync.handle(chain);
+  }
+
+  /**
+   * Turns the staged requests into operations: sorted by sector, each run of adjacent requests
+   * (up to MERGE_MAX_PARTS buffers) one READV/WRITEV, a request alone one READ/WRITE per buffer.
+   * The SQ and the operation pool have room for every staged buffer (checked when staged).
+   */
+  #flushStage(): void {
+    const st = this.#stage;
+    if (st.n === 0) return;
+    st.sort();
+    const kind = st.kind, fd = this.#p.fd, o = st.order;
+    for (let i = 0; i < st.n;) {
+      const a = o[i]!;
+      let j = i + 1, parts = st.count[a]!, end = st.sector[a]! + st.bytes[a]! / SECTOR_BYTES;
+      for (; j < st.n; j++) {
+        const b = o[j]!;
+        if (st.sector[b] !== end || parts + st.count[b]! > MERGE_MAX_PARTS) break;
+        parts += st.count[b]!;
+        end += st.bytes[b]! / SECTOR_BYTES;
+      }
+      const g = j - i > 1 ? this.#groups.alloc() : -1;
+      if (g >= 0) {
+        const off0 = st.sector[a]! * SECTOR_BYTES;
+        let off = off0;
+        for (let k = i; k < j; k++) {
+          const r = o[k]!, slot = st.slot[r]!;
+          this.#slotPending[slot] = 1;
+          this.#groups.addReq(g, slot);
+          for (let q = st.first[r]!, e = q + st.count[r]!; q < e; q++) {
+            this.#groups.addPart(g, slot, st.gpa[q]!, st.host[q]!, st.len[q]!, off);
+            off += st.len[q]!;
+          }
+        }
+        const op = this.#newOp(-1, kind, fd, 0, off - off0, off0);
+        this.#opGroup[op] = g;
+        this.ring.prep(
+          kind === K_READ ? IORING_OP_READV : IORING_OP_WRITEV,
+          fd,
+          this.#groups.iovAddr(g),
+          this.#groups.parts[g]!,
+          off0,
+          op,
+        );
+      } else {
+        const opcode = kind === K_READ ? IORING_OP_READ : IORING_OP_WRITE;
+        for (let k = i; k < j; k++) {
+          const r = o[k]!, slot = st.slot[r]!;
+          this.#slotPending[slot] = st.count[r]!;
+          let off = st.sector[r]! * SECTOR_BYTES;
+          for (let q = st.first[r]!, e = q + st.count[r]!; q < e; q++) {
+            const op = this.#newOp(slot, kind, fd, st.gpa[q]!, st.len[q]!, off);
+            this.ring.prep(opcode, fd, st.host[q]!, st.len[q]!, off, op);
+            off += st.len[q]!;
+          }
+        }
+      }
+      i = j;
+    }
+    st.clear();
+  }
+
   #newOp(slot: number, kind: number, fd: number, gpa: number, len: number, off: number): number {
     const op = this.#freeOps[--this.#nFreeOps]!;
+    this.#operations++;
     this.#opSlot[op] = slot;
     this.#opKind[op] = kind;
     this.#opFd[op] = fd;
@@ -343,20 +451,57 @@ export class BlockUringServer {
     const slot = this.#opSlot[op]!;
     const kind = this.#opKind[op]!;
     this.#freeOps[this.#nFreeOps++] = op;
+    const g = this.#opGroup[op]!;
+    if (g >= 0) {
+      this.#opGroup[op] = -1;
+      return this.#completeGroup(g, kind, res);
+    }
     const failed = this.#slotStatus[slot] !== VIRTIO_BLK_S_OK;
     if (!(failed && res === -ECANCELED)) {
       const rc = kind === K_FSYNC ? this.#fsyncResult(res) : this.#transferResult(op, kind, res);
-      if (rc < 0 && !failed) {
-        this.#slotStatus[slot] = VIRTIO_BLK_S_IOERR;
-        this.#slotUsed[slot] = 1;
-        this.#log.warnLimited(
-          "Request at sector %d failed: %s errno %d",
-          this.#slotSector[slot]!,
-          kind === K_FSYNC ? "fdatasync" : kind === K_READ ? "read" : "write",
-          -rc,
-        );
-      }
+      if (rc < 0 && !failed) this.#fail(slot, kind, rc);
     }
+    this.#settle(slot);
+  }
+
+  #fail(slot: number, kind: number, rc: number): void {
+    this.#slotStatus[slot] = VIRTIO_BLK_S_IOERR;
+    this.#slotUsed[slot] = 1;
+    this.#log.warnLimited(
+      "Request at sector %d failed: %s errno %d",
+      this.#slotSector[slot]!,
+      kind === K_FSYNC ? "fdatasync" : kind === K_READ ? "read" : "write",
+      -rc,
+    );
+  }
+
+  /**
+   * A merged operation finished: on success each request is done; otherwise (an error, O_DIRECT's
+   * EINVAL, a short transfer) each buffer is redone with pread/pwrite, so each request gets its own status.
+   */
+  #completeGroup(g: number, kind: number, res: number): void {
+    const gr = this.#groups, base = g * MERGE_MAX_PARTS, n = gr.parts[g]!;
+    const dir = kind === K_READ ? "read" : "write";
+    const ok = res === gr.total[g];
+    let fd = this.#p.fd;
+    if (!ok && res === -EINVAL && this.#p.direct) {
+      this.#sync.noteDirectFallback();
+      fd = this.#p.bufferedFd;
+    }
+    for (let i = base; i < base + n; i++) {
+      const gpa = gr.gpa[i]!, len = gr.len[i]!;
+      const rc = ok ? len : transferAll(dir, fd, this.#mem.slice(gpa, len), gr.off[i]!);
+      const slot = gr.slotOf[i]!;
+      if (rc < 0) {
+        if (this.#slotStatus[slot] === VIRTIO_BLK_S_OK) this.#fail(slot, kind, rc);
+      } else if (kind === K_READ) this.#mem.markDirty(gpa, len); // the kernel wrote guest RAM
+    }
+    for (let i = g * MERGE_MAX_REQS, e = i + gr.reqs[g]!; i < e; i++) this.#settle(gr.slot[i]!);
+    gr.release(g);
+  }
+
+  /** One operation of the request in `slot` is done; the last one completes it. */
+  #settle(slot: number): void {
     if (--this.#slotPending[slot]! > 0) return;
     this.#freeSlots[this.#nFreeSlots++] = slot;
     if (this.#slotReset[slot] !== this.#t.resetCount) return; // the driver reset the device meanwhile

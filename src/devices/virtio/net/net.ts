@@ -22,6 +22,7 @@ import type { GuestMemory } from "../../../memory/guest_memory.ts";
 import { logger } from "../../../util/log.ts";
 import { type DescriptorChain, readFromChain, writeToChain } from "../queue.ts";
 import {
+  CHAIN_WAIT_SOURCE,
   STATUS_DRIVER_OK,
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_INDIRECT_DESC,
@@ -30,6 +31,7 @@ import {
 } from "../pci_transport.ts";
 import { Tap, tapRead, tapReadv, tapWrite, tapWritev, VNET_HDR_BYTES } from "../../../sys/tap.ts";
 import { HostMemory, IovecArray } from "../host_memory.ts";
+import { AdaptivePoll } from "../adaptive_poll.ts";
 import { NET_STATE_MIN_VERSION, NET_STATE_VERSION, type NetState, parseNetState } from "./net_state.ts";
 
 /** Feature bits. */
@@ -59,9 +61,9 @@ export const NET_MAX_PACKET = VNET_HDR_BYTES + 65536;
 /** Buffers per frame moved with readv/writev (longer chains take the copying path). */
 const IOV_MAX_SEGMENTS = 64;
 /**
- * After the TX ring ran dry, the I/O Worker keeps the driver's notifications off and polls this
- * long for more frames (QEMU's iothread polls up to 32 µs the same way): a guest streaming frames
- * then needs no notify exit per burst.
+ * After the TX ring ran dry, the I/O Worker keeps the driver's notifications off and polls up to
+ * this long for more frames (QEMU's iothread polls up to 32 µs the same way): a guest streaming
+ * frames then needs no notify exit per burst. The time adapts (adaptive_poll.ts).
  */
 const TX_POLL_US = 32;
 /** RARP ethertype used by self-announce. */
@@ -248,6 +250,7 @@ export class NetHandler {
   readonly #txBuf = new Uint8Array(NET_MAX_PACKET);
   readonly #host: HostMemory;
   readonly #iov = new IovecArray(IOV_MAX_SEGMENTS);
+  readonly #txPoll = new AdaptivePoll(TX_POLL_US);
   readonly #scratchAddr: number;
   readonly #rx = (chain: DescriptorChain): number | undefined => this.#fillRx(chain);
   readonly #tx = (chain: DescriptorChain): number => this.#sendTx(chain);
@@ -290,7 +293,8 @@ export class NetHandler {
       iov.push(this.#scratchAddr, this.#rxBuf.length);
       const n = tapReadv(this.#p.tapFd, iov.bytes, iov.count);
       if (n <= 0) {
-        if (n < 0) this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
+        if (n === 0) return CHAIN_WAIT_SOURCE; // no frame: the tap wakes us, not the driver
+        this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
         return undefined;
       }
       if (n < VNET_HDR_BYTES) continue;
@@ -335,7 +339,8 @@ export class NetHandler {
       if (this.#rxPending === 0) {
         const n = tapRead(this.#p.tapFd, this.#rxBuf);
         if (n <= 0) {
-          if (n < 0) this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
+          if (n === 0) return CHAIN_WAIT_SOURCE;
+          this.#log.warnLimited("Reading tap '%s' failed: errno %d", this.#p.ifname, -n);
           return undefined;
         }
         if (n < VNET_HDR_BYTES) continue;
@@ -366,7 +371,10 @@ export class NetHandler {
 
   /** Sends every frame the driver queued for transmission. */
   processTx(): "idle" | "more" {
-    return this.#t.process(NET_TX, this.#tx, 256, TX_POLL_US);
+    this.#txPoll.wake();
+    const r = this.#t.process(NET_TX, this.#tx, 256, this.#txPoll.us);
+    this.#txPoll.idle();
+    return r;
   }
 
   #sendTx(chain: DescriptorChain): number {
