@@ -13,9 +13,13 @@
  * time from `migrate` until `query-migrate` (polled every 20 ms) says `completed`. After `completed` the destination is `cont`inued and must print progress.
  *
  * Goals (issue 10): ferry TLS costs ≤ 25 % of ferry's plaintext throughput; ferry TLS ≥ 2× QEMU TLS.
+ * Last, the floor Deno's own TLS sets (`_tls_floor.ts`: a loopback transfer in the bench process,
+ * plaintext and TLS): its extra CPU per MiB against ferry's plaintext CPU per MiB bounds what a
+ * CPU-bound host (both ends on these two cores) lets TLS cost at least.
  * @module
  */
 import { BenchVm, freePort } from "./_migrate_vm.ts";
+import { denoTlsFloor } from "./_tls_floor.ts";
 import { ferryCommand, median, out, PROBE, qemuBaseArgs } from "./_util.ts";
 import { makeTlsDirs } from "../tests/_fixture/tls.ts";
 
@@ -144,6 +148,7 @@ export async function benchMigrateTls(
     ? ["ferry plain", "ferry tls", "qemu tls", "qemu plain"]
     : ["ferry plain", "ferry tls"];
   const runs = new Map<Variant, TlsRun[]>(variants.map((v) => [v, []]));
+  let floor: { plain: number; tls: number };
   try {
     for (let i = 0; i < o.runs; i++) {
       for (const v of variants) {
@@ -152,6 +157,7 @@ export async function benchMigrateTls(
         if (!r.ok) out(`  ERROR ${v} run ${i + 1}: ${r.error}`);
       }
     }
+    floor = await denoTlsFloor(pki.server);
   } finally {
     Deno.removeSync(work, { recursive: true });
   }
@@ -188,6 +194,22 @@ export async function benchMigrateTls(
   out(
     `  per CPU second: ferry tls / ferry plain ${f2(cpuTls)}, ferry tls / qemu tls ${f2(cpuVsQemu)} ` +
       "(wall-clock ratios suffer when other work shares the host; CPU ratios less so)",
+  );
+  // What Deno's TLS alone allows: its extra CPU per MiB on top of ferry's plaintext CPU per MiB.
+  const extra = 1 / floor.tls - 1 / floor.plain;
+  const ferryPlain = 1 / med("ferry plain", "mibPerCpuS");
+  const best = ferryPlain / (ferryPlain + extra);
+  out(
+    `  Deno's TLS alone (loopback in one process, no ferry code): ${
+      floor.plain.toFixed(0)
+    } MiB per CPU-s plain, ` +
+      `${floor.tls.toFixed(0)} with TLS, i.e. +${
+        (extra * 1000).toFixed(2)
+      } ms CPU per MiB; with ferry plain at ` +
+      `${(ferryPlain * 1000).toFixed(2)} ms per MiB, a CPU-bound host allows ferry tls / ferry plain ≤ ${
+        f2(best)
+      } ` +
+      `(TLS cost ≥ ${Number.isFinite(best) ? ((1 - best) * 100).toFixed(0) : "–"} %)`,
   );
   if (variants.some((v) => runs.get(v)!.some((r) => !r.ok))) Deno.exitCode = 1;
   return [{
