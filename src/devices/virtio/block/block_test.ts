@@ -330,25 +330,41 @@ function mappedMemory(sizeBytes: number): { memory: GuestMemory; unmap: () => vo
   return { memory, unmap: () => void shim().ferry_munmap(addr, BigInt(sizeBytes)) };
 }
 
+/**
+ * A virtio-blk device on a 4 MiB temp image, driven by a TestDriver (one queue of 256) through a
+ * BlockUringServer; `close()` releases everything.
+ */
+function uringRig(o: { direct: boolean; writeback?: boolean; pollUs?: number }) {
+  const file = image(4 << 20);
+  const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: o.direct } });
+  const { memory, unmap } = mappedMemory(8 << 20);
+  const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
+  blk.attach(t);
+  const d = new TestDriver(memory, t.bar0);
+  d.init({ numQueues: 1, queueSizes: [256] });
+  if (o.writeback === false) t.bar0.write(0x2000 + BLK_CFG_WRITEBACK, Uint8Array.of(0));
+  const srv = new BlockUringServer({
+    plan: blk.backendPlan(),
+    memory,
+    transport: t,
+    ...(o.pollUs !== undefined ? { pollUs: o.pollUs } : {}),
+  });
+  const close = () => {
+    srv.close();
+    blk.close();
+    unmap();
+    Deno.removeSync(file);
+  };
+  return { file, t, d, srv, close };
+}
+
 for (const direct of [false, true]) {
   for (const writeback of [true, false]) {
     Deno.test(
       `BlockUringServer: 64 writes then 64 reads taken in one pass each all complete with the data ` +
         `(direct=${direct ? "on" : "off"}, ${writeback ? "writeback" : "write-through"})`,
       () => {
-        const file = image(4 << 20);
-        const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct } });
-        const { memory, unmap } = mappedMemory(8 << 20);
-        const t = testTransport({
-          plan: { ...testPlan(blk.info), deviceId: blk.id },
-          memory,
-          fire: () => {},
-        });
-        blk.attach(t);
-        const d = new TestDriver(memory, t.bar0);
-        d.init({ numQueues: 1, queueSizes: [256] });
-        if (!writeback) t.bar0.write(0x2000 + BLK_CFG_WRITEBACK, Uint8Array.of(0));
-        const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t });
+        const { file, d, srv, close } = uringRig({ direct, writeback });
         try {
           const n = 64, size = 4096;
           const heads = [];
@@ -388,10 +404,7 @@ for (const direct of [false, true]) {
             assert.deepEqual(d.buffer(0, h, 1), pattern(size, i), `block ${i} read back`);
           });
         } finally {
-          srv.close();
-          blk.close();
-          unmap();
-          Deno.removeSync(file);
+          close();
         }
       },
     );
@@ -399,14 +412,7 @@ for (const direct of [false, true]) {
 }
 
 Deno.test("BlockUringServer drain: requests submitted and not yet reaped complete before drain returns", () => {
-  const file = image(4 << 20);
-  const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: true } });
-  const { memory, unmap } = mappedMemory(8 << 20);
-  const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
-  blk.attach(t);
-  const d = new TestDriver(memory, t.bar0);
-  d.init({ numQueues: 1, queueSizes: [256] });
-  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t, pollUs: 0 });
+  const { file, t, d, srv, close } = uringRig({ direct: true, pollUs: 0 });
   try {
     for (let i = 0; i < 32; i++) {
       d.submit(0, [
@@ -427,22 +433,12 @@ Deno.test("BlockUringServer drain: requests submitted and not yet reaped complet
     const disk = Deno.readFileSync(file);
     for (let i = 0; i < 32; i++) assert.deepEqual(disk.subarray(i * 4096, (i + 1) * 4096), pattern(4096, i));
   } finally {
-    srv.close();
-    blk.close();
-    unmap();
-    Deno.removeSync(file);
+    close();
   }
 });
 
 Deno.test("BlockUringServer: a driver reset with requests in flight completes only after them, and publishes none", () => {
-  const file = image(4 << 20);
-  const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: true } });
-  const { memory, unmap } = mappedMemory(8 << 20);
-  const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
-  blk.attach(t);
-  const d = new TestDriver(memory, t.bar0);
-  d.init({ numQueues: 1, queueSizes: [256] });
-  const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t, pollUs: 0 });
+  const { t, d, srv, close } = uringRig({ direct: true, pollUs: 0 });
   try {
     for (let i = 0; i < 8; i++) {
       d.submit(0, [
@@ -461,10 +457,7 @@ Deno.test("BlockUringServer: a driver reset with requests in flight completes on
     assert.equal(t.resetCount, before + 1);
     assert.equal(d.usedIdx(0), 0, "no completion reached the reset ring");
   } finally {
-    srv.close();
-    blk.close();
-    unmap();
-    Deno.removeSync(file);
+    close();
   }
 });
 
@@ -473,14 +466,7 @@ for (const direct of [false, true]) {
     `BlockUringServer merges adjacent requests of a pass, in sector order, each with its own status ` +
       `(direct=${direct ? "on" : "off"})`,
     () => {
-      const file = image(4 << 20);
-      const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct } });
-      const { memory, unmap } = mappedMemory(8 << 20);
-      const t = testTransport({ plan: { ...testPlan(blk.info), deviceId: blk.id }, memory, fire: () => {} });
-      blk.attach(t);
-      const d = new TestDriver(memory, t.bar0);
-      d.init({ numQueues: 1, queueSizes: [256] });
-      const srv = new BlockUringServer({ plan: blk.backendPlan(), memory, transport: t, pollUs: 0 });
+      const { file, d, srv, close } = uringRig({ direct, pollUs: 0 });
       try {
         // Two runs of 8 KiB requests (8 KiB blocks 0..11 and 20..23) given in shuffled order; each request's
         // data in two 4 KiB buffers.
@@ -527,10 +513,7 @@ for (const direct of [false, true]) {
           else assert.ok(got.every((x) => x === 0), `block ${b} past the end reads as zeros`);
         });
       } finally {
-        srv.close();
-        blk.close();
-        unmap();
-        Deno.removeSync(file);
+        close();
       }
     },
   );
