@@ -29,7 +29,8 @@ const FILL_MIB = 448;
 const GUEST = `mode=dirty mib=${FILL_MIB} rate=0 native=0 interval_ms=100 cpus=1`;
 const MAX_BANDWIDTH = 64 * 1024 * MIB;
 
-type Variant = "ferry plain" | "ferry tls" | "qemu tls" | "qemu plain";
+/** `ferry tls-deno`: `verify-peer=off` and no `tls-hostname`, so both ends use Deno's own TLS. */
+type Variant = "ferry plain" | "ferry tls" | "ferry tls-deno" | "qemu tls" | "qemu plain";
 
 interface TlsRun {
   ok: boolean;
@@ -73,13 +74,21 @@ async function once(
 ): Promise<TlsRun> {
   const run: TlsRun = { ok: false, mbps: NaN, mibPerCpuS: NaN, totalMs: NaN, bytes: NaN };
   const vmm = variant.startsWith("ferry") ? "ferry" : "qemu";
-  const tls = variant.endsWith("tls");
+  const tls = variant.includes("tls");
+  const denoTls = variant === "ferry tls-deno";
   const dir = Deno.makeTempDirSync({ prefix: "ferry-bench-tls-" });
   const uri = `tcp:127.0.0.1:${freePort()}`;
   const vms: BenchVm[] = [];
   try {
     const obj = (endpoint: string, d: string) =>
-      tls ? ["-object", `tls-creds-x509,id=tls0,dir=${d},endpoint=${endpoint}`] : [];
+      tls
+        ? [
+          "-object",
+          `tls-creds-x509,id=tls0,dir=${d},endpoint=${endpoint}${
+            denoTls && endpoint === "server" ? ",verify-peer=off" : ""
+          }`,
+        ]
+        : [];
     const d = args(vmm, `${dir}/dst.qmp`, [...obj("server", pki.server), "-incoming", "defer"]);
     const s = args(vmm, `${dir}/src.qmp`, obj("client", pki.client));
     const dst = new BenchVm(`${variant} destination`, d.cmd || qemu!, d.args, `${dir}/dst.qmp`);
@@ -96,7 +105,7 @@ async function once(
     await sq.call("migrate-set-parameters", {
       "max-bandwidth": MAX_BANDWIDTH,
       "downtime-limit": 300,
-      ...(tls ? { "tls-creds": "tls0", "tls-hostname": "localhost" } : {}),
+      ...(tls ? { "tls-creds": "tls0", ...(denoTls ? {} : { "tls-hostname": "localhost" }) } : {}),
     });
     const cpu0 = cpuSeconds(src.child.pid) + cpuSeconds(dst.child.pid);
     const t0 = performance.now();
@@ -145,8 +154,8 @@ export async function benchMigrateTls(
   const work = Deno.makeTempDirSync({ prefix: "ferry-bench-pki-" });
   const pki = await makeTlsDirs(work);
   const variants: Variant[] = o.qemu
-    ? ["ferry plain", "ferry tls", "qemu tls", "qemu plain"]
-    : ["ferry plain", "ferry tls"];
+    ? ["ferry plain", "ferry tls", "ferry tls-deno", "qemu tls", "qemu plain"]
+    : ["ferry plain", "ferry tls", "ferry tls-deno"];
   const runs = new Map<Variant, TlsRun[]>(variants.map((v) => [v, []]));
   let floor: { plain: number; tls: number };
   try {
@@ -210,6 +219,12 @@ export async function benchMigrateTls(
         f2(best)
       } ` +
       `(TLS cost ≥ ${Number.isFinite(best) ? ((1 - best) * 100).toFixed(0) : "–"} %)`,
+  );
+  out(
+    `  ferry tls-deno (verify-peer=off, no tls-hostname: Deno.listenTls and Deno.connectTls, no node:tls) / ferry ` +
+      `plain ${f2(med("ferry tls-deno") / med("ferry plain"))}, / qemu tls ${
+        o.qemu ? f2(med("ferry tls-deno") / med("qemu tls")) : "–"
+      }`,
   );
   if (variants.some((v) => runs.get(v)!.some((r) => !r.ok))) Deno.exitCode = 1;
   return [{
