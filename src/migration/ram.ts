@@ -128,6 +128,11 @@ export interface RamSenderOptions {
    * where). Post-copy uses it to switch without finishing the pass.
    */
   stopWhen?: () => boolean;
+  /**
+   * Asked before each message: true when guest RAM cannot change until it is written (the guest
+   * is paused), so the pages go out without a copy ({@linkcode MessageWriter.sendPagesInPlaceQueued}).
+   */
+  stable?: () => boolean;
 }
 
 /** What one pass sent. */
@@ -168,6 +173,7 @@ export class RamSender {
   /** CRC32C of each raw page of the message being sent (for the digest); reused. */
   #pageCrcs = new Uint32Array(MAX_COVER_PAGES);
   #stopWhen: (() => boolean) | undefined;
+  #stable: (() => boolean) | undefined;
   #stoppedAt: { region: number; page: number } | undefined;
 
   constructor(
@@ -186,6 +192,7 @@ export class RamSender {
     this.#digest = options.digest;
     this.#channels = options.channels;
     this.#stopWhen = options.stopWhen;
+    this.#stable = options.stable;
   }
 
   /**
@@ -349,7 +356,8 @@ export class RamSender {
       if (this.#pageCrcs.length < rawPages) this.#pageCrcs = new Uint32Array(rawPages);
       const crcs = this.#pageCrcs;
       // Copied now, written in the background while the next message is built (stream.ts).
-      await this.#writer.sendPagesQueued("ram", table, parts, crcs);
+      if (this.#stable?.()) await this.#writer.sendPagesInPlaceQueued("ram", table, parts, crcs);
+      else await this.#writer.sendPagesQueued("ram", table, parts, crcs);
       // The CRCs of the pages as copied and sent: a page the guest changes meanwhile is dirty and is
       // sent (and recorded) again.
       this.#digest?.recordRuns(runs, crcs);

@@ -546,6 +546,8 @@ class OutgoingMigration {
       // multifd: the channel Workers record what they send in the digest.
       ...(this.#multifd ? { channels: this.#multifd } : { digest }),
       ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
+      // A paused guest's RAM cannot change: it goes out without a copy.
+      stable: () => vm.guestPaused === true,
       // migrate-start-postcopy switches without finishing the pass in progress.
       ...(this.#capabilities["postcopy-ram"] && !this.#oneWay
         ? { stopWhen: () => this.#postcopyRequested }

@@ -497,6 +497,7 @@ export class MessageWriter {
   #next = 0;
   #copy = shim().ferry_copy_crc32c;
   #copyPages = shim().ferry_copy_crc32c_pages;
+  #crcPages = shim().ferry_crc32c_pages;
 
   constructor(sink: ByteSink) {
     this.#sink = sink;
@@ -550,6 +551,21 @@ export class MessageWriter {
     await this.#enqueue(kind, [prefix, ...pages], pageCrcs);
   }
 
+  /**
+   * {@linkcode sendPagesQueued} without the copy, for pages nothing can change until they are
+   * written (a paused guest: vCPUs and device I/O stopped, `cont` refused during a migration). Their
+   * CRC32Cs are computed in place, and the pages are written straight from `pages` after the header
+   * and `prefix`. Resolves once the checksums are known; the write goes on in the background.
+   */
+  async sendPagesInPlaceQueued(
+    kind: MessageKindName,
+    prefix: Uint8Array,
+    pages: readonly Uint8Array[],
+    pageCrcs: Uint32Array,
+  ): Promise<void> {
+    await this.#enqueue(kind, [prefix, ...pages], pageCrcs, true);
+  }
+
   /** Waits until every message sent so far is written; throws the first write error. */
   async drain(): Promise<void> {
     await this.#copyTail;
@@ -562,10 +578,25 @@ export class MessageWriter {
     kind: MessageKindName,
     parts: readonly Uint8Array[],
     pageCrcs: Uint32Array | undefined,
+    inPlace = false,
   ): Promise<{ written: Promise<void> }> {
     this.#busy++;
     const copied = this.#copyTail.then(async () => {
       if (this.#error !== undefined) throw this.#error;
+      if (inPlace) {
+        const out = this.#frameInPlace(kind, parts, pageCrcs!);
+        const written = this.#writeTail.then(async () => {
+          for (const b of out) {
+            if (this.#error !== undefined) throw this.#error;
+            await writeAll(this.#sink, b);
+          }
+        }).catch((e) => {
+          this.#error ??= e;
+          throw e;
+        });
+        this.#writeTail = written.catch(() => {});
+        return { written };
+      }
       const i = this.#next;
       this.#next ^= 1;
       await this.#bufFree[i];
@@ -585,6 +616,49 @@ export class MessageWriter {
     const done = () => void this.#busy--;
     copied.then(({ written }) => written.then(done, done), done);
     return copied;
+  }
+
+  /**
+   * Numbers the message and checksums it without copying the pages: returns the buffers to write,
+   * a new one holding the header and `parts[0]` (the run table), then the page views themselves.
+   */
+  #frameInPlace(kind: MessageKindName, parts: readonly Uint8Array[], pageCrcs: Uint32Array): Uint8Array[] {
+    let length = 0;
+    for (const p of parts) length += p.length;
+    const [, max] = PAYLOAD_BYTES[kind];
+    if (length > max) {
+      throw new RangeError(`Cannot encode a '${kind}' message of ${length} bytes: limit is ${max}`);
+    }
+    let page = 0;
+    for (let j = 1; j < parts.length; j++) {
+      const n = parts[j]!.length / WIRE_PAGE_SIZE;
+      if (!Number.isInteger(n) || page + n > pageCrcs.length) {
+        throw new RangeError(
+          `Cannot send part ${j} of a '${kind}' message as pages: ${parts[j]!.length} bytes`,
+        );
+      }
+      page += n;
+    }
+    const first = parts[0] ?? new Uint8Array(0);
+    const head = new Uint8Array(HEADER_BYTES + first.length);
+    const seq = this.#seq;
+    this.#seq = (seq + 1) >>> 0;
+    writeHeader(head, kind, length, seq, PROTOCOL_VERSION);
+    head.set(first, HEADER_BYTES);
+    let crc = crc32c(head.subarray(0, HEADER_BYTES));
+    crc = crc32c(first, crc);
+    const out = [head];
+    page = 0;
+    for (let j = 1; j < parts.length; j++) {
+      const p = parts[j]! as Uint8Array<ArrayBuffer>;
+      if (p.length === 0) continue;
+      const n = p.length / WIRE_PAGE_SIZE;
+      crc = this.#crcPages(p, BigInt(n), pageCrcs.subarray(page), crc);
+      page += n;
+      out.push(p);
+    }
+    new DataView(head.buffer, 0, HEADER_BYTES).setUint32(HEADER_CRC_OFFSET, crc >>> 0, true);
+    return out;
   }
 
   /** Numbers the message and copies it into buffer `i` with its CRC32C; returns the bytes to write. */

@@ -244,3 +244,43 @@ Deno.test("MessageWriter.sendPages and MessageReader.readPages give each page's 
   await r2.readExact(new Uint8Array(3), "prefix");
   await assert.rejects(() => r2.readPages(got, "pages", crcs), /CRC32C mismatch/);
 });
+
+Deno.test("MessageWriter: queued and in-place page messages are the same bytes as sendPages, in call order, and drain() reports a write error", async () => {
+  const pages = Uint8Array.from({ length: 4 * 4096 }, (_, i) => (i * 13 + 7) & 0xff);
+  const prefix = Uint8Array.of(9, 8, 7, 6);
+  const parts = [pages.subarray(0, 4096), pages.subarray(4096)];
+  const collect = () => {
+    const chunks: Uint8Array[] = [];
+    return {
+      chunks,
+      sink: { write: (p: Uint8Array) => (chunks.push(p.slice()), Promise.resolve(p.length)) },
+      bytes: () => Uint8Array.from(chunks.flatMap((c) => Array.from(c))),
+    };
+  };
+  const a = collect(), b = collect();
+  const wa = new MessageWriter(a.sink), wb = new MessageWriter(b.sink);
+  const ca = new Uint32Array(4), cb = new Uint32Array(4), cc = new Uint32Array(4);
+  await wa.sendPages("ram", prefix, parts, ca);
+  await wa.send("ack");
+  await wa.sendPages("ram", prefix, parts, ca);
+  // Both queued kinds resolve once checksummed; the writes follow in order, then `ack` after them.
+  await wb.sendPagesInPlaceQueued("ram", prefix, parts, cb);
+  const acked = wb.send("ack");
+  await wb.sendPagesQueued("ram", prefix, parts, cc);
+  await acked;
+  await wb.drain();
+  assert.deepEqual(b.bytes(), a.bytes());
+  assert.deepEqual(Array.from(cb), Array.from(ca));
+  assert.deepEqual(Array.from(cc), Array.from(ca));
+
+  let calls = 0;
+  const failing = new MessageWriter({
+    write: () =>
+      ++calls === 1
+        ? Promise.resolve(0).then(() => Promise.reject(new Error("peer gone")))
+        : Promise.resolve(1),
+  });
+  await failing.sendPagesInPlaceQueued("ram", prefix, parts, cb);
+  await assert.rejects(() => failing.drain(), /peer gone/);
+  await assert.rejects(() => failing.send("ack"), /peer gone/);
+});

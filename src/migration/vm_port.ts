@@ -44,6 +44,11 @@ export interface MigrationVm {
    * is called. Absent: the VM is taken to have been running.
    */
   readonly pausedByMigration?: boolean;
+  /**
+   * Optional, source: true while the vCPUs and device I/O are stopped, so guest RAM cannot change
+   * (a stopped guest; `cont` is refused during a migration). RAM then goes out without a copy.
+   */
+  readonly guestPaused?: boolean;
   /** Source, rolling back a failed or canceled migration: runs the vCPUs it paused again. */
   resumeAfterRollback(): Promise<void>;
   /**

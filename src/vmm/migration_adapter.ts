@@ -127,6 +127,9 @@ export class VmMigrationAdapter implements MigrationVm {
   get guestRunning(): boolean {
     return this.#runAfterRestore;
   }
+  get guestPaused(): boolean {
+    return this.#vm.paused;
+  }
   get pausedByMigration(): boolean {
     return this.#pausedByMigration;
   }
