@@ -124,9 +124,14 @@ export class Ferry {
     return -1;
   }
 
-  qmp(): Promise<QmpClient> {
+  async qmp(): Promise<QmpClient> {
     if (!this.qmpPath) throw new Error("This ferry was started without -qmp");
-    return QmpClient.connect(this.qmpPath);
+    try {
+      return await QmpClient.connect(this.qmpPath);
+    } catch (e) {
+      // Say why: ferry's own stderr (a port in use, a bad option) is the cause, not the socket.
+      throw new Error(`${(e as Error).message}\n${this.transcript()}`, { cause: e });
+    }
   }
 
   /** Kills ferry (if running) and waits for its streams. */

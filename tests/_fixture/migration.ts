@@ -124,8 +124,12 @@ export async function startVm(o: VmOptions): Promise<Vm> {
       env: { FERRY_BIN: "ip" },
     })
     : new Ferry(args, { qmpPath });
-  const qmp = await ferry.qmp();
-  return { ferry, qmp, qmpPath };
+  try {
+    return { ferry, qmp: await ferry.qmp(), qmpPath };
+  } catch (e) {
+    await ferry.kill(); // never left behind by a caller that got no Vm to stop
+    throw e;
+  }
 }
 
 /** Closes QMP and kills the process (bounded). */
