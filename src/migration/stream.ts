@@ -619,10 +619,16 @@ export class MessageWriter {
   }
 
   /**
-   * Numbers the message and checksums it without copying the pages: returns the buffers to write,
-   * a new one holding the header and `parts[0]` (the run table), then the page views themselves.
+   * The payload length of `parts`, checked against the kind's bound, and with `pageCrcs`, that
+   * every part after the first is whole pages with room for their CRCs. Called before the
+   * sequence number is taken: a refused message leaves no gap.
+   * @throws {RangeError} naming the message kind (and the part)
    */
-  #frameInPlace(kind: MessageKindName, parts: readonly Uint8Array[], pageCrcs: Uint32Array): Uint8Array[] {
+  #checkedLength(
+    kind: MessageKindName,
+    parts: readonly Uint8Array[],
+    pageCrcs: Uint32Array | undefined,
+  ): number {
     let length = 0;
     for (const p of parts) length += p.length;
     const [, max] = PAYLOAD_BYTES[kind];
@@ -630,7 +636,7 @@ export class MessageWriter {
       throw new RangeError(`Cannot encode a '${kind}' message of ${length} bytes: limit is ${max}`);
     }
     let page = 0;
-    for (let j = 1; j < parts.length; j++) {
+    for (let j = 1; pageCrcs && j < parts.length; j++) {
       const n = parts[j]!.length / WIRE_PAGE_SIZE;
       if (!Number.isInteger(n) || page + n > pageCrcs.length) {
         throw new RangeError(
@@ -639,16 +645,30 @@ export class MessageWriter {
       }
       page += n;
     }
-    const first = parts[0] ?? new Uint8Array(0);
-    const head = new Uint8Array(HEADER_BYTES + first.length);
+    return length;
+  }
+
+  /** Takes the next sequence number. */
+  #nextSeq(): number {
     const seq = this.#seq;
     this.#seq = (seq + 1) >>> 0;
-    writeHeader(head, kind, length, seq, PROTOCOL_VERSION);
+    return seq;
+  }
+
+  /**
+   * Numbers the message and checksums it without copying the pages: returns the buffers to write,
+   * a new one holding the header and `parts[0]` (the run table), then the page views themselves.
+   */
+  #frameInPlace(kind: MessageKindName, parts: readonly Uint8Array[], pageCrcs: Uint32Array): Uint8Array[] {
+    const length = this.#checkedLength(kind, parts, pageCrcs);
+    const first = parts[0] ?? new Uint8Array(0);
+    const head = new Uint8Array(HEADER_BYTES + first.length);
+    writeHeader(head, kind, length, this.#nextSeq(), PROTOCOL_VERSION);
     head.set(first, HEADER_BYTES);
     let crc = crc32c(head.subarray(0, HEADER_BYTES));
     crc = crc32c(first, crc);
     const out = [head];
-    page = 0;
+    let page = 0;
     for (let j = 1; j < parts.length; j++) {
       const p = parts[j]! as Uint8Array<ArrayBuffer>;
       if (p.length === 0) continue;
@@ -668,34 +688,16 @@ export class MessageWriter {
     parts: readonly Uint8Array[],
     pageCrcs: Uint32Array | undefined,
   ): Uint8Array {
-    let length = 0;
-    for (const p of parts) length += p.length;
-    const [, max] = PAYLOAD_BYTES[kind];
-    if (length > max) {
-      throw new RangeError(`Cannot encode a '${kind}' message of ${length} bytes: limit is ${max}`);
-    }
+    const length = this.#checkedLength(kind, parts, pageCrcs);
     const total = HEADER_BYTES + length;
     if (this.#bufs[i]!.length < total) {
       this.#bufs[i] = new Uint8Array(Math.max(total, Math.min(2 * this.#bufs[i]!.length, MAX_MESSAGE_BYTES)));
     }
     const b = this.#bufs[i]! as Uint8Array<ArrayBuffer>;
-    // Checked before the sequence number is taken: a refused message leaves no gap.
-    let page = 0;
-    for (let j = 1; pageCrcs && j < parts.length; j++) {
-      const n = parts[j]!.length / WIRE_PAGE_SIZE;
-      if (!Number.isInteger(n) || page + n > pageCrcs.length) {
-        throw new RangeError(
-          `Cannot send part ${j} of a '${kind}' message as pages: ${parts[j]!.length} bytes`,
-        );
-      }
-      page += n;
-    }
-    const seq = this.#seq;
-    this.#seq = (seq + 1) >>> 0;
-    writeHeader(b, kind, length, seq, PROTOCOL_VERSION);
+    writeHeader(b, kind, length, this.#nextSeq(), PROTOCOL_VERSION);
     let crc = crc32c(b.subarray(0, HEADER_BYTES));
     let o = HEADER_BYTES;
-    page = 0;
+    let page = 0;
     for (let j = 0; j < parts.length; j++) {
       const p = parts[j]! as Uint8Array<ArrayBuffer>;
       if (p.length === 0) continue;
