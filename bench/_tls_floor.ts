@@ -4,17 +4,11 @@
  * `Deno.connectTls`, rustls, TLS 1.3), 4 MiB writes and reads, CPU from /proc/self/stat.
  * @module
  */
-import { median } from "./_util.ts";
+import { cpuSeconds, median } from "./_util.ts";
 
 const MIB = 1024 * 1024;
 const TOTAL_BYTES = 256 * MIB;
 const CHUNK_BYTES = 4 * MIB;
-
-function cpuSeconds(): number {
-  const stat = Deno.readTextFileSync("/proc/self/stat");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
 
 /** One transfer of {@linkcode TOTAL_BYTES} over 127.0.0.1; returns MiB per CPU second. */
 async function once(tls: { cert: string; key: string; ca: string } | undefined): Promise<number> {
@@ -22,7 +16,7 @@ async function once(tls: { cert: string; key: string; ca: string } | undefined):
     ? Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key })
     : Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
-  const cpu0 = cpuSeconds();
+  const cpu0 = cpuSeconds("self");
   const receive = (async () => {
     const c = await listener.accept();
     const b = new Uint8Array(CHUNK_BYTES);
@@ -46,7 +40,7 @@ async function once(tls: { cert: string; key: string; ca: string } | undefined):
   conn.close();
   listener.close();
   if (got !== TOTAL_BYTES) throw new Error(`TLS floor: received ${got} of ${TOTAL_BYTES} bytes`);
-  return got / MIB / (cpuSeconds() - cpu0);
+  return got / MIB / (cpuSeconds("self") - cpu0);
 }
 
 /**

@@ -51,6 +51,21 @@ export function qemuBaseArgs(): string[] {
   return a;
 }
 
+/**
+ * CPU seconds of a process from /proc/PID/stat (`"self"`: this one): utime + stime of all its
+ * threads, plus its waited-for children's (cutime + cstime) with `children` (QEMU's `exec:cat`).
+ * @throws {Deno.errors.NotFound} when the process is gone
+ */
+export function cpuSeconds(pid: number | "self", options: { children?: boolean } = {}): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3 (state)
+  const own = Number(f[11]) + Number(f[12]);
+  return (options.children ? own + Number(f[13]) + Number(f[14]) : own) / CLOCK_TICKS;
+}
+
+/** USER_HZ: /proc clock ticks per second on Linux. */
+const CLOCK_TICKS = 100;
+
 /** Resident set size of `pid` and its threads, in KiB (VmRSS). */
 export function rssKiB(pid: number): number {
   try {

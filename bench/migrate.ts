@@ -36,7 +36,7 @@
  */
 import { BenchVm, freePort } from "./_migrate_vm.ts";
 import { lineChart, type Panel, type Series } from "./_svg_chart.ts";
-import { ferryCommand, median, out, PROBE, qemuBaseArgs, qemuBinary, ROOT } from "./_util.ts";
+import { cpuSeconds, ferryCommand, median, out, PROBE, qemuBaseArgs, qemuBinary, ROOT } from "./_util.ts";
 import { benchMigrateTls } from "./migrate_tls.ts";
 import { benchMigratePostcopy } from "./migrate_postcopy.ts";
 import { benchMigrateSnapshot } from "./migrate_snapshot.ts";
@@ -67,17 +67,13 @@ const DEFAULT_FILL_RATE = 2048;
 const FILL_TIMEOUT_MS = 240_000;
 
 /** CPU seconds (utime + stime of all threads) of process `pid`, NaN when it is gone. */
-function cpuSeconds(pid: number): number {
+function cpuSecondsOrNaN(pid: number): number {
   try {
-    const st = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+    return cpuSeconds(pid);
   } catch {
     return NaN;
   }
 }
-/** USER_HZ on Linux. */
-const CLOCK_TICKS = 100;
 
 type Vmm = "ferry" | "qemu";
 type Transport = "tcp" | "unix";
@@ -370,7 +366,7 @@ async function migrateOnce(vmm: Vmm, sc: Scenario, qemu: string | undefined, seq
       "downtime-limit": DOWNTIME_LIMIT_MS,
     });
 
-    const cpu0 = [cpuSeconds(src.child.pid), cpuSeconds(dst.child.pid)];
+    const cpu0 = [cpuSecondsOrNaN(src.child.pid), cpuSecondsOrNaN(dst.child.pid)];
     // BENCH_PERF=PREFIX: `perf record -g` both processes over the migration, into PREFIX.<vmm>.
     const perfOut = Deno.env.get("BENCH_PERF");
     const perf = perfOut
@@ -398,8 +394,8 @@ async function migrateOnce(vmm: Vmm, sc: Scenario, qemu: string | undefined, seq
         status,
       });
       if (["completed", "failed", "canceled", "cancelled"].includes(status)) {
-        run.srcCpuS = cpuSeconds(src.child.pid) - cpu0[0]!;
-        run.dstCpuS = cpuSeconds(dst.child.pid) - cpu0[1]!;
+        run.srcCpuS = cpuSecondsOrNaN(src.child.pid) - cpu0[0]!;
+        run.dstCpuS = cpuSecondsOrNaN(dst.child.pid) - cpu0[1]!;
         if (perf) {
           perf.kill("SIGINT");
           await perf.status;

@@ -14,7 +14,7 @@
  * @module
  */
 import { BenchVm } from "./_migrate_vm.ts";
-import { ferryCommand, median, out, PROBE, qemuBaseArgs } from "./_util.ts";
+import { cpuSeconds, ferryCommand, median, out, PROBE, qemuBaseArgs } from "./_util.ts";
 
 const MIB = 1024 * 1024;
 const MEM_MIB = 512;
@@ -33,13 +33,6 @@ interface SnapRun {
   saveCpuS: number;
   restoreCpuS: number;
   fileBytes: number;
-}
-
-/** utime + stime + cutime + cstime of a process in seconds (/proc/PID/stat, USER_HZ 100). */
-function cpuSeconds(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
 }
 
 function vmArgs(vmm: Vmm, qmp: string, extra: string[]): { cmd: string; args: string[] } {
@@ -94,7 +87,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
     await src.waitProgress(want, 60000);
     await sq.call("stop");
     await sq.call("migrate-set-parameters", { "max-bandwidth": MAX_BANDWIDTH, "downtime-limit": 300 });
-    let cpu0 = cpuSeconds(src.child.pid);
+    let cpu0 = cpuSeconds(src.child.pid, { children: true });
     let t0 = performance.now();
     await sq.call("migrate", { uri: vmm === "ferry" ? `file:${file}` : `exec:cat > ${file}` });
     const info = await poll(
@@ -104,7 +97,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
     );
     run.saveMs = performance.now() - t0;
     await new Promise((r) => setTimeout(r, 100)); // let QEMU reap its `cat`
-    run.saveCpuS = cpuSeconds(src.child.pid) - cpu0;
+    run.saveCpuS = cpuSeconds(src.child.pid, { children: true }) - cpu0;
     if (info.status !== "completed") {
       throw new Error(`${vmm} save ${String(info.status)}: ${String(info["error-desc"] ?? "")}`);
     }
@@ -116,7 +109,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
     const dst = new BenchVm(`${vmm} restore`, d.cmd || qemu!, d.args, `${dir}/dst.qmp`);
     vms.push(dst);
     const dq = await dst.qmp();
-    cpu0 = cpuSeconds(dst.child.pid);
+    cpu0 = cpuSeconds(dst.child.pid, { children: true });
     t0 = performance.now();
     await dq.call("migrate-incoming", { uri: vmm === "ferry" ? `file:${file}` : `exec:cat ${file}` });
     const st = await poll(
@@ -126,7 +119,7 @@ async function once(vmm: Vmm, qemu: string | undefined): Promise<SnapRun> {
     );
     run.restoreMs = performance.now() - t0;
     await new Promise((r) => setTimeout(r, 100));
-    run.restoreCpuS = cpuSeconds(dst.child.pid) - cpu0;
+    run.restoreCpuS = cpuSeconds(dst.child.pid, { children: true }) - cpu0;
     if (st.status !== "paused") {
       throw new Error(`${vmm} restore ended ${String(st.status)}: ${dst.stderrTail()}`);
     }

@@ -20,7 +20,7 @@
  */
 import { BenchVm, freePort } from "./_migrate_vm.ts";
 import { denoTlsFloor } from "./_tls_floor.ts";
-import { ferryCommand, median, out, PROBE, qemuBaseArgs } from "./_util.ts";
+import { cpuSeconds, ferryCommand, median, out, PROBE, qemuBaseArgs } from "./_util.ts";
 import { makeTlsDirs } from "../tests/_fixture/tls.ts";
 
 const MIB = 1024 * 1024;
@@ -58,13 +58,6 @@ function args(vmm: "ferry" | "qemu", qmp: string, extra: string[]): { cmd: strin
       ...extra,
     ],
   };
-}
-
-/** utime + stime of a process (all threads) in seconds, from /proc/PID/stat. */
-function cpuSeconds(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100; // fields 14, 15 in clock ticks (USER_HZ 100)
 }
 
 async function once(
