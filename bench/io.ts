@@ -31,9 +31,11 @@
  * (tap queue never full), it and not the VMM set the RX rate.
  *
  * Efficiency beside speed (every group): `… per CPU s` rows are requests (or frames) per second of
- * host CPU the VMM process used outside its guest (utime + stime − guest_time of /proc/PID/stat, all
- * threads) over the measured rounds (from the last line of the ramp to the last measured line); the
- * guest's own spinning is not counted.
+ * host CPU the VMM process used in its threads other than its vCPU threads (_io_vm.ts
+ * hostCpuSeconds: the I/O path, and exit handling where it runs outside a vCPU thread, as ferry's
+ * vCPU Worker does; a vCPU thread's own host time cannot be told from its guest time on this host,
+ * so it is left out for both VMMs) over the measured rounds (from the last line of the ramp to the
+ * last measured line).
  * They move much less with the host's load than the rates do, which on a shared 2-core host swing by
  * ±50–150% between runs.
  *
@@ -156,6 +158,7 @@ const SIDES = [
   "  qemu   blk: -drive cache=writeback|none,aio=io_uring (writeback ↔ ferry direct=off, none ↔ direct=on);",
   "         net: -netdev tap (vhost off: userspace virtio-net, like ferry)",
   "  guest  blk ×N rows: N requests in flight, each completion refilled at once (sliding window, PROTOCOL.md)",
+  "  per CPU s: host CPU of the VMM's threads other than vCPU threads (both VMMs; /proc utime+stime)",
 ];
 
 /** Values of one run: metric name → value. */
@@ -220,7 +223,7 @@ function assertClean(vm: TimedProcess): void {
 const CPU_AT = /PROBE (BLK RATE|NET RATE|NET TX seq)/;
 
 /**
- * Operations per host CPU second of the VMM (its CPU time outside the guest, hostCpuSeconds)
+ * Operations per host CPU second of the VMM (its threads other than vCPU threads, hostCpuSeconds)
  * between two sampled lines; NaN when the time did not advance by at least 2 clock ticks.
  */
 function perCpuSecond(ops: number, a: TimedLine, b: TimedLine): number {

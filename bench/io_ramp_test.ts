@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { MEASURE_MS, MEASURE_ROUNDS, RAMP_MS, rampThenMeasure } from "./io.ts";
-import type { TimedLine } from "./_io_vm.ts";
+import { nonVcpuTicks, type TimedLine } from "./_io_vm.ts";
 
 /** A VM whose lines arrived at the given times (ms), one RATE line each. */
 function fakeVm(times: number[]) {
@@ -36,4 +36,26 @@ Deno.test("rampThenMeasure measures at least MEASURE_ROUNDS slow rounds", async 
 
 Deno.test("rampThenMeasure fails when the VM stops before enough rounds", async () => {
   await assert.rejects(() => rampThenMeasure(fakeVm([0, 100, 200]), /RATE/, 10_000), /exited/);
+});
+
+/** A /proc stat line with utime, stime and guest_time set (fields 14, 15, 43). */
+function statLine(tid: number, comm: string, utime: number, stime: number, guest: number): string {
+  const f = new Array<string>(50).fill("0");
+  f[0] = "S";
+  f[11] = String(utime);
+  f[12] = String(stime);
+  f[40] = String(guest);
+  return `${tid} (${comm}) ${f.join(" ")}`;
+}
+
+Deno.test("nonVcpuTicks leaves out whole vCPU threads (guest_time > 0), even when their guest_time exceeds utime", () => {
+  const proc = statLine(1, "qemu system", 300, 100, 260);
+  const tasks = [
+    statLine(1, "qemu system", 80, 40, 0), // main loop
+    statLine(2, "qemu system", 150, 30, 260), // vCPU: guest_time > utime + stime (tick-sampled)
+    statLine(3, "iou-wrk-1", 70, 30, 0),
+  ];
+  assert.equal(nonVcpuTicks(proc, tasks), 300 + 100 - (150 + 30));
+  // An exited thread's time stays in the process's count.
+  assert.equal(nonVcpuTicks(proc, tasks.slice(0, 2)), 220);
 });
