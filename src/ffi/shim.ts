@@ -63,7 +63,7 @@ export const symbols = {
   ferry_copy_crc32c: { parameters: ["buffer", "buffer", "u64", "u32"], result: "u32" }, // u8 *dst, const u8 *src, u64 len, u32 crc → crc of the bytes copied
   ferry_crc32c_pages: { parameters: ["buffer", "u64", "buffer", "u32"], result: "u32" }, // const u8 *src, u64 pages, u32 *page_crcs, u32 crc → crc of all
   ferry_copy_crc32c_pages: { parameters: ["buffer", "buffer", "u64", "buffer", "u32"], result: "u32" }, // u8 *dst, const u8 *src, u64 pages, u32 *page_crcs, u32 crc → crc of all
-  ferry_crc32c_impl: { parameters: [], result: "u32" }, // 2 = crc32 ×3 + PCLMULQDQ, 1 = crc32, 0 = portable
+  ferry_crc32c_impl: { parameters: [], result: "u32" }, // 3 = VPCLMULQDQ folding + crc32 ×3, 2 = crc32 ×3 + PCLMULQDQ, 1 = crc32, 0 = portable
   // ---- SHA-256 (shim/sha256.zig) ----
   ferry_sha256: { parameters: ["buffer", "u64", "buffer"], result: "void" }, // const u8 *ptr, u64 len, u8 out[32]
 
