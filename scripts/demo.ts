@@ -10,6 +10,7 @@
  */
 import { runClient } from "../src/client/commands.ts";
 import { QmpClient } from "../src/client/qmp_client.ts";
+import { ferryEntry } from "./bundle.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const enc = new TextEncoder();
@@ -35,7 +36,7 @@ function vmArgs(name: string, extra: string[] = []): string[] {
   return [
     "run",
     "-A",
-    `${ROOT}main.ts`,
+    ferryEntry(),
     "-machine",
     "q35",
     "-m",
