@@ -3,7 +3,7 @@
  * @module
  */
 
-import { ferryEntry } from "../scripts/bundle.ts";
+import { ferryRunArgs } from "../scripts/bundle.ts";
 
 export const ROOT = new URL("../", import.meta.url).pathname;
 export const PROBE = `${ROOT}zig-out/guest/probe.elf`;
@@ -23,14 +23,14 @@ export function median(xs: number[]): number {
 
 /**
  * The command that runs ferry: a compiled binary from `FERRY_BIN`, else `deno run` of its bundle
- * (`zig-out/js/ferry.js`, rebuilt when stale; `main.ts` with `FERRY_FROM_SOURCE=1`).
+ * (`--no-config zig-out/js/ferry.js`, rebuilt when stale; `main.ts` with `FERRY_FROM_SOURCE=1`).
  */
 export function ferryCommand(args: string[]): { cmd: string; args: string[] } {
   const bin = Deno.env.get("FERRY_BIN");
   if (bin) return { cmd: bin, args };
   const prof = Deno.env.get("BENCH_CPU_PROF");
   const extra = prof ? [`--cpu-prof`, `--cpu-prof-dir=${prof}`] : [];
-  return { cmd: Deno.execPath(), args: ["run", "-A", ...extra, ferryEntry(), ...args] };
+  return { cmd: Deno.execPath(), args: [...ferryRunArgs(extra), ...args] };
 }
 
 /** QEMU from Debian, or undefined when it is not installed. */

@@ -121,6 +121,18 @@ export function ferryEntry(): string {
   }
 }
 
+/**
+ * Deno's arguments that run ferry, before ferry's own: `run -A --no-config zig-out/js/ferry.js`
+ * (see {@linkcode ferryEntry}). The bundle needs no `deno.json`, and `--no-config` keeps the one
+ * of the current directory (another project's, say) out of it.
+ * @param denoFlags more flags for `deno run` (e.g. `--cpu-prof`)
+ */
+export function ferryRunArgs(denoFlags: string[] = []): string[] {
+  const entry = ferryEntry();
+  const config = entry === FERRY_JS ? ["--no-config"] : [];
+  return ["run", "-A", ...config, ...denoFlags, entry];
+}
+
 if (import.meta.main) {
   const force = Deno.args.includes("--force");
   const fresh = !force && bundleFresh();
