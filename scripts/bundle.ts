@@ -11,6 +11,8 @@
  * @module
  */
 
+import { newestSource } from "../src/util/bundled.ts";
+
 const ROOT = new URL("../", import.meta.url).pathname;
 /** The bundle's directory. */
 export const BUNDLE_DIR = `${ROOT}zig-out/js`;
@@ -38,24 +40,10 @@ function mtime(path: string): number {
   }
 }
 
-/** The newest modification time of the sources a bundle is built from. */
-function newestSource(): number {
-  let newest = Math.max(mtime(`${ROOT}main.ts`), mtime(`${ROOT}deno.json`));
-  const walk = (dir: string) => {
-    for (const e of Deno.readDirSync(dir)) {
-      const p = `${dir}/${e.name}`;
-      if (e.isDirectory) walk(p);
-      else if (e.name.endsWith(".ts") && !e.name.endsWith("_test.ts")) newest = Math.max(newest, mtime(p));
-    }
-  };
-  walk(`${ROOT}src`);
-  return newest;
-}
-
 /** Whether every bundle exists and is at least as new as every source. */
 export function bundleFresh(): boolean {
   const built = Math.min(...ENTRIES.map((e) => mtime(`${BUNDLE_DIR}/${bundleName(e)}`)));
-  return built >= newestSource();
+  return built >= newestSource(ROOT).mtimeMs;
 }
 
 /**

@@ -4,7 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { BUNDLE_DIR, bundleFresh, ensureBundle, ENTRIES, FERRY_JS } from "../scripts/bundle.ts";
-import { ROOT } from "./_fixture/ferry.ts";
+import { probeArgs, ROOT } from "./_fixture/ferry.ts";
+import { newestSource } from "../src/util/bundled.ts";
 
 function* walk(dir: string): Generator<string> {
   for (const e of Deno.readDirSync(dir)) {
@@ -39,4 +40,30 @@ Deno.test("a bundle older than the sources is rebuilt before it runs", () => {
   assert.equal(ensureBundle(), FERRY_JS);
   assert.ok(bundleFresh());
   assert.ok(Deno.statSync(`${BUNDLE_DIR}/vcpu_worker.js`).mtime!.getTime() > 0);
+});
+
+Deno.test("a bundle run directly while older than a source says so on stderr, and runs", async () => {
+  ensureBundle();
+  const old = new Date(newestSource(ROOT).mtimeMs - 1000);
+  Deno.utimeSync(FERRY_JS, old, old);
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--no-config",
+        FERRY_JS,
+        ...probeArgs({ append: "mode=idle interval_ms=10 rounds=1" }),
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, stderr);
+    assert.match(new TextDecoder().decode(out.stdout), /PROBE READY/);
+    assert.match(stderr, /zig-out\/js\/ferry\.js is older than \S+\.ts: it runs older code; rebuild it with/);
+  } finally {
+    ensureBundle();
+  }
+  assert.ok(bundleFresh());
 });
