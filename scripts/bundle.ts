@@ -7,7 +7,7 @@
  *
  * {@linkcode ensureBundle} rebuilds only when `main.ts`, `deno.json` or a module under `src/` is
  * newer than the bundle, so a bundle cannot run older code than the sources beside it.
- * `deno run -A scripts/bundle.ts [--force]` does it from the command line (`scripts/setup.sh`).
+ * `deno run -A scripts/bundle.ts [--force] [--quiet]` does it from the command line (`deno task ferry`).
  * @module
  */
 
