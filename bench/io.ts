@@ -11,22 +11,31 @@
  * 4 KiB × depth 1 and 4 KiB × depth 32 (IOPS); the guest keeps `depth` requests in flight,
  * refilling each as it completes. The probe writes its
  * area (`blk_mib`, same on both VMMs) then flushes, then reads it back and verifies, and prints the
- * write and read rate of each round; the first round is a warm-up, a run's value is the median of
- * the other rounds. The probe's offsets are sequential (it has no random pattern): the 4 KiB shapes
+ * write and read rate of each round, round after round until the run has what it measures (then
+ * the VM is killed). The probe's offsets are sequential (it has no random pattern): the 4 KiB shapes
  * measure the per-request cost, not seek behaviour.
+ *
+ * Warm-up (as fio's `ramp_time`), the same for both VMMs and every group: the first round (burst)
+ * and every one that ends within {@linkcode RAMP_MS} of it are discarded; a run's value is the median
+ * of the rounds after that, at least {@linkcode MEASURE_ROUNDS} of them over at least
+ * {@linkcode MEASURE_MS}. ferry's JIT compiles its hot I/O functions during its first ~1 s of I/O
+ * (docs/io-performance.md): without a ramp the rows measured the warm-up, not the I/O path.
  *
  * Net (a network namespace with one tap, created and deleted here; skipped with the reason when
  * /dev/net/tun or `ip netns` is unavailable): TX = the guest's own rate over bursts of 50000
- * broadcast frames (`mode=net net_burst=50000`, first burst ignored, median of the rest). RX = a
+ * broadcast frames (`mode=net net_burst=50000`, ramp as for blk, median of the bursts after it). RX = a
  * python3 packet socket in the namespace sends 60-byte UDP frames to the guest's MAC into the tap
  * as fast as it can for a few seconds; the rate is the growth of the guest's own received-frames
- * count (`NET TX … rx=`) between two of its lines inside the blast window, over the host time
- * between them. The blaster's offered and refused rates are printed: when it had no frame refused
+ * count (`NET TX … rx=`) between two of its lines inside the blast window after its first
+ * {@linkcode RAMP_MS} (the ramp), over the host time between them. The blaster's offered and refused rates are printed: when it had no frame refused
  * (tap queue never full), it and not the VMM set the RX rate.
  *
  * Efficiency beside speed (every group): `… per CPU s` rows are requests (or frames) per second of
- * host CPU the VMM process used outside its guest (utime + stime − guest_time of /proc/PID/stat, all
- * threads) between the first and last rate lines of the run; the guest's own spinning is not counted.
+ * host CPU the VMM process used in its threads other than its vCPU threads (_io_vm.ts
+ * hostCpuSeconds: the I/O path, and exit handling where it runs outside a vCPU thread, as ferry's
+ * vCPU Worker does; a vCPU thread's own host time cannot be told from its guest time on this host,
+ * so it is left out for both VMMs) over the measured rounds (from the last line of the ramp to the
+ * last measured line).
  * They move much less with the host's load than the rates do, which on a shared 2-core host swing by
  * ±50–150% between runs.
  *
@@ -56,12 +65,18 @@ type Row = Record<string, string | number>;
 
 const GUEST_MAC = "52:54:00:12:34:56";
 const IMAGE_MIB = 64;
-const BLK_ROUNDS = 6;
 const NET_TX_BURST = 50000;
-const NET_TX_ROUNDS = 6;
+/**
+ * Warm-up discarded on both VMMs (ms): rounds (bursts) that end within this time of the first one
+ * are not measured, nor RX frames in the blast's first RAMP_MS.
+ */
+export const RAMP_MS = 2000;
+/** After the ramp, a run measures at least this many rounds (bursts)… */
+export const MEASURE_ROUNDS = 5;
+/** …over at least this long (ms). */
+export const MEASURE_MS = 1000;
+/** RX: how long the blast runs after the ramp (s). */
 const BLAST_SECS = 2.5;
-/** Guest lines closer than this (ms) to the blast's start are not used (ramp-up). */
-const BLAST_SETTLE_MS = 150;
 const BAD =
   /PROBE (BLK |NET )?(TIMEOUT|ERROR|EXCEPTION)|VERIFY FAIL|READONLY|BLK WRITE status|BLK (READ|FLUSH) status/;
 
@@ -143,6 +158,7 @@ const SIDES = [
   "  qemu   blk: -drive cache=writeback|none,aio=io_uring (writeback ↔ ferry direct=off, none ↔ direct=on);",
   "         net: -netdev tap (vhost off: userspace virtio-net, like ferry)",
   "  guest  blk ×N rows: N requests in flight, each completion refilled at once (sliding window, PROTOCOL.md)",
+  "  per CPU s: host CPU of the VMM's threads other than vCPU threads (both VMMs; /proc utime+stime)",
 ];
 
 /** Values of one run: metric name → value. */
@@ -207,7 +223,7 @@ function assertClean(vm: TimedProcess): void {
 const CPU_AT = /PROBE (BLK RATE|NET RATE|NET TX seq)/;
 
 /**
- * Operations per host CPU second of the VMM (its CPU time outside the guest, hostCpuSeconds)
+ * Operations per host CPU second of the VMM (its threads other than vCPU threads, hostCpuSeconds)
  * between two sampled lines; NaN when the time did not advance by at least 2 clock ticks.
  */
 function perCpuSecond(ops: number, a: TimedLine, b: TimedLine): number {
@@ -215,15 +231,36 @@ function perCpuSecond(ops: number, a: TimedLine, b: TimedLine): number {
   return d >= 0.02 ? ops / d : NaN;
 }
 
-/** Median of the rounds after the first (warm-up). */
-function steady(xs: number[]): number {
-  return median(xs.length > 1 ? xs.slice(1) : xs);
+/**
+ * Waits for the guest's per-round lines matching `re` and applies the ramp (module doc): returns
+ * the last line of the ramp (`start`, where the CPU count begins) and the measured lines after it.
+ * @throws {Error} after `timeoutMs`, or when the VM exits first
+ */
+export async function rampThenMeasure(
+  vm: Pick<TimedProcess, "waitFor">,
+  re: RegExp,
+  timeoutMs: number,
+): Promise<{ start: TimedLine; measured: TimedLine[] }> {
+  const deadline = performance.now() + timeoutMs;
+  let from = 0, first: TimedLine | undefined, start: TimedLine | undefined;
+  const measured: TimedLine[] = [];
+  for (;;) {
+    const { index, line } = await vm.waitFor(re, Math.max(1, deadline - performance.now()), from);
+    from = index + 1;
+    if (!first || !start || line.t - first.t < RAMP_MS) {
+      first ??= line;
+      start = line;
+      continue;
+    }
+    measured.push(line);
+    if (measured.length >= MEASURE_ROUNDS && line.t - start.t >= MEASURE_MS) return { start, measured };
+  }
 }
 
 function blkGroup(ctx: Ctx, cache: Cache, s: Shape): Group {
   const mib = s.mib[cache];
   const append =
-    `mode=blk blk_mib=${mib} blk_req_kib=${s.reqKiB} blk_depth=${s.depth} rounds=${BLK_ROUNDS} interval_ms=1000 cpus=1`;
+    `mode=blk blk_mib=${mib} blk_req_kib=${s.reqKiB} blk_depth=${s.depth} rounds=0 interval_ms=1000 cpus=1`;
   const dev = {
     ferry: [
       "-drive",
@@ -253,23 +290,21 @@ function blkGroup(ctx: Ctx, cache: Cache, s: Shape): Group {
     notes: [`blk_mib=${mib}`],
     run: (vmm) =>
       withVm(ctx, vmCommand(ctx, vmm, append, dev, false), async (vm) => {
-        await vm.waitFor(/PROBE EXIT/, 120_000);
+        const { start, measured } = await rampThenMeasure(vm, /PROBE BLK RATE/, 120_000);
         assertClean(vm);
-        const w: number[] = [], r: number[] = [], at: TimedLine[] = [];
-        for (const l of vm.lines) {
+        const w: number[] = [], r: number[] = [];
+        for (const l of measured) {
           const m = l.text.match(
             /PROBE BLK RATE round=\d+ write_kibps=(\d+) read_kibps=(\d+) write_iops=(\d+) read_iops=(\d+)/,
           );
-          if (!m) continue;
+          if (!m) throw new Error(`cannot parse '${l.text}'`);
           w.push(s.unit === "IOPS" ? Number(m[3]) : Number(m[1]) / 1024);
           r.push(s.unit === "IOPS" ? Number(m[4]) : Number(m[2]) / 1024);
-          at.push(l);
         }
-        if (w.length < BLK_ROUNDS) throw new Error(`only ${w.length} of ${BLK_ROUNDS} RATE lines`);
         // Each round writes then reads the whole area: 2 × mib / reqKiB requests (and one flush).
         const perRound = 2 * (mib * 1024) / s.reqKiB;
-        const cpu = perCpuSecond((at.length - 1) * perRound, at[0]!, at.at(-1)!);
-        return { write: steady(w), read: steady(r), cpu };
+        const cpu = perCpuSecond(measured.length * perRound, start, measured.at(-1)!);
+        return { write: median(w), read: median(r), cpu };
       }),
   };
 }
@@ -293,7 +328,7 @@ function netDev(ctx: Ctx): { ferry: string[]; qemu: string[] } {
 }
 
 function netTxGroup(ctx: Ctx): Group {
-  const append = `mode=net net_burst=${NET_TX_BURST} rounds=${NET_TX_ROUNDS} interval_ms=100 cpus=1`;
+  const append = `mode=net net_burst=${NET_TX_BURST} rounds=0 interval_ms=100 cpus=1`;
   return {
     id: "net-tx",
     metrics: [
@@ -305,13 +340,11 @@ function netTxGroup(ctx: Ctx): Group {
     notes: [`bursts of ${NET_TX_BURST}`],
     run: (vmm) =>
       withVm(ctx, vmCommand(ctx, vmm, append, netDev(ctx), true), async (vm) => {
-        await vm.waitFor(/PROBE EXIT/, 60_000);
+        const { start, measured } = await rampThenMeasure(vm, /PROBE NET RATE tx_fps=\d+/, 60_000);
         assertClean(vm);
-        const at = vm.lines.filter((l) => /PROBE NET RATE tx_fps=\d+/.test(l.text));
-        const tx = at.map((l) => Number(l.text.match(/tx_fps=(\d+)/)![1]));
-        if (tx.length < NET_TX_ROUNDS) throw new Error(`only ${tx.length} of ${NET_TX_ROUNDS} RATE lines`);
+        const tx = measured.map((l) => Number(l.text.match(/tx_fps=(\d+)/)![1]));
         // A RATE line ends each burst.
-        return { tx: steady(tx), cpu: perCpuSecond((at.length - 1) * NET_TX_BURST, at[0]!, at.at(-1)!) };
+        return { tx: median(tx), cpu: perCpuSecond(measured.length * NET_TX_BURST, start, measured.at(-1)!) };
       }),
   };
 }
@@ -333,12 +366,12 @@ function netRxGroup(ctx: Ctx): Group {
     run: (vmm) =>
       withVm(ctx, vmCommand(ctx, vmm, append, netDev(ctx), true), async (vm) => {
         await vm.waitFor(/PROBE NET READY/, 30_000);
-        const bl = startBlaster(ctx.net!, GUEST_MAC, BLAST_SECS);
+        const bl = startBlaster(ctx.net!, GUEST_MAC, RAMP_MS / 1000 + BLAST_SECS);
         ctx.live.add(bl);
         let t0: number, t1: number, sent: number, ref: number, secs: number;
         try {
           t0 = (await bl.waitFor(/BLAST start/, 10_000)).line.t;
-          const end = await bl.waitFor(/BLAST sent=/, BLAST_SECS * 1000 + 10_000);
+          const end = await bl.waitFor(/BLAST sent=/, RAMP_MS + BLAST_SECS * 1000 + 10_000);
           t1 = end.line.t;
           const m = end.line.text.match(/sent=(\d+) refused=(\d+) secs=([\d.]+)/)!;
           [sent, ref, secs] = [Number(m[1]), Number(m[2]), Number(m[3])];
@@ -349,7 +382,7 @@ function netRxGroup(ctx: Ctx): Group {
         assertClean(vm);
         const inWindow = vm.lines.flatMap((l) => {
           const m = l.text.match(/PROBE NET TX seq=\d+ rx=(\d+)/);
-          return m && l.t > t0 + BLAST_SETTLE_MS && l.t < t1 ? [{ t: l.t, rx: Number(m[1]), line: l }] : [];
+          return m && l.t > t0 + RAMP_MS && l.t < t1 ? [{ t: l.t, rx: Number(m[1]), line: l }] : [];
         });
         if (inWindow.length < 5) throw new Error(`only ${inWindow.length} NET TX lines during the blast`);
         const a = inWindow[0]!, b = inWindow.at(-1)!;
@@ -425,7 +458,12 @@ export async function benchIo(o: IoOptions): Promise<Row[]> {
 
     out(
       `io: probe guest (1 vCPU, 256 MiB), ${IMAGE_MIB} MiB raw image in /tmp, ${o.runs} runs each, ` +
-        `${vmms.join("/")} alternating; per run the median of rounds 2..N; medians over runs`,
+        `${vmms.join("/")} alternating; medians over runs`,
+    );
+    out(
+      `  warm-up, both VMMs alike: the first round (burst) and all ending within ${RAMP_MS / 1000} s of it ` +
+        `discarded (RX: the blast's first ${RAMP_MS / 1000} s); per run the median of the next ` +
+        `≥ ${MEASURE_ROUNDS} rounds over ≥ ${MEASURE_MS / 1000} s`,
     );
     for (const l of SIDES) out(l);
     if (!o.qemu) out("  qemu   not installed (apt-get install qemu-system-x86): no ratio");

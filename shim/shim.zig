@@ -118,6 +118,30 @@ export fn ferry_memcpy(dst: u64, src: u64, len: u64) void {
     @memcpy(d[0..len], s[0..len]);
 }
 
+// ---- sockets ----------------------------------------------------------------------------------
+
+/// setsockopt(2) of an int option (e.g. SOL_SOCKET/SO_SNDBUF on a socket Deno opened).
+export fn ferry_setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) isize {
+    var v: c_int = value;
+    return ret(linux.setsockopt(fd, level, @bitCast(name), @ptrCast(&v), @sizeOf(c_int)));
+}
+
+/// getsockopt(2) of an int option; returns its value (non-negative options only).
+export fn ferry_getsockopt_int(fd: c_int, level: c_int, name: c_int) isize {
+    var v: c_int = 0;
+    var len: linux.socklen_t = @sizeOf(c_int);
+    const r = ret(linux.getsockopt(fd, level, @bitCast(name), @ptrCast(&v), &len));
+    return if (r < 0) r else v;
+}
+
+/// getsockname(2) (`peer` 0) or getpeername(2) (`peer` 1) into `buf`; returns the address length.
+export fn ferry_socket_address(fd: c_int, peer: c_int, buf: [*]u8, len: u32) isize {
+    var l: linux.socklen_t = len;
+    const addr: *linux.sockaddr = @ptrCast(@alignCast(buf));
+    const r = ret(if (peer != 0) linux.getpeername(fd, addr, &l) else linux.getsockname(fd, addr, &l));
+    return if (r < 0) r else l;
+}
+
 // ---- eventfd / epoll --------------------------------------------------------------------------
 
 export fn ferry_eventfd(initval: c_uint, flags: c_int) isize {

@@ -28,6 +28,9 @@ export const symbols = {
   ferry_mincore: { parameters: ["u64", "u64", "buffer"], result: "isize" }, // addr, len, unsigned char *vec
   ferry_memfd_create: { parameters: ["buffer", "u32"], result: "isize" }, // const char *name, uint flags
   ferry_ftruncate: { parameters: ["i32", "u64"], result: "isize" }, // int fd, off_t len
+  ferry_setsockopt_int: { parameters: ["i32", "i32", "i32", "i32"], result: "isize" }, // fd, level, name, value
+  ferry_getsockopt_int: { parameters: ["i32", "i32", "i32"], result: "isize" }, // fd, level, name → value
+  ferry_socket_address: { parameters: ["i32", "i32", "buffer", "u32"], result: "isize" }, // fd, peer?, buf, len
   ferry_memcpy: { parameters: ["u64", "u64", "u64"], result: "void" }, // dst addr, src addr, len
   ferry_eventfd: { parameters: ["u32", "i32"], result: "isize" }, // uint initval, int flags
   ferry_epoll_create: { parameters: [], result: "isize" },

@@ -27,6 +27,7 @@ import type { MigrationCapabilities, MigrationParameters } from "./parameters.ts
 import type { MigrationListener } from "./transport.ts";
 import { type MessageWriter, ProtocolError } from "./stream.ts";
 import { workerUrl } from "../util/bundled.ts";
+import { newSocketFds, socketFds } from "./socket_fd.ts";
 
 /** Index in the `channel` message that marks the main connection. */
 export const MAIN_CHANNEL = 0xffff;
@@ -458,18 +459,6 @@ export interface MultifdReceiverOptions {
   workers?: MultifdWorkers;
 }
 
-/** The socket descriptors of this process, by number, with their inode link. */
-function socketFds(): Map<number, string> {
-  const out = new Map<number, string>();
-  for (const e of Deno.readDirSync("/proc/self/fd")) {
-    try {
-      const link = Deno.readLinkSync(`/proc/self/fd/${e.name}`);
-      if (link.startsWith("socket:")) out.set(Number(e.name), link);
-    } catch { /* closed meanwhile */ }
-  }
-  return out;
-}
-
 /** Destination side: accepts the channels and lands what they carry. */
 export class MultifdReceiver {
   #channels: Channel[] = [];
@@ -532,7 +521,7 @@ export class MultifdReceiver {
         }),
       ]).finally(() => clearTimeout(timer));
       this.#conns.push(conn);
-      const fresh = [...socketFds()].filter(([fd, link]) => before.get(fd) !== link);
+      const fresh = newSocketFds(before);
       if (fresh.length !== 1) {
         throw new Error(`Cannot accept multifd channel: cannot find its socket (${fresh.length} candidates)`);
       }
@@ -550,7 +539,7 @@ export class MultifdReceiver {
       c.post({
         type: "init",
         role: "destination",
-        fd: fresh[0]![0],
+        fd: fresh[0]!,
         layout,
         stallMs: o.stallTimeoutMs,
         populate: o.populate,

@@ -283,7 +283,20 @@ export class Virtqueue {
    * behind does the same).
    */
   disableNotification(): void {
-    if (!this.#eventIdx) this.#mem.writeU16(this.#used, VIRTQ_USED_F_NO_NOTIFY);
+    if (!this.#eventIdx) this.#setUsedU16(0, VIRTQ_USED_F_NO_NOTIFY);
+  }
+
+  /** Writes a u16 of the used ring at byte `off` and marks it dirty, without allocating. */
+  #setUsedU16(off: number, v: number): void {
+    if (this.#dUsed) {
+      this.#dUsed.setUint16(off, v & 0xffff, true);
+      this.#mem.markDirty(this.#used + off, 2);
+    } else this.#mem.writeU16(this.#used + off, v);
+  }
+
+  /** Reads a u16 of the available ring at byte `off`, without allocating. */
+  #availU16(off: number): number {
+    return this.#dAvail ? this.#dAvail.getUint16(off, true) : this.#mem.readU16(this.#avail + off);
   }
 
   /**
@@ -292,8 +305,8 @@ export class Virtqueue {
    * @returns true when more chains arrived meanwhile, so the caller should keep processing
    */
   enableNotification(): boolean {
-    if (this.#eventIdx) this.#mem.writeU16(this.#used + 4 + 8 * this.#size, this.regs.nextAvail);
-    else this.#mem.writeU16(this.#used, 0);
+    if (this.#eventIdx) this.#setUsedU16(4 + 8 * this.#size, this.regs.nextAvail);
+    else this.#setUsedU16(0, 0);
     memoryFence();
     return this.pending() > 0;
   }
@@ -304,11 +317,11 @@ export class Virtqueue {
     this.regs.signalledUsed = now;
     memoryFence();
     if (this.#eventIdx) {
-      const event = this.#mem.readU16(this.#avail + 4 + 2 * this.#size);
+      const event = this.#availU16(4 + 2 * this.#size);
       return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
     }
     if (now === old) return false;
-    return (this.#mem.readU16(this.#avail) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    return (this.#availU16(0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
   }
 }
 
