@@ -3,6 +3,8 @@
  * @module
  */
 
+import { ferryRunArgs } from "../scripts/bundle.ts";
+
 export const ROOT = new URL("../", import.meta.url).pathname;
 export const PROBE = `${ROOT}zig-out/guest/probe.elf`;
 const encoder = new TextEncoder();
@@ -19,13 +21,16 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-/** The command that runs ferry: a compiled binary from `FERRY_BIN`, else `deno run main.ts`. */
+/**
+ * The command that runs ferry: a compiled binary from `FERRY_BIN`, else `deno run` of its bundle
+ * (`--no-config zig-out/js/ferry.js`, rebuilt when stale; `main.ts` with `FERRY_FROM_SOURCE=1`).
+ */
 export function ferryCommand(args: string[]): { cmd: string; args: string[] } {
   const bin = Deno.env.get("FERRY_BIN");
   if (bin) return { cmd: bin, args };
   const prof = Deno.env.get("BENCH_CPU_PROF");
   const extra = prof ? [`--cpu-prof`, `--cpu-prof-dir=${prof}`] : [];
-  return { cmd: Deno.execPath(), args: ["run", "-A", ...extra, `${ROOT}main.ts`, ...args] };
+  return { cmd: Deno.execPath(), args: [...ferryRunArgs(extra), ...args] };
 }
 
 /** QEMU from Debian, or undefined when it is not installed. */

@@ -10,6 +10,7 @@
  */
 import { runClient } from "../src/client/commands.ts";
 import { QmpClient } from "../src/client/qmp_client.ts";
+import { ferryRunArgs } from "./bundle.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const enc = new TextEncoder();
@@ -33,9 +34,7 @@ const uri = `unix:${dir}/migrate.sock`;
 
 function vmArgs(name: string, extra: string[] = []): string[] {
   return [
-    "run",
-    "-A",
-    `${ROOT}main.ts`,
+    ...ferryRunArgs(),
     "-machine",
     "q35",
     "-m",

@@ -1,10 +1,13 @@
 /**
  * THE native boundary: the only file that calls `Deno.dlopen`. Declares every symbol of
  * `libferry_shim.so` (shim/shim.zig) with its C types, and finds the library:
- * `FERRY_SHIM` env → `zig-out/lib/` beside the sources → an embedded copy (deno compile
- * `--include`), written to a private temp file first because `dlopen(3)` needs a real file.
+ * `FERRY_SHIM` env → `zig-out/lib/` beside the sources (`../lib/` beside the bundle,
+ * `zig-out/js/`) → an embedded copy (deno compile `--include`), written to a private temp file
+ * first because `dlopen(3)` needs a real file.
  * @module
  */
+
+import { isBundled } from "../util/bundled.ts";
 
 /** The symbol table; every function returns `>= 0` or `-errno` unless noted. */
 export const symbols = {
@@ -118,7 +121,13 @@ export const TURN_THREAD = 0, TURN_HOST = 1, TURN_QUIT = 2;
 export type Shim = Deno.DynamicLibrary<typeof symbols>["symbols"];
 
 const LIB_NAME = "libferry_shim.so";
-let lib: Deno.DynamicLibrary<typeof symbols> | undefined;
+/** The path every symbol is opened from, and a handle with no symbols that keeps the library loaded. */
+interface Opened {
+  path: string;
+  lib: Deno.DynamicLibrary<Record<never, never>>;
+}
+let opened: Opened | undefined;
+let table: Shim | undefined;
 
 function exists(path: string): boolean {
   try {
@@ -131,7 +140,10 @@ function exists(path: string): boolean {
 function locate(): string {
   const env = Deno.env.get("FERRY_SHIM");
   if (env) return env;
-  const beside = new URL(`../../zig-out/lib/${LIB_NAME}`, import.meta.url);
+  const beside = new URL(
+    isBundled(import.meta.url) ? `../lib/${LIB_NAME}` : `../../zig-out/lib/${LIB_NAME}`,
+    import.meta.url,
+  );
   if (beside.protocol !== "file:") throw new Error(`Cannot locate ${LIB_NAME}: module is not a local file`);
   const path = decodeURIComponent(beside.pathname);
   if (exists(path)) return path;
@@ -140,36 +152,56 @@ function locate(): string {
 
 /**
  * Inside a `deno compile` binary the library is served from the embedded file system, which
- * dlopen(3) cannot read: copy it to a private temp file (0700, removed at exit) and open that.
+ * dlopen(3) cannot read: copy it to a private temp file (0700) and open that. Deno would copy it
+ * too, but again for every symbol opened ({@linkcode shim}); the path stays valid for them after
+ * the file is removed, because dlopen(3) finds a loaded library by its path first.
  */
-function openEmbedded(path: string): Deno.DynamicLibrary<typeof symbols> {
+function openEmbedded(path: string): Opened {
   const bytes = Deno.readFileSync(path);
   const dir = Deno.makeTempDirSync({ prefix: "ferry-shim-" });
   const tmp = `${dir}/${LIB_NAME}`;
   Deno.writeFileSync(tmp, bytes, { mode: 0o700 });
   try {
-    return Deno.dlopen(tmp, symbols);
+    return { path: tmp, lib: Deno.dlopen(tmp, {}) };
   } finally {
     // Once mapped, the file is no longer needed.
     Deno.removeSync(dir, { recursive: true });
   }
 }
 
-/** Opens (once per thread) and returns the shim's symbols. */
-export function shim(): Shim {
-  if (!lib) {
-    const path = locate();
-    try {
-      lib = Deno.dlopen(path, symbols);
-    } catch (cause) {
-      try {
-        lib = openEmbedded(path);
-      } catch {
-        throw new Error(`Cannot load ${LIB_NAME} from '${path}'`, { cause });
-      }
-    }
+function open(): Opened {
+  const path = locate();
+  if (Deno.build.standalone) return openEmbedded(path);
+  try {
+    return { path, lib: Deno.dlopen(path, {}) };
+  } catch (cause) {
+    throw new Error(`Cannot load ${LIB_NAME} from '${path}'`, { cause });
   }
-  return lib.symbols;
+}
+
+/**
+ * Opens (once per thread) and returns the shim's symbols. Each symbol is opened on its first use:
+ * Deno compiles a native fast-call trampoline (Cranelift) for every synchronous symbol it opens,
+ * ~0.2 ms each per isolate, and a VM uses a third of them at start.
+ */
+export function shim(): Shim {
+  if (!table) {
+    const o = opened ??= open();
+    // Getters on the prototype: the first read of a symbol opens it and shadows the getter with
+    // the function (dlopen(3) of a loaded library only counts a reference).
+    const proto: PropertyDescriptorMap = {};
+    for (const name of Object.keys(symbols) as (keyof typeof symbols)[]) {
+      proto[name] = {
+        get(this: object) {
+          const fn = Deno.dlopen(o.path, { [name]: symbols[name] }).symbols[name];
+          Object.defineProperty(this, name, { value: fn, enumerable: true });
+          return fn;
+        },
+      };
+    }
+    table = Object.create(Object.create(null, proto)) as Shim;
+  }
+  return table;
 }
 
 /** A NUL-terminated copy of `s` for `const char *` parameters. */

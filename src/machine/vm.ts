@@ -31,6 +31,7 @@ import type { VirtioPciDevices } from "./pci.ts";
 import type { IoControl } from "../devices/virtio/io_control.ts";
 import type { DriveConfig } from "../devices/virtio/block/block.ts";
 import type { PciAddress } from "../devices/pci/pci_address.ts";
+import { workerUrl } from "../util/bundled.ts";
 
 export type { VcpuState } from "./vcpu_state.ts";
 export type { VmKernelState } from "./vm_kernel_state.ts";
@@ -153,7 +154,7 @@ export class Vm {
     }
     // The vCPU Worker loads its modules while this thread sets the VM up (a boot-time saving);
     // its init message waits in the Worker's queue until then.
-    const worker = new Worker(new URL("./vcpu_worker.ts", import.meta.url), {
+    const worker = new Worker(workerUrl("./vcpu_worker.ts", import.meta.url), {
       type: "module",
       name: "vcpus",
     });

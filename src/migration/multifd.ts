@@ -26,6 +26,7 @@ import type { GuestMemory, MemoryLayout } from "../memory/guest_memory.ts";
 import type { MigrationCapabilities, MigrationParameters } from "./parameters.ts";
 import type { MigrationListener } from "./transport.ts";
 import { type MessageWriter, ProtocolError } from "./stream.ts";
+import { workerUrl } from "../util/bundled.ts";
 import { newSocketFds, socketFds } from "./socket_fd.ts";
 
 /** Index in the `channel` message that marks the main connection. */
@@ -159,7 +160,7 @@ class Channel {
 
   constructor(index: number) {
     this.index = index;
-    this.worker = new Worker(new URL("./multifd_worker.ts", import.meta.url), {
+    this.worker = new Worker(workerUrl("./multifd_worker.ts", import.meta.url), {
       type: "module",
       name: `multifd-${index}`,
     });

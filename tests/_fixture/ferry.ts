@@ -1,9 +1,11 @@
 /**
- * Spawns ferry (from source, `deno run -A main.ts`, or the binary in `FERRY_BIN`) for black-box
+ * Spawns ferry (its bundle, `deno run -A --no-config zig-out/js/ferry.js`, rebuilt when a source is newer;
+ * `main.ts` with `FERRY_FROM_SOURCE=1`; or the binary in `FERRY_BIN`) for black-box
  * tests and reads its serial console (stdout) line by line.
  * @module
  */
 import { QmpClient } from "./qmp_client.ts";
+import { ferryRunArgs } from "../../scripts/bundle.ts";
 
 /** Repository root. */
 export const ROOT = new URL("../../", import.meta.url).pathname;
@@ -31,7 +33,7 @@ export class Ferry {
         env: options.env ?? {},
       })
       : new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `${ROOT}main.ts`, ...args],
+        args: [...ferryRunArgs(), ...args],
         stdin: "piped",
         stdout: "piped",
         stderr: "piped",

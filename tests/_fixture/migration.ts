@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { Ferry, PROBE, probeArgs, ROOT, tempDir, waitIncoming } from "./ferry.ts";
 import type { QmpClient, QmpMessage } from "./qmp_client.ts";
+import { ferryRunArgs } from "../../scripts/bundle.ts";
 import { encodeMessage, HEADER_BYTES, HEADER_LENGTH_OFFSET } from "../../src/migration/stream.ts";
 
 export { Ferry, PROBE, probeArgs, ROOT, tempDir };
@@ -119,7 +120,7 @@ export async function startVm(o: VmOptions): Promise<Vm> {
   });
   if (o.kernel !== undefined) args = args.map((a, i) => (args[i - 1] === "-kernel" ? o.kernel! : a));
   const ferry = o.netns !== undefined
-    ? new Ferry(["netns", "exec", o.netns, Deno.execPath(), "run", "-A", `${ROOT}main.ts`, ...args], {
+    ? new Ferry(["netns", "exec", o.netns, Deno.execPath(), ...ferryRunArgs(), ...args], {
       qmpPath,
       env: { FERRY_BIN: "ip" },
     })

@@ -17,6 +17,7 @@
 import { logger } from "../../util/log.ts";
 import { closeFd, createEventfd, signalEventfd } from "../../sys/eventfd.ts";
 import type { IoPlan } from "./io_plan.ts";
+import { workerUrl } from "../../util/bundled.ts";
 
 export const IO_REQ_RUN = 0, IO_REQ_PAUSE = 1, IO_REQ_STOP = 2;
 export const IO_ST_RUNNING = 0, IO_ST_PAUSED = 1, IO_ST_EXITED = 2;
@@ -59,7 +60,7 @@ export class IoControl {
    *   needs it passed with `--include`)
    */
   static async start(options: { plan: IoPlan; url?: URL; timeoutMs?: number }): Promise<IoControl> {
-    const url = options.url ?? new URL("./io_worker.ts", import.meta.url);
+    const url = options.url ?? workerUrl("./io_worker.ts", import.meta.url);
     const c = new IoControl(new Worker(url, { type: "module" }));
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
