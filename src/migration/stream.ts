@@ -555,7 +555,9 @@ export class MessageWriter {
    * {@linkcode sendPagesQueued} without the copy, for pages nothing can change until they are
    * written (a paused guest: vCPUs and device I/O stopped, `cont` refused during a migration). Their
    * CRC32Cs are computed in place, and the pages are written straight from `pages` after the header
-   * and `prefix`. Resolves once the checksums are known; the write goes on in the background.
+   * and `prefix`. Resolves once the checksums are known; the write goes on in the background. Like
+   * the copied kind, it first waits while two messages are still unwritten: the pages are read
+   * for their checksums just before the socket takes them, not all up front.
    */
   async sendPagesInPlaceQueued(
     kind: MessageKindName,
@@ -583,6 +585,12 @@ export class MessageWriter {
     this.#busy++;
     const copied = this.#copyTail.then(async () => {
       if (this.#error !== undefined) throw this.#error;
+      // At most two messages wait for the socket, in place or copied: the next one is framed while
+      // the last is written, and its pages are checksummed just before they go out (still in cache).
+      const i = this.#next;
+      this.#next ^= 1;
+      await this.#bufFree[i];
+      if (this.#error !== undefined) throw this.#error;
       if (inPlace) {
         const out = this.#frameInPlace(kind, parts, pageCrcs!);
         const written = this.#writeTail.then(async () => {
@@ -594,13 +602,9 @@ export class MessageWriter {
           this.#error ??= e;
           throw e;
         });
-        this.#writeTail = written.catch(() => {});
+        this.#writeTail = this.#bufFree[i] = written.catch(() => {});
         return { written };
       }
-      const i = this.#next;
-      this.#next ^= 1;
-      await this.#bufFree[i];
-      if (this.#error !== undefined) throw this.#error;
       const b = this.#fill(i, kind, parts, pageCrcs);
       const written = this.#writeTail.then(() => {
         if (this.#error !== undefined) throw this.#error;

@@ -284,3 +284,31 @@ Deno.test("MessageWriter: queued and in-place page messages are the same bytes a
   await assert.rejects(() => failing.drain(), /peer gone/);
   await assert.rejects(() => failing.send("ack"), /peer gone/);
 });
+
+Deno.test("MessageWriter: in-place page messages wait while two are still unwritten (the checksums stay just ahead of the socket)", async () => {
+  const pages = Uint8Array.from({ length: 2 * 4096 }, (_, i) => (i * 7 + 1) & 0xff);
+  const prefix = Uint8Array.of(1, 2);
+  const parts = [pages];
+  const pending: (() => void)[] = [];
+  const w = new MessageWriter({
+    write: (p: Uint8Array) => new Promise<number>((resolve) => pending.push(() => resolve(p.length))),
+  });
+  const crcs = new Uint32Array(2);
+  await w.sendPagesInPlaceQueued("ram", prefix, parts, crcs);
+  await w.sendPagesInPlaceQueued("ram", prefix, parts, crcs);
+  let third = false;
+  const t = w.sendPagesInPlaceQueued("ram", prefix, parts, crcs).then(() => third = true);
+  for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 0));
+  assert.equal(third, false, "framed while two messages were still unwritten");
+  // Complete the first message's writes (header + table, then the pages): the third may go.
+  while (!third) {
+    pending.shift()?.();
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  await t;
+  while (pending.length) {
+    pending.shift()!();
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  await w.drain();
+});
