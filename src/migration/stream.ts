@@ -575,7 +575,7 @@ export class MessageWriter {
     if (this.#error !== undefined) throw this.#error;
   }
 
-  /** Copies the message once a buffer is free; resolves (a wrapper, not flattened) to its write. */
+  /** Frames (copies, or checksums in place) the message once a slot is free; resolves (a wrapper, not flattened) to its write. */
   #enqueue(
     kind: MessageKindName,
     parts: readonly Uint8Array[],
@@ -591,24 +591,15 @@ export class MessageWriter {
       this.#next ^= 1;
       await this.#bufFree[i];
       if (this.#error !== undefined) throw this.#error;
-      if (inPlace) {
-        const out = this.#frameInPlace(kind, parts, pageCrcs!);
-        const written = this.#writeTail.then(async () => {
-          for (const b of out) {
-            if (this.#error !== undefined) throw this.#error;
-            await writeAll(this.#sink, b);
-          }
-        }).catch((e) => {
-          this.#error ??= e;
-          throw e;
-        });
-        this.#writeTail = this.#bufFree[i] = written.catch(() => {});
-        return { written };
-      }
-      const b = this.#fill(i, kind, parts, pageCrcs);
-      const written = this.#writeTail.then(() => {
-        if (this.#error !== undefined) throw this.#error;
-        return writeAll(this.#sink, b);
+      // In place: the header and run table, then the pages straight from guest RAM; else one copy.
+      const out = inPlace
+        ? this.#frameInPlace(kind, parts, pageCrcs!)
+        : [this.#fill(i, kind, parts, pageCrcs)];
+      const written = this.#writeTail.then(async () => {
+        for (const b of out) {
+          if (this.#error !== undefined) throw this.#error;
+          await writeAll(this.#sink, b);
+        }
       }).catch((e) => {
         this.#error ??= e;
         throw e;
