@@ -575,7 +575,10 @@ export class MessageWriter {
     if (this.#error !== undefined) throw this.#error;
   }
 
-  /** Frames (copies, or checksums in place) the message once a slot is free; resolves (a wrapper, not flattened) to its write. */
+  /**
+   * Frames the message (a copy, or checksums in place) once a slot is free; resolves (a wrapper,
+   * not flattened) to its write.
+   */
   #enqueue(
     kind: MessageKindName,
     parts: readonly Uint8Array[],
