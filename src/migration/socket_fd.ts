@@ -75,10 +75,14 @@ export function findAcceptedUnix(before: Map<number, string>, path: string): num
 }
 
 /**
- * Asks for a send buffer of `bytes` on `fd` (the kernel caps it at `net.core.wmem_max`). Returns
- * the size the kernel granted (Linux reports twice the request: it counts its own overhead).
+ * Asks for a send buffer of `bytes` on `fd`; the kernel caps it at `net.core.wmem_max`. Best
+ * effort: a refusal leaves the kernel's default.
  */
-export function setSendBuffer(fd: number, bytes: number): number {
+export function setSendBuffer(fd: number, bytes: number): void {
   shim().ferry_setsockopt_int(fd, SOL_SOCKET, SO_SNDBUF, bytes);
+}
+
+/** The send buffer `fd` has, as Linux reports it (twice what was granted: it counts its overhead). */
+export function sendBufferBytes(fd: number): number {
   return Number(shim().ferry_getsockopt_int(fd, SOL_SOCKET, SO_SNDBUF));
 }

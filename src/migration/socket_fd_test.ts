@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
-import { shim } from "../ffi/shim.ts";
-import { findAcceptedUnix, findConnectedUnix, socketFds, unixSocketPath } from "./socket_fd.ts";
+import {
+  findAcceptedUnix,
+  findConnectedUnix,
+  newSocketFds,
+  sendBufferBytes as sendBuffer,
+  socketFds,
+  unixSocketPath,
+} from "./socket_fd.ts";
 import { connectMigration, MigrationListener, parseMigrationUri } from "./transport.ts";
-
-const SOL_SOCKET = 1, SO_SNDBUF = 7;
-
-function sendBuffer(fd: number): number {
-  return Number(shim().ferry_getsockopt_int(fd, SOL_SOCKET, SO_SNDBUF));
-}
 
 Deno.test("findConnectedUnix and findAcceptedUnix tell a unix connection's two ends apart from other sockets", async () => {
   const dir = Deno.makeTempDirSync();
@@ -51,7 +51,7 @@ Deno.test("a unix migration connection gets a larger send buffer at both ends; t
     const listener = await MigrationListener.open(target);
     const before = socketFds();
     const [src, dst] = await Promise.all([connectMigration(target), listener.acceptOne()]);
-    const fds = [...socketFds()].filter(([fd, link]) => before.get(fd) !== link).map(([fd]) => fd);
+    const fds = newSocketFds(before);
     assert.equal(fds.length, 2);
     for (const fd of fds) {
       // Linux reports twice what was granted; granted is min(4 MiB, wmem_max).
@@ -70,7 +70,7 @@ Deno.test("a unix migration connection gets a larger send buffer at both ends; t
       connectMigration({ kind: "tcp", uri: `tcp:127.0.0.1:${port}`, host: "127.0.0.1", port }),
       tl.acceptOne(),
     ]);
-    const tfds = [...socketFds()].filter(([fd, link]) => before2.get(fd) !== link).map(([fd]) => fd);
+    const tfds = newSocketFds(before2);
     assert.equal(tfds.length, 2);
     for (const fd of tfds) assert.ok(sendBuffer(fd) < 2 * Math.min(4 * 1024 * 1024, wmemMax));
     ts.close();
