@@ -119,9 +119,16 @@ for (const transport of ["tcp", "unix"] as const) {
         }
         assert.ok(!p.dst.lines.some((l) => /FAIL|PROBE BOOT/.test(l)), p.dst.transcript());
         assert.equal((await p.dq.call("query-status") as QmpMessage).status, "running");
-        // RAM moved: the destination counted the pages its channels landed.
+        // RAM moved: the destination counted every page of guest RAM as landed, raw or zero. (The
+        // pattern is one counter byte a page: in a round that is a multiple of 256 every page is zero
+        // and goes as a zero run, so the raw count alone is not a check; a CI run hit it.)
         const d = await p.dq.call("query-migrate") as QmpMessage;
-        assert.ok(((d.ram as QmpMessage).normal as number) > 32 * 256, JSON.stringify(d));
+        const ram = d.ram as QmpMessage;
+        assert.ok(
+          (ram.normal as number) + (ram.duplicate as number) >= (ram.total as number) / 4096,
+          JSON.stringify(d),
+        );
+        assert.ok((ram.normal as number) > 0, JSON.stringify(d));
       } finally {
         await cleanup(p);
       }
