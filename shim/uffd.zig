@@ -77,6 +77,42 @@ export fn ferry_uffd_copy(fd: c_int, dst: u64, src: u64, len: u64, mode: u64) is
     return @intCast(cp.copy);
 }
 
+/// Places `len` bytes (whole 4 KiB pages) from `src` at `dst`, inside a range registered with
+/// `fd` in MISSING mode: UFFDIO_COPY backs each missing page and fills it in one step (no zeroing
+/// and no page fault), and a page that is already present is copied over in place instead. Returns
+/// how many pages were present, or -errno. (A migration destination lands fresh pages this way.)
+export fn ferry_uffd_place(fd: c_int, dst: u64, src: u64, len: u64) isize {
+    const page: u64 = 4096;
+    var off: u64 = 0;
+    var present: isize = 0;
+    var retries: u32 = 0;
+    while (off < len) {
+        var cp = c.struct_uffdio_copy{ .dst = dst + off, .src = src + off, .len = len - off, .mode = 0, .copy = 0 };
+        const r = ret(linux.syscall3(.ioctl, ufd(fd), UFFDIO_COPY, @intFromPtr(&cp)));
+        if (r == 0) break;
+        if (cp.copy > 0) {
+            // A partial copy (-EAGAIN): it stopped at a page it could not place; go on from there.
+            off += @intCast(cp.copy);
+            continue;
+        }
+        if (r == -@as(isize, @intFromEnum(linux.E.EXIST))) {
+            const d: [*]u8 = @ptrFromInt(dst + off);
+            const s: [*]const u8 = @ptrFromInt(src + off);
+            @memcpy(d[0..page], s[0..page]);
+            off += page;
+            present += 1;
+            continue;
+        }
+        // -EAGAIN with nothing copied: the mm was changing (a fork, mremap); try again a few times.
+        if (r == -@as(isize, @intFromEnum(linux.E.AGAIN)) and retries < 1000) {
+            retries += 1;
+            continue;
+        }
+        return r;
+    }
+    return present;
+}
+
 /// UFFDIO_ZEROPAGE of `[start, start+len)` (mode 1 = DONTWAKE). Returns the bytes zeroed.
 export fn ferry_uffd_zeropage(fd: c_int, start: u64, len: u64, mode: u64) isize {
     var z = c.struct_uffdio_zeropage{ .range = .{ .start = start, .len = len }, .mode = mode, .zeropage = 0 };
@@ -142,4 +178,24 @@ test "userfaultfd structs have the sizes and offsets of linux/userfaultfd.h" {
     try std.testing.expectEqual(@as(u32, 0xc028aa03), UFFDIO_COPY);
     try std.testing.expectEqual(@as(u32, 0xc020aa04), UFFDIO_ZEROPAGE);
     try std.testing.expectEqual(c.UFFD_EVENT_PAGEFAULT, 0x12);
+}
+
+test "ferry_uffd_place fills missing pages through UFFDIO_COPY and copies over present ones" {
+    const fd = ferry_uffd_open(0o2000000);
+    if (fd < 0) return error.SkipZigTest; // no userfaultfd here
+    defer _ = linux.syscall1(.close, @bitCast(fd));
+    var out: [2]u64 = undefined;
+    try std.testing.expect(ferry_uffd_api(@intCast(fd), 0, &out) >= 0);
+    const len = 4 * 4096;
+    const mem = try std.posix.mmap(null, len, std.posix.PROT.READ | std.posix.PROT.WRITE, .{ .TYPE = .PRIVATE, .ANONYMOUS = true }, -1, 0);
+    defer std.posix.munmap(mem);
+    mem[4096] = 7; // page 1 present before the range is registered
+    var ioctls: u64 = 0;
+    try std.testing.expect(ferry_uffd_register(@intCast(fd), @intFromPtr(mem.ptr), len, 1, &ioctls) >= 0);
+    var src: [len]u8 align(4096) = undefined;
+    for (&src, 0..) |*b, i| b.* = @truncate(i / 4096 + 1);
+    try std.testing.expectEqual(@as(isize, 1), ferry_uffd_place(@intCast(fd), @intFromPtr(mem.ptr), @intFromPtr(&src), len));
+    try std.testing.expectEqualSlices(u8, &src, mem[0..len]);
+    // All present now: every page is copied in place.
+    try std.testing.expectEqual(@as(isize, 4), ferry_uffd_place(@intCast(fd), @intFromPtr(mem.ptr), @intFromPtr(&src), len));
 }

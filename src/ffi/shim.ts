@@ -84,6 +84,13 @@ export const symbols = {
   ferry_uffd_register: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "isize" }, // fd, start, len, mode, u64 *ioctls
   ferry_uffd_unregister: { parameters: ["i32", "u64", "u64"], result: "isize" }, // fd, start, len
   ferry_uffd_copy: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "isize" }, // fd, dst, src, len, mode
+  ferry_uffd_place: { parameters: ["i32", "u64", "u64", "u64"], result: "isize" }, // fd, dst, src, len → pages that were present
+  ferry_uffd_place_async: {
+    name: "ferry_uffd_place",
+    parameters: ["i32", "u64", "u64", "u64"],
+    result: "isize",
+    nonblocking: true,
+  }, // the same on a Deno blocking-pool thread (a Promise)
   ferry_uffd_zeropage: { parameters: ["i32", "u64", "u64", "u64"], result: "isize" }, // fd, start, len, mode
   ferry_uffd_wake: { parameters: ["i32", "u64", "u64"], result: "isize" }, // fd, start, len
   ferry_uffd_read: { parameters: ["i32", "buffer", "u32"], result: "isize" }, // fd, struct uffd_msg *buf, max → count

@@ -129,6 +129,14 @@ function hostHasSwap(): boolean {
 }
 
 /**
+ * Whether {@linkcode residency} can answer on this host (it cannot when the host has swap: a
+ * swapped-out page is not resident yet not zero).
+ */
+export function residencyKnown(): boolean {
+  return !hostHasSwap();
+}
+
+/**
  * Which pages of `[gpa, gpa + pageCount pages)` the host has ever backed with memory (mincore),
  * one byte per page, bit 0 set when resident. A page that was never resident in an anonymous
  * mapping reads as zero, so migration can skip reading it. Returns undefined when the answer

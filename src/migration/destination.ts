@@ -19,7 +19,7 @@
  */
 import { logger } from "../util/log.ts";
 import { PAGE_SIZE } from "../memory/guest_memory.ts";
-import type { MigrationVm, Section } from "./vm_port.ts";
+import type { MigrationVm, RamPlacer, Section } from "./vm_port.ts";
 import type { MigrationStatusTracker } from "./status.ts";
 import { type MigrationInfo, RamCounters } from "./stats.ts";
 import { checkCompatibility } from "./compat.ts";
@@ -225,6 +225,8 @@ class IncomingMigration {
   #multifd: MultifdReceiver | undefined;
   #capabilities: Readonly<MigrationCapabilities>;
   #postcopy: PostcopyDestination | undefined;
+  /** Lands fresh RAM pages of the main connection while its RAM arrives (`MigrationVm.openPlacer`). */
+  #placer: RamPlacer | undefined;
 
   constructor(vm: MigrationVm, stallMs: number, capabilities: Readonly<MigrationCapabilities>) {
     this.#vm = vm;
@@ -276,7 +278,13 @@ class IncomingMigration {
       throw this.#multifd?.failure ?? e;
     } finally {
       this.#multifd?.close();
+      this.#closePlacer();
     }
+  }
+
+  #closePlacer(): void {
+    this.#placer?.close();
+    this.#placer = undefined;
   }
 
   async #run(
@@ -400,8 +408,15 @@ class IncomingMigration {
     let stateBytes = 0;
     let postcopyAdvised = false;
     let needed: Uint32Array[] | undefined;
+    // RAM on the main connection lands in fresh pages through the placer: not with multifd (the
+    // channel Workers write guest RAM) nor post-copy (which registers guest RAM itself).
+    if (!mf.channels && !this.#capabilities["postcopy-ram"]) {
+      this.#placer = vm.openPlacer?.();
+    }
     for (;;) {
       h = await next("before complete");
+      // RAM is over at the first other message: pages fault normally again.
+      if (h.kind !== "ram") this.#closePlacer();
       if (h.kind === "postcopyAdvise") {
         if (!this.#capabilities["postcopy-ram"]) {
           throw new Error(
@@ -434,11 +449,13 @@ class IncomingMigration {
             `Cannot receive migration: 'ram' after '${needed ? "postcopyDirty" : "state"}'`,
           );
         }
+        const placer = this.#placer;
         const r = await receiveRamBatch(reader, h, vm.memory, {
           ...(vm.residency ? { residency: (gpa: number, n: number) => vm.residency!(gpa, n) } : {}),
-          ...(vm.populate && !postcopyAdvised
+          ...(vm.populate && !postcopyAdvised && !placer
             ? { populate: (gpa: number, n: number) => vm.populate!(gpa, n) }
             : {}),
+          ...(placer ? { place: (gpa: number, b: Uint8Array) => placer.place(gpa, b) } : {}),
           digest,
         });
         c.transferredBytes += h.length;

@@ -25,7 +25,7 @@
  * `source.ts` and `destination.ts` (the two pipelines). Wire table and diagram: docs/migration.md.
  * @module
  */
-export type { MigrationVm, Section } from "./vm_port.ts";
+export type { MigrationVm, RamPlacer, Section } from "./vm_port.ts";
 export {
   MIGRATION_TRANSITIONS,
   type MigrationInfoProvider,

@@ -418,6 +418,12 @@ export interface LandOptions {
   populate?: (gpa: number, pageCount: number) => void;
   /** The switch-over digest: every landed run is recorded in it. */
   digest?: MigrationDigest;
+  /**
+   * `MigrationVm.openPlacer`'s `place`: while given, raw runs with a page that is not resident are
+   * read into staging buffers and placed through it (never read straight into guest RAM, and
+   * never `populate`d), since such a page must not be touched otherwise.
+   */
+  place?: (gpa: number, bytes: Uint8Array) => Promise<void>;
 }
 
 /** One validated run of a RAM message: where in which region it lands. */
@@ -485,11 +491,24 @@ export async function landRawRun(
   options: LandOptions = {},
   pageCrcs?: Uint32Array,
 ): Promise<void> {
-  options.populate?.(run.gpa, run.pageCount);
   const len = run.pageCount * PAGE_SIZE;
+  if (options.place && !allResident(options.residency?.(run.gpa, run.pageCount))) {
+    const place = options.place;
+    const crcs = pageCrcs ?? new Uint32Array(run.pageCount);
+    await reader.readPagesStaged(len, "RAM pages", crcs, (off, chunk) => place(run.gpa + off, chunk));
+    return;
+  }
+  if (!options.place) options.populate?.(run.gpa, run.pageCount);
   const dst = run.region.bytes.subarray(run.off, run.off + len);
   if (pageCrcs) await reader.readPages(dst, "RAM pages", pageCrcs);
   else await reader.readExact(dst, "RAM pages");
+}
+
+/** True when every page of a `residency` answer is resident (false when unknown). */
+function allResident(resident: Uint8Array | undefined): boolean {
+  if (!resident) return false;
+  for (let i = 0; i < resident.length; i++) if ((resident[i]! & 1) === 0) return false;
+  return true;
 }
 
 /** Lands one zero run: zeroes the pages that are not zero already (untouched pages stay unbacked). */

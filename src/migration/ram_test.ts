@@ -155,3 +155,48 @@ Deno.test("a large full pass round-trips through receiveRamBatch: raw bytes land
   assert.equal(c.messages().length, messages);
   assert.deepEqual(dst.regions[0]!.bytes, src.regions[0]!.bytes);
 });
+
+Deno.test("receiveRamBatch with place: runs with a page not resident go through place, resident runs are read in place", async () => {
+  const pages = 1024;
+  const src = memory([{ gpa: 0, sizeBytes: pages * 4096 }]);
+  for (let p = 0; p < pages; p++) {
+    if (p < 300 || (p >= 600 && p < 800) || p >= 810) src.write(p * 4096 + 5, Uint8Array.of((p % 250) + 1));
+  }
+  const chunks: Uint8Array[] = [];
+  const w = new MessageWriter({ write: (p) => (chunks.push(p.slice()), Promise.resolve(p.length)) });
+  await new RamSender(w, src, new RamCounters()).sendAll();
+  const all = new Uint8Array(chunks.reduce((n, x) => n + x.length, 0));
+  let o = 0;
+  for (const x of chunks) all.set(x, (o += x.length) - x.length);
+  let at = 0;
+  const reader = new MessageReader({
+    read: (p) => {
+      if (at >= all.length) return Promise.resolve(null);
+      const n = Math.min(p.length, all.length - at);
+      p.set(all.subarray(at, at + n));
+      at += n;
+      return Promise.resolve(n);
+    },
+  }, "source");
+  const dst = memory([{ gpa: 0, sizeBytes: pages * 4096 }]);
+  // Pages 600.. are resident already but page 700, the rest never backed.
+  const resident = new Uint8Array(pages);
+  resident.fill(1, 600);
+  resident[700] = 0;
+  const placed: [number, number][] = [];
+  for (let h = await reader.readHeader(); h; h = await reader.readHeader()) {
+    await receiveRamBatch(reader, h, dst, {
+      residency: (gpa, n) => resident.slice(gpa / 4096, gpa / 4096 + n),
+      place: (gpa, bytes) => {
+        placed.push([gpa / 4096, bytes.length / 4096]);
+        dst.write(gpa, bytes);
+        return Promise.resolve();
+      },
+      populate: () => assert.fail("nothing is populated while pages are placed"),
+    });
+  }
+  assert.deepEqual(dst.regions[0]!.bytes, src.regions[0]!.bytes);
+  // Data runs 0..300 (never backed) and 600..800 (page 700 missing) are placed; 810..1024 is all
+  // resident and read straight into guest RAM.
+  assert.deepEqual(placed, [[0, 300], [600, 200]]);
+});

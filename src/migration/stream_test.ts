@@ -312,3 +312,50 @@ Deno.test("MessageWriter: in-place page messages wait while two are still unwrit
   }
   await w.drain();
 });
+
+Deno.test("MessageReader.readPagesStaged hands whole-page chunks to place, with each page's CRC32C, and refuses a damaged message", async () => {
+  const out: Uint8Array[] = [];
+  const w = new MessageWriter({ write: (p: Uint8Array) => (out.push(p.slice()), Promise.resolve(p.length)) });
+  // 5 MiB: three chunks (2 MiB staging buffers), the last one short; more chunks than buffers.
+  const n = 1280;
+  const pages = Uint8Array.from({ length: n * 4096 }, (_, i) => ((i >> 12) * 7 + i) & 0xff);
+  const sent = new Uint32Array(n);
+  await w.sendPages("ram", Uint8Array.of(1, 2, 3), [pages], sent);
+  const read = async (bytes: Uint8Array, place: (off: number, chunk: Uint8Array) => Promise<void>) => {
+    // Delivered in odd-sized reads, so chunks fill from several reads and from the reader's buffer.
+    const parts: Uint8Array[] = [];
+    for (let o = 0; o < bytes.length; o += 300_001) parts.push(bytes.subarray(o, o + 300_001));
+    const r = new MessageReader(source(parts), "source");
+    await r.readHeader();
+    await r.readExact(new Uint8Array(3), "prefix");
+    const crcs = new Uint32Array(n);
+    await r.readPagesStaged(n * 4096, "pages", crcs, place);
+    return crcs;
+  };
+  const got = new Uint8Array(n * 4096);
+  const offsets: number[] = [];
+  const crcs = await read(out[0]!, async (off, chunk) => {
+    offsets.push(off);
+    await new Promise((r) => setTimeout(r, 1)); // placing is asynchronous: the next chunk is read meanwhile
+    got.set(chunk, off);
+  });
+  assert.deepEqual(offsets, [0, 2 * 1024 * 1024, 4 * 1024 * 1024]);
+  assert.deepEqual(got, pages);
+  assert.deepEqual(Array.from(crcs), Array.from(sent));
+  // A damaged page is refused when the message ends.
+  const bad = out[0]!.slice();
+  bad[HEADER_BYTES + 3 + 3 * 1024 * 1024]! ^= 1;
+  await assert.rejects(() => read(bad, () => Promise.resolve()), /CRC32C mismatch/);
+  // The first placement error is the reader's error, after every placement settled.
+  let settled = 0;
+  await assert.rejects(
+    () =>
+      read(out[0]!, async (off) => {
+        await new Promise((r) => setTimeout(r, 1));
+        settled++;
+        if (off === 0) throw new Error("no memory");
+      }),
+    /no memory/,
+  );
+  assert.ok(settled >= 1);
+});

@@ -83,10 +83,26 @@ export interface MigrationVm {
    * than faulting them in one by one during `recv`). Never changes guest RAM contents.
    */
   populate?(gpa: number, pageCount: number): void;
+  /**
+   * Optional, destination, before RAM arrives on the main connection: a way to land raw pages in
+   * guest RAM that was never backed, the host backing and filling each page in one step (far
+   * cheaper than `populate` and then writing). Until `close()`, a page that `residency` does not
+   * report resident must not be touched any other way (a touch would wait until then). Undefined
+   * when the host cannot (no userfaultfd, or `residency` unknown).
+   */
+  openPlacer?(): RamPlacer | undefined;
   /** Optional, destination: OS thread ids of the vCPUs in vCPU order (post-copy blocktimes). */
   vcpuThreadIds?(): readonly number[];
   /** Source, paused, before the last state is sent (e.g. release disk locks). */
   onSwitchover?(): Promise<void>;
   /** Source, after a failure or cancel that happened after `onSwitchover` (e.g. re-take locks). */
   onRollback?(): Promise<void>;
+}
+
+/** Lands raw pages in fresh guest RAM ({@linkcode MigrationVm.openPlacer}). */
+export interface RamPlacer {
+  /** Places `bytes` (whole pages) at `gpa`; `bytes` must not change until it settles. */
+  place(gpa: number, bytes: Uint8Array): Promise<void>;
+  /** Ends placing: every page faults normally again. */
+  close(): void;
 }

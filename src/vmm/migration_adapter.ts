@@ -15,6 +15,7 @@ import { checkStateVersion, StateReader } from "../devices/state_fields.ts";
 import type { Vm } from "../machine/vm.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import { Populator, residency } from "../memory/host_memory.ts";
+import { PagePlacer } from "../memory/page_placer.ts";
 import { type MigrationVm, restoreSections, saveSections, type Section } from "../migration/mod.ts";
 
 const RUNSTATE_VERSION = 1;
@@ -87,6 +88,9 @@ export class VmMigrationAdapter implements MigrationVm {
   populate(gpa: number, pageCount: number): void {
     this.#populator ??= new Populator(this.#vm.layout);
     this.#populator.ahead(gpa, pageCount);
+  }
+  openPlacer(): PagePlacer | undefined {
+    return PagePlacer.open(this.#vm.layout);
   }
   vcpuThreadIds(): readonly number[] {
     return this.#vm.threadIds();
