@@ -43,17 +43,19 @@ function sh(...args: string[]): { ok: boolean; err: string } {
 }
 
 /** A net device over a real tap moved into a fresh network namespace. */
-function rig(tag: string) {
+function rig(tag: string, options: { batchRx?: boolean } = {}) {
   const ns = `ferry-t${Deno.pid}-${tag}`;
   const ifname = `fy${Deno.pid % 100000}${tag}`;
   const add = sh("ip", "netns", "add", ns);
   if (!add.ok) throw new Error(`Cannot create netns '${ns}': ${add.err}`);
+  // No IPv6 on the tap: the host's own router/neighbour solicitations would take RX chains.
+  sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1");
   const tap = new Tap(ifname, "net0");
   const net = new VirtioNet({ config: { id: "net0", ifname, mac: MAC }, tap });
   const memory = fakeMemory(8 << 20);
   const t = testTransport({ plan: { ...testPlan(net.info), deviceId: net.id }, memory, fire: () => {} });
   net.attach(t);
-  const handler = new NetHandler({ plan: net.backendPlan(), memory, transport: t });
+  const handler = new NetHandler({ plan: net.backendPlan(), memory, transport: t, ...options });
   const d = new TestDriver(memory, t.bar0);
   d.init({ numQueues: 3 });
   for (
@@ -277,45 +279,119 @@ for f in sys.argv[2:]:
 print("sent", flush=True)
 `;
 
-Deno.test({
-  name:
-    "VirtioNet RX reads frames straight into a chain of two buffers; one too big for it is dropped and the next lands there",
-  ignore: skipTap !== undefined,
-  async fn() {
-    const r = rig("c");
-    const peerMac = parseMac("02:00:00:00:00:02", "peer");
-    const big = frame(MAC, peerMac, 0x88b7, "B".repeat(1000));
-    const small = frame(MAC, peerMac, 0x88b7, "small one");
-    try {
-      const out = await new Deno.Command("ip", {
-        args: ["netns", "exec", r.ns, "python3", "-c", SENDER, r.ifname, hex(big), hex(small)],
-        stdout: "piped",
-        stderr: "inherit",
-      }).output();
-      assert.equal(new TextDecoder().decode(out.stdout).trim(), "sent");
-      let got: Uint8Array | undefined;
-      const bigSeen = () => r.handler.stats.rxDropped;
-      for (let i = 0; i < 50 && !got; i++) {
-        // 12-byte header buffer + 200 bytes: the big frame cannot fit.
-        r.d.submit(NET_RX, [{ len: VNET_HDR_BYTES, writable: true }, { len: 200, writable: true }]);
-        r.handler.processRx();
-        for (const u of r.d.takeUsed(NET_RX)) {
-          const hdr = r.d.buffer(NET_RX, u.id, 0), body = r.d.buffer(NET_RX, u.id, 1);
-          const b = new Uint8Array(u.len);
-          b.set(hdr.subarray(0, Math.min(u.len, hdr.length)));
-          if (u.len > hdr.length) b.set(body.subarray(0, u.len - hdr.length), hdr.length);
-          assert.ok(u.len <= VNET_HDR_BYTES + 200);
-          if (b[VNET_HDR_BYTES + 12] === 0x88 && b[VNET_HDR_BYTES + 13] === 0xb7) got = b;
+for (const batchRx of [true, false]) {
+  Deno.test({
+    name: `VirtioNet RX (${
+      batchRx ? "io_uring batches" : "one readv per frame"
+    }) reads frames straight into a chain of two buffers; one too big for it is dropped and the next lands there`,
+    ignore: skipTap !== undefined,
+    async fn() {
+      const r = rig(batchRx ? "c" : "f", { batchRx });
+      const peerMac = parseMac("02:00:00:00:00:02", "peer");
+      const big = frame(MAC, peerMac, 0x88b7, "B".repeat(1000));
+      const small = frame(MAC, peerMac, 0x88b7, "small one");
+      try {
+        const out = await new Deno.Command("ip", {
+          args: ["netns", "exec", r.ns, "python3", "-c", SENDER, r.ifname, hex(big), hex(small)],
+          stdout: "piped",
+          stderr: "inherit",
+        }).output();
+        assert.equal(new TextDecoder().decode(out.stdout).trim(), "sent");
+        let got: Uint8Array | undefined;
+        const bigSeen = () => r.handler.stats.rxDropped;
+        for (let i = 0; i < 50 && !got; i++) {
+          // 12-byte header buffer + 200 bytes: the big frame cannot fit.
+          r.d.submit(NET_RX, [{ len: VNET_HDR_BYTES, writable: true }, { len: 200, writable: true }]);
+          r.handler.processRx();
+          for (const u of r.d.takeUsed(NET_RX)) {
+            const hdr = r.d.buffer(NET_RX, u.id, 0), body = r.d.buffer(NET_RX, u.id, 1);
+            const b = new Uint8Array(u.len);
+            b.set(hdr.subarray(0, Math.min(u.len, hdr.length)));
+            if (u.len > hdr.length) b.set(body.subarray(0, u.len - hdr.length), hdr.length);
+            assert.ok(u.len <= VNET_HDR_BYTES + 200);
+            if (b[VNET_HDR_BYTES + 12] === 0x88 && b[VNET_HDR_BYTES + 13] === 0xb7) got = b;
+          }
+          if (!got) await new Promise((res) => setTimeout(res, 10));
         }
-        if (!got) await new Promise((res) => setTimeout(res, 10));
+        assert.ok(got, "the small frame reached the RX queue");
+        assert.deepEqual(got.subarray(VNET_HDR_BYTES), small);
+        assert.equal(got[10], 1, "num_buffers = 1");
+        assert.ok(got.subarray(0, 10).every((b) => b === 0), "no offload flags");
+        assert.ok(bigSeen() >= 1, "the big frame was dropped");
+      } finally {
+        r.handler.close();
+        r.cleanup();
       }
-      assert.ok(got, "the small frame reached the RX queue");
-      assert.deepEqual(got.subarray(VNET_HDR_BYTES), small);
-      assert.equal(got[10], 1, "num_buffers = 1");
-      assert.ok(got.subarray(0, 10).every((b) => b === 0), "no offload flags");
-      assert.ok(bigSeen() >= 1, "the big frame was dropped");
-    } finally {
-      r.cleanup();
-    }
-  },
-});
+    },
+  });
+}
+
+/** Sends `frames` into the tap from inside the namespace (they wait in the tap's queue). */
+async function inject(r: ReturnType<typeof rig>, frames: Uint8Array[]): Promise<void> {
+  const out = await new Deno.Command("ip", {
+    args: ["netns", "exec", r.ns, "python3", "-c", SENDER, r.ifname, ...frames.map(hex)],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  assert.equal(new TextDecoder().decode(out.stdout).trim(), "sent");
+}
+
+/** The frames (after the vnet header) of the used RX entries, in used-ring order. */
+function received(r: ReturnType<typeof rig>): { id: number; frame: Uint8Array }[] {
+  return r.d.takeUsed(NET_RX).map((u) => ({
+    id: u.id,
+    frame: r.d.buffer(NET_RX, u.id, 0).slice(VNET_HDR_BYTES, u.len),
+  }));
+}
+
+for (const batchRx of [true, false]) {
+  Deno.test({
+    name: `VirtioNet RX (${
+      batchRx ? "io_uring batches" : "one readv per frame"
+    }) fills chains in ring order, gives unused ones back, and says when the ring ran out`,
+    ignore: skipTap !== undefined,
+    async fn() {
+      const r = rig(batchRx ? "d" : "e", { batchRx });
+      const peerMac = parseMac("02:00:00:00:00:03", "peer");
+      const frames = Array.from({ length: 9 }, (_, i) => frame(MAC, peerMac, 0x88b8, `frame ${i}`));
+      try {
+        const heads: number[] = [];
+        for (let i = 0; i < 8; i++) {
+          heads.push(r.d.submit(NET_RX, [{ len: 1526 + VNET_HDR_BYTES, writable: true }]));
+        }
+        await inject(r, frames.slice(0, 5));
+        const got: { id: number; frame: Uint8Array }[] = [];
+        for (let i = 0; i < 100 && got.length < 5; i++) {
+          r.handler.processRx();
+          got.push(...received(r).filter((g) => g.frame[12] === 0x88 && g.frame[13] === 0xb8));
+          if (got.length < 5) await new Promise((res) => setTimeout(res, 10));
+        }
+        assert.deepEqual(got.map((g) => g.id), heads.slice(0, 5), "the first five chains, in ring order");
+        assert.deepEqual(got.map((g) => g.frame.subarray(0, 60)), frames.slice(0, 5));
+        if (batchRx) {
+          assert.ok(r.handler.rxBatches >= 1 && r.handler.rxBatches < 5, `${r.handler.rxBatches} batches`);
+        } else assert.equal(r.handler.rxBatches, 0);
+        assert.equal(r.handler.rxNeedsBuffers, false, "three chains are left");
+        // Four more frames for three chains: the ring runs out, the fourth frame waits in the tap.
+        await inject(r, frames.slice(5, 9));
+        for (let i = 0; i < 100 && got.length < 8; i++) {
+          r.handler.processRx();
+          got.push(...received(r).filter((g) => g.frame[12] === 0x88 && g.frame[13] === 0xb8));
+          if (got.length < 8) await new Promise((res) => setTimeout(res, 10));
+        }
+        assert.deepEqual(got.slice(5).map((g) => g.id), heads.slice(5, 8));
+        assert.equal(r.handler.rxNeedsBuffers, true, "no chain left");
+        const last = r.d.submit(NET_RX, [{ len: 1526 + VNET_HDR_BYTES, writable: true }]);
+        r.handler.processRx();
+        const tail = received(r);
+        assert.deepEqual(tail.map((g) => g.id), [last]);
+        assert.deepEqual(tail[0]!.frame.subarray(0, 60), frames[8], "the frame that waited in the tap");
+        assert.equal(r.handler.rxNeedsBuffers, true);
+        assert.equal(r.handler.stats.rxDropped, 0);
+      } finally {
+        r.handler.close();
+        r.cleanup();
+      }
+    },
+  });
+}
