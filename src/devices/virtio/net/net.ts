@@ -22,6 +22,7 @@ import type { GuestMemory } from "../../../memory/guest_memory.ts";
 import { logger } from "../../../util/log.ts";
 import { type DescriptorChain, readFromChain, writeToChain } from "../queue.ts";
 import {
+  CHAIN_DEFERRED,
   CHAIN_WAIT_SOURCE,
   STATUS_DRIVER_OK,
   VIRTIO_F_EVENT_IDX,
@@ -33,6 +34,7 @@ import { Tap, tapRead, tapReadv, tapWrite, tapWritev, VNET_HDR_BYTES } from "../
 import { HostMemory, IovecArray } from "../host_memory.ts";
 import { AdaptivePoll } from "../adaptive_poll.ts";
 import { RxBatch } from "./rx_batch.ts";
+import { TxBatch } from "./tx_batch.ts";
 import { NET_STATE_MIN_VERSION, NET_STATE_VERSION, type NetState, parseNetState } from "./net_state.ts";
 
 /** Feature bits. */
@@ -254,7 +256,10 @@ export class NetHandler {
   readonly #txPoll = new AdaptivePoll(TX_POLL_US);
   readonly #scratchAddr: number;
   readonly #rx = (chain: DescriptorChain): number | undefined => this.#fillRx(chain);
-  readonly #tx = (chain: DescriptorChain): number => this.#sendTx(chain);
+  readonly #tx = (chain: DescriptorChain): number => this.#takeTx(chain);
+  /** TX in io_uring batches (tx_batch.ts); undefined: one writev per frame. */
+  readonly #txBatch: TxBatch | undefined;
+  readonly #txFlush = (): boolean => this.#txBatch?.flush() ?? false;
   /** RX in io_uring batches (rx_batch.ts); undefined: one readv per frame. */
   readonly #batch: RxBatch | undefined;
   readonly #hasPending = (): boolean => this.#rxPending > 0;
@@ -268,9 +273,17 @@ export class NetHandler {
   /**
    * @param options.batchRx read RX frames in io_uring batches (rx_batch.ts) where io_uring works
    *   (default true; false: one readv per frame)
+   * @param options.batchTx write TX frames in io_uring batches (tx_batch.ts) where io_uring works
+   *   (default true; false: one writev per frame)
    */
   constructor(
-    options: { plan: NetBackendPlan; memory: GuestMemory; transport: VirtioPciTransport; batchRx?: boolean },
+    options: {
+      plan: NetBackendPlan;
+      memory: GuestMemory;
+      transport: VirtioPciTransport;
+      batchRx?: boolean;
+      batchTx?: boolean;
+    },
   ) {
     this.#p = options.plan;
     this.#mem = options.memory;
@@ -280,6 +293,25 @@ export class NetHandler {
     this.#host = new HostMemory(this.#mem);
     this.#scratchAddr = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#rxBuf)));
     this.#batch = options.batchRx === false ? undefined : this.#openBatch();
+    this.#txBatch = options.batchTx === false ? undefined : this.#openTxBatch();
+  }
+
+  #openTxBatch(): TxBatch | undefined {
+    try {
+      return new TxBatch({
+        tapFd: this.#p.tapFd,
+        host: this.#host,
+        log: this.#log,
+        stats: this.stats,
+        complete: (pairs, n) => this.#t.complete(NET_TX, pairs, n),
+      });
+    } catch (e) {
+      this.#log.warn(
+        "No io_uring for TX batches (%s): one writev per frame",
+        e instanceof Error ? e.message : String(e),
+      );
+      return undefined;
+    }
   }
 
   #openBatch(): RxBatch | undefined {
@@ -307,9 +339,15 @@ export class NetHandler {
     return this.#batch?.batches ?? 0;
   }
 
-  /** Frees the RX ring. */
+  /** io_uring batches TX has submitted (0 without the batch path). */
+  get txBatches(): number {
+    return this.#txBatch?.batches ?? 0;
+  }
+
+  /** Frees the RX and TX rings. */
   close(): void {
     this.#batch?.close();
+    this.#txBatch?.close();
   }
 
   /** Moves frames from the tap into RX buffers until either runs out. */
@@ -435,9 +473,32 @@ export class NetHandler {
   /** Sends every frame the driver queued for transmission. */
   processTx(): "idle" | "more" {
     this.#txPoll.wake();
-    const r = this.#t.process(NET_TX, this.#tx, 256, this.#txPoll.us);
+    let r: "idle" | "more" = "idle";
+    if (!this.#txBatch) r = this.#t.process(NET_TX, this.#tx, 256, this.#txPoll.us);
+    else if (this.#t.beginWork()) {
+      // Held busy until the staged frames are written: a reset never finds a TX buffer still to read.
+      try {
+        r = this.#t.process(NET_TX, this.#tx, 256, this.#txPoll.us, this.#txFlush);
+        this.#txBatch.flush();
+      } finally {
+        this.#t.endWork();
+      }
+    }
     this.#txPoll.idle();
     return r;
+  }
+
+  /** A TX chain: staged for the next batch, or sent alone (after the staged ones: frames keep their order). */
+  #takeTx(chain: DescriptorChain): number {
+    const b = this.#txBatch;
+    if (!b) return this.#sendTx(chain);
+    const n = chain.readableBytes;
+    if (n < VNET_HDR_BYTES || n > NET_MAX_PACKET || !TxBatch.takes(chain)) {
+      b.flush();
+      return this.#sendTx(chain);
+    }
+    b.stage(chain);
+    return CHAIN_DEFERRED;
   }
 
   #sendTx(chain: DescriptorChain): number {

@@ -43,7 +43,7 @@ function sh(...args: string[]): { ok: boolean; err: string } {
 }
 
 /** A net device over a real tap moved into a fresh network namespace. */
-function rig(tag: string, options: { batchRx?: boolean } = {}) {
+function rig(tag: string, options: { batchRx?: boolean; batchTx?: boolean } = {}) {
   const ns = `ferry-t${Deno.pid}-${tag}`;
   const ifname = `fy${Deno.pid % 100000}${tag}`;
   const add = sh("ip", "netns", "add", ns);
@@ -389,6 +389,75 @@ for (const batchRx of [true, false]) {
         assert.equal(r.handler.rxNeedsBuffers, true);
         assert.equal(r.handler.stats.rxDropped, 0);
       } finally {
+        r.handler.close();
+        r.cleanup();
+      }
+    },
+  });
+}
+
+const COLLECT = `
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0))
+s.settimeout(5)
+n = int(sys.argv[2])
+print("ready", flush=True)
+while n > 0:
+    f = s.recv(65536)
+    if f[12:14].hex() == "88ba":
+        print(f[14:22].decode(), flush=True)
+        n -= 1
+`;
+
+for (const batchTx of [true, false]) {
+  Deno.test({
+    name: `VirtioNet TX (${
+      batchTx ? "io_uring batches" : "one writev per frame"
+    }) sends a pass's frames in ring order and completes every chain`,
+    ignore: skipTap !== undefined,
+    async fn() {
+      const r = rig(batchTx ? "g" : "h", { batchTx });
+      const count = 70; // more than one batch
+      const peer = new Deno.Command("ip", {
+        args: ["netns", "exec", r.ns, "python3", "-c", COLLECT, r.ifname, String(count)],
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn();
+      try {
+        const lines = new Lines(peer.stdout);
+        assert.equal(await lines.next(), "ready");
+        const heads: number[] = [];
+        for (let i = 0; i < count; i++) {
+          const f = frame(new Uint8Array(6).fill(0xff), MAC, 0x88ba, `tx ${String(i).padStart(5, "0")}`);
+          const pkt = new Uint8Array(VNET_HDR_BYTES + f.length);
+          pkt.set(f, VNET_HDR_BYTES);
+          // Odd frames in two buffers (header, frame), even ones in one.
+          heads.push(r.d.submit(
+            NET_TX,
+            i % 2
+              ? [{ data: pkt.subarray(0, VNET_HDR_BYTES), writable: false }, {
+                data: pkt.subarray(VNET_HDR_BYTES),
+                writable: false,
+              }]
+              : [{ data: pkt, writable: false }],
+          ));
+        }
+        r.handler.processTx();
+        const used = r.d.takeUsed(NET_TX);
+        assert.deepEqual(used.map((u) => u.id).sort((a, b) => a - b), [...heads].sort((a, b) => a - b));
+        assert.ok(used.every((u) => u.len === 0));
+        const seen: string[] = [];
+        for (let i = 0; i < count; i++) seen.push(await lines.next());
+        assert.deepEqual(seen, Array.from({ length: count }, (_, i) => `tx ${String(i).padStart(5, "0")}`));
+        assert.equal(r.handler.stats.txFrames, count);
+        if (batchTx) assert.equal(r.handler.txBatches, 2, "64 frames, then 6");
+        else assert.equal(r.handler.txBatches, 0);
+      } finally {
+        try {
+          peer.kill();
+        } catch { /* already gone */ }
+        await peer.status;
         r.handler.close();
         r.cleanup();
       }
