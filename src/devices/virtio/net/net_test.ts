@@ -21,6 +21,7 @@ import {
   VirtioNet,
 } from "./net.ts";
 import { Tap, VNET_HDR_BYTES } from "../../../sys/tap.ts";
+import { tapUring } from "./tap_uring.ts";
 import type { VirtioPciTransport } from "../pci_transport.ts";
 
 const MAC = parseMac("52:54:00:12:34:56", "test");
@@ -464,3 +465,20 @@ for (const batchTx of [true, false]) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "tapUring checks RWF_NOWAIT reads on the fd: a tap passes, a bad fd is refused (the NIC then reads one frame a call)",
+  ignore: skipTap !== undefined,
+  fn() {
+    const tap = new Tap("", "net0");
+    try {
+      tapUring(4, tap.fd).close();
+      const fd = tap.fd;
+      tap.close();
+      assert.throws(() => tapUring(4, fd), /RWF_NOWAIT read of the tap failed: errno 9/);
+    } finally {
+      tap.close();
+    }
+  },
+});

@@ -28,7 +28,8 @@ import { VNET_HDR_BYTES } from "../../../sys/tap.ts";
 import type { HostMemory } from "../host_memory.ts";
 import { type DescriptorChain, QueueError, type Virtqueue } from "../queue.ts";
 import type { QueueLog, QueueOwner } from "../queue_processing.ts";
-import { IORING_OP_READV, Uring } from "../block/uring.ts";
+import { IORING_OP_READV, type Uring } from "../block/uring.ts";
+import { RWF_NOWAIT, tapUring } from "./tap_uring.ts";
 
 /** Chains one batch takes at most (the ring's size). */
 export const RX_BATCH_MAX = 64;
@@ -36,8 +37,6 @@ export const RX_BATCH_MAX = 64;
 export const RX_BATCH_MIN = 4;
 /** Buffers of a chain the batch path takes (longer chains go to the one-chain path). */
 export const RX_BATCH_SEGMENTS = 8;
-/** `RWF_NOWAIT`: fail with EAGAIN instead of waiting for data. */
-const RWF_NOWAIT = 0x8;
 const EAGAIN = 11;
 const TWO32 = 4294967296;
 /** iovecs per chain: its buffers and the scratch buffer. */
@@ -54,7 +53,7 @@ export interface RxBatchOptions {
   log: QueueLog;
   /** Counters (the NIC's). */
   stats: { rxFrames: number; rxDropped: number };
-  /** The ring; made here when absent (throws when io_uring is unavailable). */
+  /** The ring; made here when absent (throws when io_uring or RWF_NOWAIT on the tap is unavailable). */
   ring?: Uring;
 }
 
@@ -82,7 +81,7 @@ export class RxBatch {
 
   constructor(options: RxBatchOptions) {
     this.#o = options;
-    this.ring = options.ring ?? new Uring(RX_BATCH_MAX);
+    this.ring = options.ring ?? tapUring(RX_BATCH_MAX, options.tapFd);
     try {
       this.#iovAddr = mapMemory(
         this.#iovBytes,

@@ -16,13 +16,13 @@ import { MAP_ANONYMOUS, MAP_PRIVATE, mapMemory, PROT_RW, unmapMemory, viewAt } f
 import type { HostMemory } from "../host_memory.ts";
 import type { DescriptorChain } from "../queue.ts";
 import type { QueueLog } from "../queue_processing.ts";
-import { IORING_OP_WRITEV, Uring } from "../block/uring.ts";
+import { IORING_OP_WRITEV, type Uring } from "../block/uring.ts";
+import { RWF_NOWAIT, tapUring } from "./tap_uring.ts";
 
 /** Frames one submission carries at most (the ring's size). */
 export const TX_BATCH_MAX = 64;
 /** Buffers of a chain the batch path takes (longer chains go to the one-frame path). */
 export const TX_BATCH_SEGMENTS = 8;
-const RWF_NOWAIT = 0x8;
 const TWO32 = 4294967296;
 
 /** What the batch path needs of the NIC. */
@@ -33,7 +33,7 @@ export interface TxBatchOptions {
   stats: { txFrames: number; txDropped: number };
   /** Completes chains on the TX queue: `n` (head, 0) pairs. */
   complete: (pairs: Uint32Array, n: number) => void;
-  /** The ring; made here when absent (throws when io_uring is unavailable). */
+  /** The ring; made here when absent (throws when io_uring or RWF_NOWAIT on the tap is unavailable). */
   ring?: Uring;
 }
 
@@ -55,7 +55,7 @@ export class TxBatch {
 
   constructor(options: TxBatchOptions) {
     this.#o = options;
-    this.ring = options.ring ?? new Uring(TX_BATCH_MAX);
+    this.ring = options.ring ?? tapUring(TX_BATCH_MAX, options.tapFd);
     try {
       this.#iovAddr = mapMemory(
         this.#iovBytes,
