@@ -479,9 +479,12 @@ export class NetHandler {
       // Held busy until the staged frames are written: a reset never finds a TX buffer still to read.
       try {
         r = this.#t.process(NET_TX, this.#tx, 256, this.#txPoll.us, this.#txFlush);
-        this.#txBatch.flush();
       } finally {
-        this.#t.endWork();
+        try {
+          this.#txBatch.flush(); // nothing staged outlives the pass
+        } finally {
+          this.#t.endWork();
+        }
       }
     }
     this.#txPoll.idle();

@@ -194,9 +194,15 @@ export class RxBatch {
   #batch(vq: Virtqueue, want: number): number {
     this.#filled = 0;
     const chains = this.#chains, o = this.#o, ring = this.ring, w = this.#iov;
-    let k = 0;
+    let k = 0, failure: unknown;
     while (k < want) {
-      const chain = vq.pop();
+      let chain: DescriptorChain | undefined;
+      try {
+        chain = vq.pop();
+      } catch (e) {
+        failure = e; // a bogus ring: what was prepared is still read and delivered, then the pass fails
+        break;
+      }
       if (!chain) break;
       if (!RxBatch.takes(chain)) {
         vq.regs.nextAvail = vq.regs.nextAvail - 1;
@@ -231,7 +237,10 @@ export class RxBatch {
       this.#res[k] = -EAGAIN;
       k++;
     }
-    if (k === 0) return B_SLOW;
+    if (k === 0) {
+      if (failure !== undefined) throw failure;
+      return B_SLOW;
+    }
     this.batches++;
     ring.submit(k); // RWF_NOWAIT: every read completes during the submission
     let got = ring.reap(this.#onCqe);
@@ -277,6 +286,7 @@ export class RxBatch {
     vq.regs.nextAvail = vq.regs.nextAvail - (k - j);
     for (let i = 0; i < k; i++) chains[i] = undefined as unknown as DescriptorChain;
     this.#filled = j;
+    if (failure !== undefined) throw failure;
     return end;
   }
 
