@@ -22,7 +22,7 @@ import {
 } from "./net.ts";
 import { Tap, VNET_HDR_BYTES } from "../../../sys/tap.ts";
 import { tapUring } from "./tap_uring.ts";
-import type { VirtioPciTransport } from "../pci_transport.ts";
+import { STATUS_NEEDS_RESET, type VirtioPciTransport } from "../pci_transport.ts";
 
 const MAC = parseMac("52:54:00:12:34:56", "test");
 
@@ -479,6 +479,31 @@ Deno.test({
       assert.throws(() => tapUring(4, fd), /RWF_NOWAIT read of the tap failed: errno 9/);
     } finally {
       tap.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "VirtioNet RX (io_uring batches): a bogus ring entry met while a batch is taken still delivers the frames read before it, then the queue needs a reset",
+  ignore: skipTap !== undefined,
+  async fn() {
+    const r = rig("i", { batchRx: true });
+    const peerMac = parseMac("02:00:00:00:00:04", "peer");
+    const frames = [0, 1].map((i) => frame(MAC, peerMac, 0x88bb, `bogus ${i}`));
+    try {
+      const heads = [0, 1].map(() => r.d.submit(NET_RX, [{ len: 1526 + VNET_HDR_BYTES, writable: true }]));
+      await inject(r, frames);
+      // Two frames have arrived: the first pass takes at least 4 chains, so it meets the bogus third entry.
+      r.d.pushAvail(NET_RX, 1000); // names a descriptor outside the table of 256
+      r.handler.processRx();
+      const got = received(r);
+      assert.deepEqual(got.map((g) => g.id), heads);
+      assert.deepEqual(got.map((g) => g.frame.subarray(0, 60)), frames);
+      assert.ok((r.t.status & STATUS_NEEDS_RESET) !== 0, "the queue is broken: NEEDS_RESET");
+    } finally {
+      r.handler.close();
+      r.cleanup();
     }
   },
 });
