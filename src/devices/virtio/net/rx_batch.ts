@@ -140,9 +140,12 @@ export class RxBatch {
             break;
           }
           const want = Math.min(avail, budget - n, size);
+          this.#filled = 0;
           const end = pending() ? B_SLOW : this.#batch(vq, want);
           n += this.#filled;
           received += this.#filled;
+          // Publish as we go, so a driver waiting for frames sees them while the next batch is read.
+          if (this.#filled > 0) vq.flushUsed();
           if (end === B_FULL) {
             size = Math.min(RX_BATCH_MAX, 2 * size);
             continue;
