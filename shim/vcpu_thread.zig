@@ -10,6 +10,8 @@
 //! - TURN_HOST (1): the exit is TypeScript's; the thread spins `spin` times, then futex-waits.
 //! - TURN_QUIT (2): the thread clears `tid`, rings once more and returns (then join it with
 //!   `ferry_vcpu_thread_join`). The thread also rings once at start, after setting `tid`.
+//! `ferry_vcpu_run_here` is one THREAD turn on the caller's own thread, for a host that runs a vCPU
+//! itself (no run thread).
 const std = @import("std");
 const linux = std.os.linux;
 
@@ -87,6 +89,18 @@ export fn ferry_vcpu_thread_start(block: *RunBlock, stack: u64, len: u64) isize 
     if (e != .SUCCESS) return -@as(isize, @intFromEnum(e));
     block.thread = @intFromPtr(th);
     return 0;
+}
+
+/// One step of a run thread on the caller's own thread, for a host that runs a vCPU itself: when
+/// the turn is TURN_THREAD, calls the ioctl, stores the result in `rc` and swaps the turn to
+/// TURN_HOST (a QUIT stored meanwhile stays). No ring: the caller is the host. Returns the ioctl's
+/// result, or -EAGAIN without calling it when the turn is not TURN_THREAD.
+export fn ferry_vcpu_run_here(b: *RunBlock) isize {
+    if (atomicTurn(b) != TURN_THREAD) return -@as(isize, @intFromEnum(linux.E.AGAIN));
+    const r: isize = @bitCast(linux.syscall3(.ioctl, @as(usize, @bitCast(@as(isize, b.fd))), b.req, 0));
+    @atomicStore(i32, &b.rc, @intCast(r), .release);
+    _ = @cmpxchgStrong(i32, &b.turn, TURN_THREAD, TURN_HOST, .acq_rel, .acquire);
+    return r;
 }
 
 /// Waits for a run thread that was given TURN_QUIT to return. Returns 0 or -errno.
