@@ -98,7 +98,14 @@ async function benchReady(list: Vmm[], runs: number): Promise<Row[]> {
 async function benchMemory(list: Vmm[], runs: number): Promise<Row[]> {
   const smps = [1, 2, 4, 8];
   const rss = new Map<string, number[]>(), thr = new Map<string, number[]>();
+  const floor: number[] = [];
+  const floorVmm: Vmm = {
+    name: "ferry",
+    cmd: Deno.execPath(),
+    args: () => ["run", "-A", "--no-config", new URL("./_runtime_floor.ts", import.meta.url).pathname],
+  };
   for (let i = 0; i < runs; i++) {
+    floor.push((await once(floorVmm, floorVmm.args(0, 1, ""), /PROBE PROGRESS/, 1000)).rssKiB);
     for (const smp of smps) {
       for (const v of list) {
         // Progress lines from every vCPU: all of them are up and have run.
@@ -137,6 +144,12 @@ async function benchMemory(list: Vmm[], runs: number): Promise<Row[]> {
       qemu_threads: qt,
     });
   }
+  const fl = median(floor), q1 = rss.has("qemu/1") ? median(rss.get("qemu/1")!) : NaN;
+  out(
+    `  runtime floor (deno run, one Worker, one FFI symbol, no ferry code): ${mib(fl).toFixed(1)} MiB, ` +
+      `${(fl / q1).toFixed(2)}× qemu -smp 1 (bench/_runtime_floor.ts)`,
+  );
+  rows.push({ bench: "boot RSS runtime floor", deno_mib: mib(fl), qemu_mib: mib(q1), ratio: ratio(fl, q1) });
   const growth = (name: string) => {
     const r1 = rss.get(`${name}/1`), r8 = rss.get(`${name}/8`);
     return r1 && r8 ? (median(r8) - median(r1)) / 7 / 1024 : NaN;
