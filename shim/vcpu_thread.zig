@@ -138,3 +138,21 @@ test "RunBlock layout matches src/ffi/shim.ts" {
     try std.testing.expectEqual(@as(usize, 32), @offsetOf(RunBlock, "spin"));
     try std.testing.expectEqual(@as(usize, 40), @offsetOf(RunBlock, "thread"));
 }
+
+test "ferry_vcpu_run_here calls the ioctl only on TURN_THREAD and hands the turn to the host" {
+    var bell: i32 = 0;
+    var b = std.mem.zeroes(RunBlock);
+    b.fd = -1; // the ioctl fails with EBADF: enough to see that it was called
+    b.req = 0xAE80; // KVM_RUN
+    b.doorbell = @intFromPtr(&bell);
+    b.turn = TURN_HOST;
+    try std.testing.expectEqual(-@as(isize, @intFromEnum(linux.E.AGAIN)), ferry_vcpu_run_here(&b));
+    try std.testing.expectEqual(TURN_HOST, b.turn);
+    try std.testing.expectEqual(@as(i32, 0), b.rc);
+    b.turn = TURN_THREAD;
+    const badf = -@as(isize, @intFromEnum(linux.E.BADF));
+    try std.testing.expectEqual(badf, ferry_vcpu_run_here(&b));
+    try std.testing.expectEqual(TURN_HOST, b.turn);
+    try std.testing.expectEqual(@as(i32, @intCast(badf)), b.rc);
+    try std.testing.expectEqual(@as(i32, 0), bell); // no ring: the caller is the host
+}
