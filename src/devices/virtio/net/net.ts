@@ -11,7 +11,9 @@
  * guest's MAC on the tap, so switches relearn the port at once whatever the guest does.
  *
  * Two faces, like block: {@linkcode VirtioNet} (main thread: tap, MAC, announce, `Migratable`
- * `"virtio-net/<id>"`) and {@linkcode NetHandler} (I/O Worker: RX, TX, control).
+ * `"virtio-net/<id>"`) and {@linkcode NetHandler} (I/O Worker: RX, TX, control). Frames move
+ * straight between the tap and the guest's buffers, in io_uring batches where the kernel allows
+ * (rx_batch.ts, tx_batch.ts), else one `readv`/`writev` per frame.
  *
  * State (net_state.ts): MAC (the driver may change it with `VIRTIO_NET_CTRL_MAC_ADDR_SET`) and the
  * status word. The tap name is configuration.

@@ -66,6 +66,7 @@ function rig(tag: string, options: { batchRx?: boolean; batchTx?: boolean } = {}
     if (!r.ok) throw new Error(`Cannot run '${cmd.join(" ")}': ${r.err}`);
   }
   const cleanup = () => {
+    handler.close();
     net.close();
     sh("ip", "netns", "del", ns);
   };
