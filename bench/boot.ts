@@ -6,7 +6,8 @@
  * - memory: resident set size and threads of an idle guest (`-m 1G`) at `-smp 1/2/4/8`, and the
  *   growth per added vCPU (from `-smp 1` to `-smp 8`);
  * - exits: the guest's `mode=exits` round trip of a port write (0x80) and of an MMIO read (PCIe
- *   ECAM), both handled in user space by either VMM, as ns per exit and exits per second.
+ *   ECAM), both handled in user space by either VMM, as ns per exit and exits per second, at
+ *   `-smp 1` and `-smp 2`.
  * @module
  */
 import { ferryCommand, median, out, PROBE, qemuBaseArgs, qemuBinary, rssKiB, Spawned } from "./_util.ts";
@@ -98,7 +99,14 @@ async function benchReady(list: Vmm[], runs: number): Promise<Row[]> {
 async function benchMemory(list: Vmm[], runs: number): Promise<Row[]> {
   const smps = [1, 2, 4, 8];
   const rss = new Map<string, number[]>(), thr = new Map<string, number[]>();
+  const floor: number[] = [];
+  const floorVmm: Vmm = {
+    name: "ferry",
+    cmd: Deno.execPath(),
+    args: () => ["run", "-A", "--no-config", new URL("./_runtime_floor.ts", import.meta.url).pathname],
+  };
   for (let i = 0; i < runs; i++) {
+    floor.push((await once(floorVmm, floorVmm.args(0, 1, ""), /PROBE PROGRESS/, 1000)).rssKiB);
     for (const smp of smps) {
       for (const v of list) {
         // Progress lines from every vCPU: all of them are up and have run.
@@ -137,6 +145,12 @@ async function benchMemory(list: Vmm[], runs: number): Promise<Row[]> {
       qemu_threads: qt,
     });
   }
+  const fl = median(floor), q1 = rss.has("qemu/1") ? median(rss.get("qemu/1")!) : NaN;
+  out(
+    `  runtime floor (deno run, one Worker, one FFI symbol, no ferry code): ${mib(fl).toFixed(1)} MiB, ` +
+      `${(fl / q1).toFixed(2)}× qemu -smp 1 (bench/_runtime_floor.ts)`,
+  );
+  rows.push({ bench: "boot RSS runtime floor", deno_mib: mib(fl), qemu_mib: mib(q1), ratio: ratio(fl, q1) });
   const growth = (name: string) => {
     const r1 = rss.get(`${name}/1`), r8 = rss.get(`${name}/8`);
     return r1 && r8 ? (median(r8) - median(r1)) / 7 / 1024 : NaN;
@@ -149,14 +163,19 @@ async function benchMemory(list: Vmm[], runs: number): Promise<Row[]> {
   return rows;
 }
 
-async function benchExits(list: Vmm[], runs: number): Promise<Row[]> {
+/**
+ * The exit round trip at `-smp smp` (the probe makes its exits on vCPU 0 only). At `-smp 1` ferry's
+ * vCPU Worker runs the vCPU and answers on the same thread; with more vCPUs each has a run thread
+ * and an exit is handed to the Worker and back.
+ */
+async function benchExits(list: Vmm[], runs: number, smp: number): Promise<Row[]> {
   const n = 1000, rounds = 5;
   const pio = new Map<string, number[]>(list.map((v) => [v.name, []]));
   const mmio = new Map<string, number[]>(list.map((v) => [v.name, []]));
   for (let i = 0; i < runs; i++) {
     for (const v of list) {
       const append = `mode=exits exits=${n} rounds=${rounds} cpus=1`;
-      const s = await once(v, v.args(256, 1, append), /PROBE EXIT /, 0);
+      const s = await once(v, v.args(256, smp, append), /PROBE EXIT /, 0);
       for (const l of s.lines) {
         const m = l.match(/PROBE EXITS .*pio_ns=(\d+) mmio_ns=(\d+)/);
         if (!m) continue;
@@ -165,8 +184,12 @@ async function benchExits(list: Vmm[], runs: number): Promise<Row[]> {
       }
     }
   }
-  out(`boot exits: ${n} port writes + ${n} MMIO reads per round, ${rounds} rounds × ${runs} runs (median)`);
+  out(
+    `boot exits, -smp ${smp}: ${n} port writes + ${n} MMIO reads per round on vCPU 0, ${rounds} rounds × ${runs} ` +
+      `runs (median)`,
+  );
   const rows: Row[] = [];
+  const suffix = smp === 1 ? "" : ` -smp ${smp}`;
   for (const [kind, m] of [["pio", pio], ["mmio", mmio]] as const) {
     const f = median(m.get("ferry")!), q = (m.get("qemu") ?? []).length ? median(m.get("qemu")!) : NaN;
     out(
@@ -174,10 +197,10 @@ async function benchExits(list: Vmm[], runs: number): Promise<Row[]> {
         Math.round(1e9 / f)
       } exits/s   ` +
         `qemu ${(q / 1000).toFixed(1).padStart(6)} µs/exit ${Math.round(1e9 / q)} exits/s   ` +
-        `round trip ferry/qemu ${(f / q).toFixed(2)} (goal ≤ 1.5)`,
+        `round trip ferry/qemu ${(f / q).toFixed(2)}${smp === 1 ? " (goal ≤ 1.5)" : ""}`,
     );
     rows.push({
-      bench: `boot exit round trip ${kind}`,
+      bench: `boot exit round trip ${kind}${suffix}`,
       ferry_us: +(f / 1000).toFixed(1),
       qemu_us: +(q / 1000).toFixed(1),
       ratio: ratio(f, q),
@@ -194,6 +217,7 @@ export async function benchBoot(runs = 3): Promise<Row[]> {
   if (list.length < 2) out("  qemu not installed (apt-get install qemu-system-x86): no ratios");
   const rows = [...await benchReady(list, Math.max(runs, 5))];
   rows.push(...await benchMemory(list, runs));
-  rows.push(...await benchExits(list, runs));
+  rows.push(...await benchExits(list, runs, 1));
+  rows.push(...await benchExits(list, runs, 2));
   return rows;
 }

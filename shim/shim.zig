@@ -173,12 +173,13 @@ export fn ferry_epoll_wait(epfd: c_int, out: [*]u64, max: c_int, timeout_ms: c_i
 
 fn kickHandler(_: i32) callconv(.c) void {}
 
-/// Installs a no-op handler for `sig` without SA_RESTART, so a blocking KVM_RUN returns EINTR.
+/// Installs a no-op handler for `sig`. A blocking KVM_RUN returns EINTR (KVM never restarts it);
+/// with SA_RESTART any other call the kicked thread is in (a host running a vCPU itself) goes on.
 export fn ferry_install_kick_handler(sig: c_int) isize {
     const act = linux.Sigaction{
         .handler = .{ .handler = kickHandler },
         .mask = linux.empty_sigset,
-        .flags = 0,
+        .flags = linux.SA.RESTART,
     };
     return ret(linux.sigaction(@intCast(sig), &act, null));
 }

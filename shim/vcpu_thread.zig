@@ -10,6 +10,8 @@
 //! - TURN_HOST (1): the exit is TypeScript's; the thread spins `spin` times, then futex-waits.
 //! - TURN_QUIT (2): the thread clears `tid`, rings once more and returns (then join it with
 //!   `ferry_vcpu_thread_join`). The thread also rings once at start, after setting `tid`.
+//! `ferry_vcpu_run_here` is one THREAD turn on the caller's own thread, for a host that runs a vCPU
+//! itself (no run thread).
 const std = @import("std");
 const linux = std.os.linux;
 
@@ -89,6 +91,18 @@ export fn ferry_vcpu_thread_start(block: *RunBlock, stack: u64, len: u64) isize 
     return 0;
 }
 
+/// One step of a run thread on the caller's own thread, for a host that runs a vCPU itself: when
+/// the turn is TURN_THREAD, calls the ioctl, stores the result in `rc` and swaps the turn to
+/// TURN_HOST (a QUIT stored meanwhile stays). No ring: the caller is the host. Returns the ioctl's
+/// result, or -EAGAIN without calling it when the turn is not TURN_THREAD.
+export fn ferry_vcpu_run_here(b: *RunBlock) isize {
+    if (atomicTurn(b) != TURN_THREAD) return -@as(isize, @intFromEnum(linux.E.AGAIN));
+    const r: isize = @bitCast(linux.syscall3(.ioctl, @as(usize, @bitCast(@as(isize, b.fd))), b.req, 0));
+    @atomicStore(i32, &b.rc, @intCast(r), .release);
+    _ = @cmpxchgStrong(i32, &b.turn, TURN_THREAD, TURN_HOST, .acq_rel, .acquire);
+    return r;
+}
+
 /// Waits for a run thread that was given TURN_QUIT to return. Returns 0 or -errno.
 export fn ferry_vcpu_thread_join(block: *RunBlock) isize {
     const e = std.c.pthread_join(@ptrFromInt(block.thread), null);
@@ -123,4 +137,22 @@ test "RunBlock layout matches src/ffi/shim.ts" {
     try std.testing.expectEqual(@as(usize, 24), @offsetOf(RunBlock, "doorbell"));
     try std.testing.expectEqual(@as(usize, 32), @offsetOf(RunBlock, "spin"));
     try std.testing.expectEqual(@as(usize, 40), @offsetOf(RunBlock, "thread"));
+}
+
+test "ferry_vcpu_run_here calls the ioctl only on TURN_THREAD and hands the turn to the host" {
+    var bell: i32 = 0;
+    var b = std.mem.zeroes(RunBlock);
+    b.fd = -1; // the ioctl fails with EBADF: enough to see that it was called
+    b.req = 0xAE80; // KVM_RUN
+    b.doorbell = @intFromPtr(&bell);
+    b.turn = TURN_HOST;
+    try std.testing.expectEqual(-@as(isize, @intFromEnum(linux.E.AGAIN)), ferry_vcpu_run_here(&b));
+    try std.testing.expectEqual(TURN_HOST, b.turn);
+    try std.testing.expectEqual(@as(i32, 0), b.rc);
+    b.turn = TURN_THREAD;
+    const badf = -@as(isize, @intFromEnum(linux.E.BADF));
+    try std.testing.expectEqual(badf, ferry_vcpu_run_here(&b));
+    try std.testing.expectEqual(TURN_HOST, b.turn);
+    try std.testing.expectEqual(@as(i32, @intCast(badf)), b.rc);
+    try std.testing.expectEqual(@as(i32, 0), bell); // no ring: the caller is the host
 }

@@ -44,6 +44,7 @@ export const symbols = {
   // ---- vCPU run threads (shim/vcpu_thread.zig) ----
   ferry_vcpu_thread_start: { parameters: ["u64", "u64", "u64"], result: "isize" }, // RunBlock *block, stack addr, stack len
   ferry_vcpu_thread_join: { parameters: ["u64"], result: "isize" }, // RunBlock *block
+  ferry_vcpu_run_here: { parameters: ["u64"], result: "isize" }, // RunBlock *block
   ferry_futex_wait: { parameters: ["u64", "i32", "i32"], result: "isize" }, // u32 *addr, int expected, int timeout ms
   ferry_futex_wait_async: {
     name: "ferry_futex_wait",

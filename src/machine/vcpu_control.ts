@@ -16,6 +16,9 @@
  * it), ring the doorbell, wait until every state is paused. Resume: clear `immediate_exit`, set the
  * request to run, ring. A paused vCPU is outside `KVM_RUN`: its state may be read and written from
  * the main thread (migration, QMP).
+ *
+ * With `runOnHost` (a VM of one vCPU) no run thread starts: the vCPU Worker runs the vCPU on its own
+ * thread and puts its tid in the block, so the kicks above reach it the same way.
  * @module
  */
 import { ABI } from "../ffi/abi.ts";
@@ -34,6 +37,11 @@ export interface VcpuHostPlan {
   runs: { addr: bigint; size: number }[];
   /** The control words (this file). */
   control: SharedArrayBuffer;
+  /**
+   * The host thread runs vCPU 0's `KVM_RUN` itself (no run thread; a VM of one vCPU): an exit is
+   * handled on the thread it came out on, as in QEMU, instead of waking a second thread each way.
+   */
+  runOnHost: boolean;
 }
 
 export const REQ_RUN = 0;
@@ -83,9 +91,16 @@ export class VcpuControl {
    * Maps the run blocks and stacks; the threads start with {@linkcode start}.
    * @param vcpus each vCPU's fd and `kvm_run` mapping
    * @param options.spin iterations a run thread spins on its turn before it sleeps (default 0)
+   * @param options.runOnHost the vCPU Worker runs the only vCPU itself ({@linkcode VcpuHostPlan.runOnHost})
+   * @throws {RangeError} for `runOnHost` with more than one vCPU
    */
-  constructor(vcpus: { fd: number; runAddr: bigint; runSize: number }[], options: { spin?: number } = {}) {
+  constructor(
+    vcpus: { fd: number; runAddr: bigint; runSize: number }[],
+    options: { spin?: number; runOnHost?: boolean } = {},
+  ) {
     const count = vcpus.length;
+    const runOnHost = options.runOnHost ?? false;
+    if (runOnHost && count !== 1) throw new RangeError(`runOnHost needs one vCPU, not ${count}`);
     this.shared = new SharedArrayBuffer(4 * (2 + 2 * count));
     this.#words = new Int32Array(this.shared);
     this.#runs = vcpus.map((v) => viewAt(v.runAddr, v.runSize));
@@ -118,6 +133,7 @@ export class VcpuControl {
       doorbell,
       runs: vcpus.map((v) => ({ addr: v.runAddr, size: v.runSize })),
       control: this.shared,
+      runOnHost,
     };
   }
 
@@ -127,8 +143,12 @@ export class VcpuControl {
     return this.#plan;
   }
 
-  /** Starts every run thread (each waits for its first turn) and waits until each has its tid. */
+  /**
+   * Starts every run thread (each waits for its first turn) and waits until each has its tid. With
+   * `runOnHost` there is none: the host sets the tid when it serves.
+   */
   async start(timeoutMs = 5000): Promise<void> {
+    if (this.#plan.runOnHost) return;
     const header = Math.ceil((BLOCK_STRIDE * (1 + this.count)) / PAGE) * PAGE;
     for (let i = 0; i < this.count; i++) {
       const stack = this.#mapAddr + BigInt(header + i * STACK_BYTES);

@@ -54,6 +54,7 @@ export class VcpuHost {
   readonly #parked: boolean[];
   readonly #exited: boolean[];
   readonly #holdUntilMs: number[];
+  readonly #runOnHost: boolean;
   #pending: MachineRequest | undefined;
 
   /**
@@ -80,6 +81,9 @@ export class VcpuHost {
     this.#parked = new Array<boolean>(n).fill(false);
     this.#exited = new Array<boolean>(n).fill(false);
     this.#holdUntilMs = new Array<number>(n).fill(0);
+    this.#runOnHost = plan.runOnHost;
+    // Kicks (pause, hold, stop) go to the thread in KVM_RUN: this one.
+    if (this.#runOnHost) Atomics.store(this.#turns[0]!, RUN_BLOCK.tid / 4, Number(shim().ferry_gettid()));
   }
 
   /** Called by a device on this thread when the guest asks for reset or poweroff. */
@@ -109,6 +113,7 @@ export class VcpuHost {
   poll(): number {
     const req = Atomics.load(this.#words, 0);
     if (req === REQ_STOP) {
+      if (this.#runOnHost) Atomics.store(this.#turns[0]!, RUN_BLOCK.tid / 4, 0);
       const left = 1 + this.#turns.length;
       Atomics.store(this.#words, left, 1);
       Atomics.notify(this.#words, left);
@@ -144,11 +149,21 @@ export class VcpuHost {
       }
       if (Atomics.load(this.#words, 1 + i) !== ST_RUNNING) this.#setState(i, ST_RUNNING);
       this.#handled[i] = false;
-      if (Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST) {
+      if (Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST && !this.#runOnHost) {
         shim().ferry_futex_wake(this.#blockAddrs[i]!, 1);
       }
     }
     return sleepMs;
+  }
+
+  /**
+   * With `runOnHost`: when vCPU 0 may run, runs it on this thread until its next exit (a kick ends
+   * it early) and returns true; the exit is handled by the next {@linkcode poll}. Otherwise false.
+   */
+  runHere(): boolean {
+    if (!this.#runOnHost || Atomics.load(this.#turns[0]!, 0) !== TURN_THREAD) return false;
+    shim().ferry_vcpu_run_here(this.#blockAddrs[0]!);
+    return true;
   }
 
   #setState(i: number, st: number): void {

@@ -1,7 +1,8 @@
 /**
  * Worker entry: the one vCPU Worker of a VM. Every vCPU runs on its own native run thread
  * (shim/vcpu_thread.zig) and this Worker handles all their exits ({@linkcode VcpuHost}), sleeping
- * synchronously on the doorbell futex in between (a wake costs a few µs; a Promise per exit on an
+ * synchronously on the doorbell futex in between; the one vCPU of a single-vCPU VM runs on this
+ * thread instead ({@linkcode VcpuHost.runHere}) (a wake costs a few µs; a Promise per exit on an
  * event loop costs tens: DESIGN.md §2). Devices keep their registers in SharedArrayBuffers, so
  * the buses built here act on the same state as the main thread's.
  *
@@ -44,6 +45,7 @@ async function serve(init: VcpuInit): Promise<void> {
     const seen = host.doorbell();
     const sleepMs = host.poll();
     if (sleepMs < 0) break;
+    if (host.runHere()) continue;
     lib.ferry_futex_wait(bell, seen, sleepMs);
   }
 }

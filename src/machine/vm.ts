@@ -137,7 +137,8 @@ export class Vm {
     this.memory = hostGuestMemory(layout);
     this.vcpus = vcpus;
     this.platform = platform;
-    this.control = new VcpuControl(vcpus);
+    // One vCPU: the vCPU Worker runs it and answers its exits on the same thread (no hand-off).
+    this.control = new VcpuControl(vcpus, { runOnHost: vcpus.length === 1 });
     this.throttle = new VcpuThrottle(this.control);
     this.#kvmMsrs = new Set(kvm.msrIndexList());
     this.msrIndices = [...this.#kvmMsrs, ...(vcpus[0] ? platformMsrs(vcpus[0]) : [])];

@@ -10,7 +10,7 @@ import { shim } from "../ffi/shim.ts";
 export const EPOLLIN = 0x001;
 /** `EPOLLET`. */
 export const EPOLLET = 1 << 31;
-const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_ADD = 1, EPOLL_CTL_MOD = 3;
 const EINTR = 4;
 
 /** One epoll set; see the module doc. */
@@ -37,6 +37,15 @@ export class Epoll {
    */
   add(fd: number, events: number, token: bigint, what: string): void {
     check(shim().ferry_epoll_ctl(this.fd, EPOLL_CTL_ADD, fd, events >>> 0, token), `watch ${what}`);
+  }
+
+  /**
+   * Changes the events watched on `fd` (registered with {@linkcode add}); an fd that is ready for
+   * the new events is reported by the next {@linkcode wait}.
+   * @throws {ErrnoError} naming `what`
+   */
+  modify(fd: number, events: number, token: bigint, what: string): void {
+    check(shim().ferry_epoll_ctl(this.fd, EPOLL_CTL_MOD, fd, events >>> 0, token), `rewatch ${what}`);
   }
 
   /**

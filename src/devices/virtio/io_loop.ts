@@ -5,7 +5,9 @@
  * requests completed) and the control eventfd, processes the queues
  * that became ready, and raises interrupts through the transports (irqfds). A queue that used up
  * its per-pass budget is processed again before the next blocking wait, so one busy queue cannot
- * starve the others. Pause/resume/stop follow io_control.ts.
+ * starve the others. A tap is not watched while its NIC's RX ring has no buffer (the driver's
+ * notification of the RX queue brings it back), so frames arriving meanwhile do not wake the loop
+ * for nothing. Pause/resume/stop follow io_control.ts.
  * @module
  */
 import { viewAt } from "../../sys/mman.ts";
@@ -112,11 +114,23 @@ export class IoLoop {
         }
       } else {
         const h = new NetHandler({ plan: d.net, memory: this.memory, transport });
-        const rx = () => h.processRx();
+        const tapFd = d.net.tapFd;
+        let tapWatched = true, tapToken = 0n;
+        const rx = () => {
+          const r = h.processRx();
+          // While the RX ring has no buffer, frames wait in the tap: watch it again when the driver posts some.
+          if (tapFd >= 0 && h.rxNeedsBuffers === tapWatched) {
+            tapWatched = !tapWatched;
+            this.#ep.modify(tapFd, tapWatched ? EPOLLIN | EPOLLET : EPOLLET, tapToken, `tap fd ${tapFd}`);
+          }
+          return r;
+        };
         this.#add(qfd(NET_RX), true, rx);
         this.#add(qfd(NET_TX), true, () => h.processTx());
         this.#add(qfd(NET_CTRL), true, () => h.processCtrl());
-        this.#add(d.net.tapFd, false, rx);
+        tapToken = BigInt(this.#sources.length + 1); // #watch's token of the source added next
+        this.#add(tapFd, false, rx);
+        this.#closers.push(() => h.close());
       }
     }
     this.#ep = new Epoll("the I/O Worker's epoll set");

@@ -131,3 +131,77 @@ Deno.test("IoControl runs the I/O Worker: notify → request served; pause holds
     Deno.removeSync(file);
   }
 });
+
+const SEND = `
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0))
+for f in sys.argv[2:]:
+    s.send(bytes.fromhex(f))
+`;
+
+Deno.test({
+  name:
+    "I/O Worker: frames that wait in the tap while the RX ring is empty arrive after the driver posts buffers, and so do later ones",
+  ignore: Deno.uid() !== 0,
+  async fn() {
+    const ns = `ferry-iow${Deno.pid}`, ifname = `fyw${Deno.pid % 100000}`;
+    const run = (...a: string[]) =>
+      new Deno.Command(a[0]!, { args: a.slice(1), stdout: "null" }).outputSync();
+    run("ip", "netns", "add", ns);
+    run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1");
+    const memory = fakeMemory(4 << 20, true);
+    const { vm } = fakeVm();
+    const pci = new VirtioPciDevices({ vm });
+    let io: IoControl | undefined;
+    const mac = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56);
+    const send = (...payloads: string[]) => {
+      const frames = payloads.map((p) => {
+        const f = new Uint8Array(60);
+        f.set(mac);
+        f.set([2, 0, 0, 0, 0, 9], 6);
+        f.set([0x88, 0xb9], 12);
+        f.set(new TextEncoder().encode(p), 14);
+        return [...f].map((b) => b.toString(16).padStart(2, "0")).join("");
+      });
+      run("ip", "netns", "exec", ns, "python3", "-c", SEND, ifname, ...frames);
+    };
+    try {
+      pci.addNet({ id: "net0", ifname, mac }, { addr: { slot: 3, fn: 0 } });
+      run("ip", "link", "set", ifname, "netns", ns);
+      run("ip", "-n", ns, "link", "set", ifname, "up");
+      pci.wireKvm();
+      const plan = pci.pciPlan().functions[0]!;
+      pci.root.ecam.write((3 << 15) | 0x04, Uint8Array.of(0x06, 0));
+      const base = plan.barGpa - pci.root.window.base;
+      const d = new TestDriver(memory, {
+        read: (o, data) => pci.root.barWindow.read(base + o, data),
+        write: (o, data) => pci.root.barWindow.write(base + o, data),
+      });
+      d.init({ numQueues: 3 });
+      io = await IoControl.start({ plan: pci.ioPlan(memory.layout) });
+      io.resume();
+      await until(() => io!.state === IO_ST_RUNNING, "running");
+      // No RX buffer yet: the frames wait in the tap.
+      send("early 1", "early 2");
+      await new Promise((res) => setTimeout(res, 100));
+      const ours = () =>
+        d.takeUsed(0).map((u) => d.buffer(0, u.id, 0).subarray(12, u.len)).filter((f) =>
+          f[12] === 0x88 && f[13] === 0xb9
+        ).map((f) => new TextDecoder().decode(f.subarray(14, 21)));
+      const got: string[] = [];
+      for (let i = 0; i < 4; i++) d.submit(0, [{ len: 1538, writable: true }]);
+      d.notify(0);
+      await until(() => (got.push(...ours()), got.length >= 2), "the frames that waited");
+      assert.deepEqual(got, ["early 1", "early 2"]);
+      // Buffers are left: a later frame wakes the I/O Worker through the tap alone (no notify).
+      send("later 1");
+      await until(() => (got.push(...ours()), got.length >= 3), "a frame sent after the buffers were posted");
+      assert.deepEqual(got, ["early 1", "early 2", "later 1"]);
+    } finally {
+      await io?.stop();
+      pci.close();
+      run("ip", "netns", "del", ns);
+    }
+  },
+});
