@@ -23,13 +23,12 @@
  * @module
  */
 import type { GuestMemory } from "../../../memory/guest_memory.ts";
-import { MAP_ANONYMOUS, MAP_PRIVATE, mapMemory, PROT_RW, unmapMemory, viewAt } from "../../../sys/mman.ts";
 import { VNET_HDR_BYTES } from "../../../sys/tap.ts";
 import type { HostMemory } from "../host_memory.ts";
 import { type DescriptorChain, QueueError, type Virtqueue } from "../queue.ts";
 import type { QueueLog, QueueOwner } from "../queue_processing.ts";
 import { IORING_OP_READV, type Uring } from "../block/uring.ts";
-import { RWF_NOWAIT, tapUring } from "./tap_uring.ts";
+import { closeTapBatchIo, openTapBatchIo, RWF_NOWAIT, type TapBatchIo } from "./tap_uring.ts";
 
 /** Chains one batch takes at most (the ring's size). */
 export const RX_BATCH_MAX = 64;
@@ -66,7 +65,7 @@ export class RxBatch {
   readonly #o: RxBatchOptions;
   readonly #chains: DescriptorChain[] = [];
   readonly #res = new Int32Array(RX_BATCH_MAX);
-  readonly #iovAddr: bigint;
+  readonly #io: TapBatchIo;
   readonly #iovBase: number;
   readonly #iovBytes = RX_BATCH_MAX * IOV_PER_CHAIN * 16;
   readonly #iov: Uint32Array;
@@ -81,19 +80,10 @@ export class RxBatch {
 
   constructor(options: RxBatchOptions) {
     this.#o = options;
-    this.ring = options.ring ?? tapUring(RX_BATCH_MAX, options.tapFd);
-    try {
-      this.#iovAddr = mapMemory(
-        this.#iovBytes,
-        { prot: PROT_RW, flags: MAP_PRIVATE | MAP_ANONYMOUS },
-        "RX iovecs",
-      );
-    } catch (e) {
-      if (!options.ring) this.ring.close();
-      throw e;
-    }
-    this.#iovBase = Number(this.#iovAddr);
-    this.#iov = new Uint32Array(viewAt(this.#iovAddr, this.#iovBytes).buffer);
+    this.#io = openTapBatchIo(RX_BATCH_MAX, options.tapFd, this.#iovBytes, "RX iovecs", options.ring);
+    this.ring = this.#io.ring;
+    this.#iovBase = Number(this.#io.iovAddr);
+    this.#iov = this.#io.iov;
   }
 
   /** Whether the batch path takes `chain` (else the one-chain path serves it). */
@@ -336,7 +326,6 @@ export class RxBatch {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    unmapMemory(this.#iovAddr, this.#iovBytes);
-    this.ring.close();
+    closeTapBatchIo(this.#io);
   }
 }

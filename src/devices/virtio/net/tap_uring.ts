@@ -4,6 +4,7 @@
  * EOPNOTSUPP, and then the NIC keeps one `readv`/`writev` per frame.
  * @module
  */
+import { MAP_ANONYMOUS, MAP_PRIVATE, mapMemory, PROT_RW, unmapMemory, viewAt } from "../../../sys/mman.ts";
 import { IORING_OP_READV, Uring } from "../block/uring.ts";
 
 /** `RWF_NOWAIT`: fail with EAGAIN instead of waiting. */
@@ -27,4 +28,42 @@ export function tapUring(entries: number, tapFd: number): Uring {
     ring.close();
     throw e;
   }
+}
+
+/** A batch's ring on the tap and its native iovec area (16 bytes an iovec). */
+export interface TapBatchIo {
+  ring: Uring;
+  iovAddr: bigint;
+  iovBytes: number;
+  /** The iovec area as u32 words. */
+  iov: Uint32Array;
+}
+
+/**
+ * Maps an iovec area of `iovBytes` beside `ring` (a test's) or a new {@linkcode tapUring}; a ring
+ * opened here is closed again when the map fails.
+ * @throws {Error} as {@linkcode tapUring}, or when the area cannot be mapped
+ */
+export function openTapBatchIo(
+  entries: number,
+  tapFd: number,
+  iovBytes: number,
+  what: string,
+  given?: Uring,
+): TapBatchIo {
+  const ring = given ?? tapUring(entries, tapFd);
+  let iovAddr: bigint;
+  try {
+    iovAddr = mapMemory(iovBytes, { prot: PROT_RW, flags: MAP_PRIVATE | MAP_ANONYMOUS }, what);
+  } catch (e) {
+    if (!given) ring.close();
+    throw e;
+  }
+  return { ring, iovAddr, iovBytes, iov: new Uint32Array(viewAt(iovAddr, iovBytes).buffer) };
+}
+
+/** Unmaps the iovec area and closes the ring. */
+export function closeTapBatchIo(io: TapBatchIo): void {
+  unmapMemory(io.iovAddr, io.iovBytes);
+  io.ring.close();
 }

@@ -12,12 +12,11 @@
  * @module
  */
 import { VNET_HDR_BYTES } from "../../../sys/tap.ts";
-import { MAP_ANONYMOUS, MAP_PRIVATE, mapMemory, PROT_RW, unmapMemory, viewAt } from "../../../sys/mman.ts";
 import type { HostMemory } from "../host_memory.ts";
 import type { DescriptorChain } from "../queue.ts";
 import type { QueueLog } from "../queue_processing.ts";
 import { IORING_OP_WRITEV, type Uring } from "../block/uring.ts";
-import { RWF_NOWAIT, tapUring } from "./tap_uring.ts";
+import { closeTapBatchIo, openTapBatchIo, RWF_NOWAIT, type TapBatchIo } from "./tap_uring.ts";
 
 /** Frames one submission carries at most (the ring's size). */
 export const TX_BATCH_MAX = 64;
@@ -42,7 +41,7 @@ export class TxBatch {
   readonly ring: Uring;
   readonly #o: TxBatchOptions;
   readonly #pairs = new Uint32Array(2 * TX_BATCH_MAX);
-  readonly #iovAddr: bigint;
+  readonly #io: TapBatchIo;
   readonly #iovBase: number;
   readonly #iovBytes = TX_BATCH_MAX * TX_BATCH_SEGMENTS * 16;
   readonly #iov: Uint32Array;
@@ -55,19 +54,10 @@ export class TxBatch {
 
   constructor(options: TxBatchOptions) {
     this.#o = options;
-    this.ring = options.ring ?? tapUring(TX_BATCH_MAX, options.tapFd);
-    try {
-      this.#iovAddr = mapMemory(
-        this.#iovBytes,
-        { prot: PROT_RW, flags: MAP_PRIVATE | MAP_ANONYMOUS },
-        "TX iovecs",
-      );
-    } catch (e) {
-      if (!options.ring) this.ring.close();
-      throw e;
-    }
-    this.#iovBase = Number(this.#iovAddr);
-    this.#iov = new Uint32Array(viewAt(this.#iovAddr, this.#iovBytes).buffer);
+    this.#io = openTapBatchIo(TX_BATCH_MAX, options.tapFd, this.#iovBytes, "TX iovecs", options.ring);
+    this.ring = this.#io.ring;
+    this.#iovBase = Number(this.#io.iovAddr);
+    this.#iov = this.#io.iov;
   }
 
   /** Whether the batch path takes `chain`: readable buffers only, the header in the first. */
@@ -139,7 +129,6 @@ export class TxBatch {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    unmapMemory(this.#iovAddr, this.#iovBytes);
-    this.ring.close();
+    closeTapBatchIo(this.#io);
   }
 }
