@@ -5,10 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { Ferry, probeArgs, tempDir, waitIncoming } from "./_fixture/ferry.ts";
+import { freePort } from "./_fixture/migration.ts";
 import type { QmpClient, QmpMessage } from "./_fixture/qmp_client.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-let nextPort = 47000 + Math.floor(Math.random() * 1000);
 
 interface Pair {
   dir: string;
@@ -30,7 +30,7 @@ async function pair(o: {
   dstChannels: number;
 }): Promise<Pair> {
   const dir = tempDir();
-  const uri = o.transport === "tcp" ? `tcp:127.0.0.1:${nextPort++}` : `unix:${dir}/mig.sock`;
+  const uri = o.transport === "tcp" ? `tcp:127.0.0.1:${freePort()}` : `unix:${dir}/mig.sock`;
   const base = { smp: o.smp ?? 2, append: o.append, mem: o.mem ?? "256M" };
   const src = new Ferry(probeArgs({ ...base, qmp: `${dir}/src.sock` }), { qmpPath: `${dir}/src.sock` });
   const dst = new Ferry(

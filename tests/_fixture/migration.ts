@@ -20,10 +20,22 @@ export function sleep(ms: number): Promise<void> {
 /** Final migration states. */
 export const FINAL = ["completed", "failed", "canceled"];
 
-let nextPort = 47000 + Math.floor(Math.random() * 8000);
-/** A fresh TCP port number (random base per process, then sequential). */
+/**
+ * Ports handed out lie below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 by
+ * default), so no outgoing connection of another test can hold one when a destination listens on it.
+ */
+const PORT_LOW = 20000, PORT_HIGH = 32000;
+let nextPort = PORT_LOW + Math.floor(Math.random() * (PORT_HIGH - PORT_LOW));
+/** A fresh TCP port number that nothing listens on now (random start per process, then sequential). */
 export function freePort(): number {
-  return nextPort++;
+  for (;;) {
+    const port = nextPort++;
+    if (nextPort >= PORT_HIGH) nextPort = PORT_LOW;
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      return port;
+    } catch { /* taken: the next one */ }
+  }
 }
 
 /** Polls `query-migrate` until its status is one of `want`. */
