@@ -37,6 +37,11 @@ export interface MemoryLayout {
   regions: RegionLayout[];
 }
 
+/** Index in `layout.regions` of the region that holds all of `[gpa, gpa + len)`, or -1. */
+export function layoutRegionIndex(layout: MemoryLayout, gpa: number, len: number): number {
+  return layout.regions.findIndex((r) => gpa >= r.gpa && gpa + len <= r.gpa + r.sizeBytes);
+}
+
 /** A region with its views in this thread. */
 export interface Region extends RegionLayout {
   bytes: Uint8Array;

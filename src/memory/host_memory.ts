@@ -6,7 +6,13 @@
  */
 import { check } from "../ffi/errno.ts";
 import { shim, viewAt } from "../ffi/shim.ts";
-import { GuestMemory, type MemoryLayout, newDirtyBitmap, PAGE_SIZE } from "./guest_memory.ts";
+import {
+  GuestMemory,
+  layoutRegionIndex,
+  type MemoryLayout,
+  newDirtyBitmap,
+  PAGE_SIZE,
+} from "./guest_memory.ts";
 
 const PROT_RW = 3;
 const MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
@@ -144,7 +150,7 @@ export function residencyKnown(): boolean {
  */
 export function residency(layout: MemoryLayout, gpa: number, pageCount: number): Uint8Array | undefined {
   if (hostHasSwap()) return undefined;
-  const r = layout.regions.find((x) => gpa >= x.gpa && gpa + pageCount * PAGE_SIZE <= x.gpa + x.sizeBytes);
+  const r = layout.regions[layoutRegionIndex(layout, gpa, pageCount * PAGE_SIZE)];
   if (!r || r.hostAddr === 0n) return undefined;
   const vec = new Uint8Array(pageCount);
   const rc = shim().ferry_mincore(r.hostAddr + BigInt(gpa - r.gpa), BigInt(pageCount * PAGE_SIZE), vec);
@@ -181,7 +187,7 @@ export class Populator {
   ahead(gpa: number, pageCount: number): void {
     if (this.#busy || this.#broken) return;
     const end = gpa + pageCount * PAGE_SIZE;
-    const ri = this.#layout.regions.findIndex((x) => gpa >= x.gpa && end <= x.gpa + x.sizeBytes);
+    const ri = layoutRegionIndex(this.#layout, gpa, end - gpa);
     if (ri < 0) return;
     const r = this.#layout.regions[ri]!;
     if (r.hostAddr === 0n) return;

@@ -13,8 +13,7 @@
  */
 import { ErrnoError } from "../ffi/errno.ts";
 import { shim } from "../ffi/shim.ts";
-import { PAGE_SIZE } from "./guest_memory.ts";
-import type { MemoryLayout } from "./guest_memory.ts";
+import { layoutRegionIndex, type MemoryLayout, PAGE_SIZE } from "./guest_memory.ts";
 import { residencyKnown } from "./host_memory.ts";
 import { Userfault } from "./userfault.ts";
 
@@ -68,7 +67,7 @@ export class PagePlacer {
 
   #hostAddr(gpa: number, len: number): bigint {
     if (this.#closed) throw new Error("Cannot place guest RAM: the placer is closed");
-    const r = this.#layout.regions.find((x) => gpa >= x.gpa && gpa + len <= x.gpa + x.sizeBytes);
+    const r = this.#layout.regions[layoutRegionIndex(this.#layout, gpa, len)];
     if (!r || r.hostAddr === 0n || len % PAGE_SIZE !== 0 || (gpa - r.gpa) % PAGE_SIZE !== 0) {
       throw new RangeError(
         `Cannot place ${len} bytes at gpa 0x${gpa.toString(16)}: not whole pages of one region`,
