@@ -44,7 +44,7 @@ export function processQueue(
   q: number,
   handle: (chain: DescriptorChain) => number | undefined,
   budget: number,
-  pollUs: number,
+  pollUs: number | (() => number),
   onPoll?: () => boolean,
 ): "idle" | "more" {
   if (!owner.beginWork()) return "idle";
@@ -85,7 +85,8 @@ export function processQueue(
         }
         vq.flushUsed();
         if (stop) break;
-        if (pollUs > 0 && poll(owner, q, vq, pollUs, onPoll)) continue; // notifications still off
+        const us = typeof pollUs === "number" ? pollUs : pollUs();
+        if (us > 0 && poll(owner, q, vq, us, onPoll)) continue; // notifications still off
         if (!vq.enableNotification()) break;
         vq.disableNotification(); // more arrived meanwhile: serve it quietly
       }

@@ -71,6 +71,14 @@ const K_READ = 0, K_WRITE = 1, K_FSYNC = 2;
  * than the bound costs no spinning.
  */
 export const BLK_POLL_US = 32;
+/**
+ * After completions were published, poll up to this long (adapting as {@linkcode BLK_POLL_US}
+ * does, on its own evidence: the time from publishing completions to the driver's next
+ * notification) for the chains the driver refills them with, notifications off: a driver that
+ * answers each completion with a new request at once (depth 1) then needs no notify exit and the
+ * I/O Worker no epoll wake-up per request. A driver slower than the bound costs no spinning.
+ */
+export const BLK_REFILL_POLL_US = 32;
 /** SQ entries of a drive's ring (completion queue: twice that). */
 export const BLK_RING_ENTRIES = 256;
 
@@ -89,6 +97,8 @@ export interface BlockUringServerOptions {
   ring?: Uring;
   /** See {@linkcode BLK_POLL_US}. */
   pollUs?: number;
+  /** See {@linkcode BLK_REFILL_POLL_US} (0: off). @default pollUs when given, else BLK_REFILL_POLL_US */
+  refillPollUs?: number;
   /** Merge adjacent reads or writes of a pass (request_merge.ts). @default true */
   merge?: boolean;
 }
@@ -137,6 +147,13 @@ export class BlockUringServer {
   readonly #take = (c: DescriptorChain): number | undefined => this.#takeChain(c);
   readonly #onCqe = (op: number, res: number): void => this.#complete(op, res);
   readonly #poll: AdaptivePoll;
+  /** The poll after a completion pass (BLK_REFILL_POLL_US). */
+  readonly #refill: AdaptivePoll;
+  /** Chains taken so far (tells whether a refill pass found any). */
+  #taken = 0;
+  /** The poll time of the pass under way: the refill poll's until it takes a chain, then #poll's. */
+  #passUs = 0;
+  readonly #passPoll = (): number => this.#passUs;
   /** While the queue pass polls: submit what was taken, reap what completed. */
   readonly #pollHook = (): boolean => {
     this.#flushStage();
@@ -154,6 +171,7 @@ export class BlockUringServer {
     this.#host = new HostMemory(this.#mem);
     this.ring = options.ring ?? new Uring(BLK_RING_ENTRIES);
     this.#poll = new AdaptivePoll(options.pollUs ?? BLK_POLL_US);
+    this.#refill = new AdaptivePoll(options.refillPollUs ?? options.pollUs ?? BLK_REFILL_POLL_US);
     const ops = this.ring.cqEntries;
     this.#opSlot = new Int32Array(ops);
     this.#opKind = new Uint8Array(ops);
@@ -182,28 +200,60 @@ export class BlockUringServer {
   /** The queue was notified: takes every available chain, submits, reaps what is done already. */
   work(): "idle" | "more" {
     this.#poll.wake();
+    this.#refill.wake();
     const r = this.submitAvailable();
     this.#reap();
+    return this.#again(r);
+  }
+
+  #again(r: "idle" | "more"): "idle" | "more" {
     return r === "more" || (this.#stalled && this.#nFreeSlots > 0) ? "more" : "idle";
   }
 
   /** Takes the available chains (as far as slots allow) and submits them, without reaping. */
   submitAvailable(): "idle" | "more" {
-    this.#writeback = this.#t.readDeviceConfig(BLK_CFG_WRITEBACK, 1)[0] !== 0;
-    this.#stalled = false;
-    const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#poll.us, this.#pollHook);
-    this.#flushStage();
-    if (this.ring.unsubmitted > 0) this.ring.submit();
+    const r = this.#pass(this.#poll.us);
     this.#poll.idle();
     return r;
   }
 
-  /** The ring fd is readable: completes what finished; serves the queue again if it was stalled. */
+  #pass(pollUs: number): "idle" | "more" {
+    this.#writeback = this.#t.readDeviceConfig(BLK_CFG_WRITEBACK, 1)[0] !== 0;
+    this.#stalled = false;
+    this.#passUs = pollUs;
+    const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#passPoll, this.#pollHook);
+    this.#flushStage();
+    if (this.ring.unsubmitted > 0) this.ring.submit();
+    return r;
+  }
+
+  /**
+   * The ring fd is readable: completes what finished; serves the queue again if it was stalled,
+   * or polls a while for the chains the driver refills the completed ones with
+   * ({@linkcode BLK_REFILL_POLL_US}).
+   */
   completions(): "idle" | "more" {
     this.#poll.wake();
-    this.#reap();
+    this.#refill.wake();
+    if (!this.#stalled && this.#refill.us > 0 && this.ring.completed > 0) {
+      // The pass turns the driver's notifications off, then its poll reaps (#pollHook), so the
+      // driver sees the completions only once it need not notify for the chains it refills.
+      const taken = this.#taken;
+      const r = this.#pass(this.#refill.us);
+      this.#reap(); // in case the pass did not get to poll (a reset pending, the queue disabled)
+      if (this.#taken !== taken) {
+        this.#refill.hit();
+        this.#poll.idle(); // what comes next is their completion, as after a notified pass
+      } else {
+        this.#refill.miss();
+        if (this.#refill.us === 0) this.#refill.idle(); // the next notification may regrow it
+      }
+      return this.#again(r);
+    }
+    const done = this.#reap();
     if (this.#stalled) return this.work();
-    this.#poll.idle();
+    if (done > 0) this.#refill.idle();
+    else this.#poll.idle();
     return "idle";
   }
 
@@ -246,6 +296,8 @@ export class BlockUringServer {
 
   /** Decides the path of one chain; see the module doc. */
   #takeChain(chain: DescriptorChain): number | undefined {
+    this.#taken++;
+    this.#passUs = this.#poll.us;
     const seg0 = chain.segments[0];
     if (
       chain.readableBytes < BLK_HEADER_BYTES || chain.writableBytes < 1 || !seg0 || seg0.writable ||
