@@ -153,6 +153,8 @@ export class BlockUringServer {
   #taken = 0;
   /** The poll time of the pass under way: the refill poll's until it takes a chain, then #poll's. */
   #passUs = 0;
+  /** The last pass ran out of budget with chains left (its notifications stay off): serve the queue next. */
+  #more = false;
   readonly #passPoll = (): number => this.#passUs;
   /** While the queue pass polls: submit what was taken, reap what completed. */
   readonly #pollHook = (): boolean => {
@@ -222,6 +224,7 @@ export class BlockUringServer {
     this.#stalled = false;
     this.#passUs = pollUs;
     const r = this.#t.process(0, this.#take, BLK_QUEUE_SIZE, this.#passPoll, this.#pollHook);
+    this.#more = r === "more";
     this.#flushStage();
     if (this.ring.unsubmitted > 0) this.ring.submit();
     return r;
@@ -235,6 +238,9 @@ export class BlockUringServer {
   completions(): "idle" | "more" {
     this.#poll.wake();
     this.#refill.wake();
+    // A refill pass that ran out of budget left chains with the driver's notifications off: the
+    // loop calls this again ("more"), and the queue is served as if notified.
+    if (this.#more) return this.work();
     if (!this.#stalled && this.#refill.us > 0 && this.ring.completed > 0) {
       // The pass turns the driver's notifications off, then its poll reaps (#pollHook), so the
       // driver sees the completions only once it need not notify for the chains it refills.
