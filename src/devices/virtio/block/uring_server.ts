@@ -17,6 +17,9 @@
  *
  * - Merging (request_merge.ts, QEMU's rule): the plain reads, or write-back writes, of one pass
  *   are staged and, sorted by sector, each run of adjacent requests becomes one `READV` / `WRITEV`.
+ * - Polling: after a notified pass for more chains while completions are reaped
+ *   ({@linkcode BLK_POLL_US}); after completions for the chains refilled in their place
+ *   ({@linkcode BLK_REFILL_POLL_US}).
  *
  * No allocation per request on the fast path: request and operation state live in typed arrays
  * indexed by slot, the CQE's user data is the operation index, and completions are handed to the
@@ -72,11 +75,11 @@ const K_READ = 0, K_WRITE = 1, K_FSYNC = 2;
  */
 export const BLK_POLL_US = 32;
 /**
- * After completions were published, poll up to this long (adapting as {@linkcode BLK_POLL_US}
- * does, on its own evidence: the time from publishing completions to the driver's next
- * notification) for the chains the driver refills them with, notifications off: a driver that
- * answers each completion with a new request at once (depth 1) then needs no notify exit and the
- * I/O Worker no epoll wake-up per request. A driver slower than the bound costs no spinning.
+ * After completions, poll up to this long for the chains the driver refills them with, the
+ * driver's notifications off from before the completions are published: a driver that answers
+ * each completion with a new request at once (depth 1) then needs no notify exit and the I/O
+ * Worker no epoll wake-up per request. The time adapts by its own hits and misses
+ * (`AdaptivePoll.hit`/`miss`), so a driver slower than the bound soon costs no spinning.
  */
 export const BLK_REFILL_POLL_US = 32;
 /** SQ entries of a drive's ring (completion queue: twice that). */
