@@ -361,9 +361,11 @@ export class VirtioPciTransport implements PciFunction, Migratable {
    * puts `n` pairs (head, bytes written) from `pairs` on the used ring, publishes it and
    * interrupts the driver if it asked for it. Nothing happens when the device is not running
    * (a reset dropped the chains).
+   * @param publishEvery publish the used index after every this many entries too (a polling driver
+   *   starts on the first ones while the rest are put on the ring)
    */
-  complete(q: number, pairs: Uint32Array, n: number): void {
-    completeChains(this, q, pairs, n);
+  complete(q: number, pairs: Uint32Array, n: number, publishEvery = n): void {
+    completeChains(this, q, pairs, n, publishEvery);
   }
 
   /** Interrupts the driver for queue `q` (MSI-X vector, or ISR + INTx). */

@@ -82,6 +82,14 @@ export const BLK_POLL_US = 32;
  * (`AdaptivePoll.hit`/`miss`), so a driver slower than the bound soon costs no spinning.
  */
 export const BLK_REFILL_POLL_US = 32;
+/**
+ * Completions of one reap are published to the driver this many at a time (then the rest): a driver
+ * that polls starts refilling the first ones while the others are still being put on the used ring,
+ * so its refills, and the merged operations made of them, come in smaller batches that overlap
+ * the host's work (QEMU publishes each completion). Writeback 4K×32: +15% write, +20% read IOPS
+ * at the same CPU per request against publishing once per reap (docs/io-performance.md).
+ */
+export const BLK_PUBLISH_EVERY = 8;
 /** SQ entries of a drive's ring (completion queue: twice that). */
 export const BLK_RING_ENTRIES = 256;
 
@@ -294,7 +302,7 @@ export class BlockUringServer {
   #reap(): number {
     this.#nPairs = 0;
     const n = this.ring.reap(this.#onCqe);
-    if (this.#nPairs > 0) this.#t.complete(0, this.#pairs, this.#nPairs);
+    if (this.#nPairs > 0) this.#t.complete(0, this.#pairs, this.#nPairs, BLK_PUBLISH_EVERY);
     this.#nPairs = 0;
     if (this.#held && this.inFlight === 0) {
       this.#held = false;
