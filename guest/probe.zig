@@ -126,6 +126,8 @@ pub const Config = struct {
     net_burst: u64 = 1,
     // mode=exits
     exits: u64 = 1000,
+    /// mode=exits: the CPU that makes the exits (the others run the idle worker loop).
+    exits_cpu: u64 = 0,
     ip: [4]u8 = .{ 10, 0, 2, 15 },
 };
 
@@ -356,6 +358,7 @@ fn parseCmdline() void {
             if (eql(k, "blk_depth")) cfg.blk_depth = std.math.clamp(num, 1, 64);
             if (eql(k, "io_timeout_ms")) cfg.io_timeout_ms = @max(num, 1);
             if (eql(k, "exits")) cfg.exits = std.math.clamp(num, 1, 10_000_000);
+            if (eql(k, "exits_cpu")) cfg.exits_cpu = num;
             if (eql(k, "net_burst")) cfg.net_burst = std.math.clamp(num, 1, 1_000_000);
         }
     }
@@ -1034,7 +1037,7 @@ export fn probe_main(kind: u64, ptr: u64) callconv(.C) noreturn {
     switch (cfg.mode) {
         .idle, .bench => worker_loop(initCtx(0)),
         .pattern => runPattern(),
-        .exits => runExits(),
+        .exits => if (cfg.exits_cpu == 0) runExits() else worker_loop(initCtx(0)),
         .dirty => runDirty(),
         .fill => runFill(),
         .blk, .net => {
@@ -1052,6 +1055,7 @@ export fn ap_main(cpu: u64) callconv(.C) noreturn {
     const sse = native or (!native_wanted and sse_ok);
     _ = @atomicRmw(u32, &cpus_up, .Add, 1, .acq_rel);
     while (@atomicLoad(u32, &go, .acquire) == 0) pause();
+    if (cfg.mode == .exits and cpu == cfg.exits_cpu) runExits();
     const c = initCtx(cpu);
     c.sse = @intFromBool(sse);
     worker_loop(c);
