@@ -286,6 +286,11 @@ export class TestDriver {
     return this.#dv.getUint16(this.queues[q]!.used + 2, true);
   }
 
+  /** The used ring's flags (bit 0: VIRTQ_USED_F_NO_NOTIFY, the device asks for no notifications). */
+  usedFlags(q: number): number {
+    return this.#dv.getUint16(this.queues[q]!.used, true);
+  }
+
   /** The `avail_event` the device wrote (event idx). */
   availEvent(q: number): number {
     const dq = this.queues[q]!;

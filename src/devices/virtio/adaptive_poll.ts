@@ -37,6 +37,25 @@ export class AdaptivePoll {
     else if (idleUs > this.us) this.us = Math.min(this.maxUs, this.us === 0 ? POLL_START_US : 2 * this.us);
   }
 
+  /**
+   * A poll of {@linkcode us} found what it waited for: the time grows (doubling, up to the bound).
+   * For a poll whose misses are judged by {@linkcode miss}, not by the idle time after them.
+   */
+  hit(): void {
+    if (this.us > 0) this.us = Math.min(this.maxUs, 2 * this.us);
+  }
+
+  /**
+   * A poll of {@linkcode us} ran out: the time halves, to 0 below {@linkcode POLL_START_US}. A
+   * miss says only that this one poll was too short: the idle time after it also holds the wake-up
+   * latency of the loop's thread, which on a busy host exceeds the bound often, so it is not used
+   * (from 0, {@linkcode idle} and {@linkcode wake} grow the time again).
+   */
+  miss(): void {
+    const half = this.us / 2;
+    this.us = half < POLL_START_US ? 0 : half;
+  }
+
   /** The pass ended and the loop goes idle. */
   idle(): void {
     if (this.maxUs > 0) this.#idleSince = this.#now();

@@ -42,3 +42,30 @@ Deno.test("AdaptivePoll: a wake without an idle spell before it changes nothing;
   off.wake();
   assert.equal(off.us, 0);
 });
+
+Deno.test("AdaptivePoll hit/miss: grows on hits, halves on misses down to 0, regrows from 0 by idle time", () => {
+  let t = 0;
+  const p = new AdaptivePoll(32, () => t);
+  p.miss();
+  assert.equal(p.us, 16);
+  p.hit();
+  assert.equal(p.us, 32);
+  p.hit();
+  assert.equal(p.us, 32, "never past the bound");
+  p.miss();
+  p.miss();
+  p.miss();
+  assert.equal(p.us, POLL_START_US);
+  p.miss();
+  assert.equal(p.us, 0, "below the start time: off");
+  p.hit();
+  assert.equal(p.us, 0, "a hit cannot happen at 0 and changes nothing");
+  p.idle();
+  t += 0.01; // the next event came 10 µs later: polling would have caught it
+  p.wake();
+  assert.equal(p.us, POLL_START_US);
+  const off = new AdaptivePoll(0, () => t);
+  off.miss();
+  off.hit();
+  assert.equal(off.us, 0);
+});

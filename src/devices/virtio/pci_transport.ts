@@ -341,7 +341,8 @@ export class VirtioPciTransport implements PciFunction, Migratable {
    *   {@linkcode CHAIN_WAIT_SOURCE} like undefined but leaving the driver's notifications off
    * @param budget chains per pass, so one busy queue cannot starve the others
    * @param pollUs after the ring ran dry, keep the driver's notifications off and poll it this
-   *   long for more chains (a driver streaming chains then needs no notify exit for each)
+   *   long for more chains (a driver streaming chains then needs no notify exit for each); a function is
+   *   asked each time the ring runs dry (a device may poll longer before the first chain than after)
    * @param onPoll called while polling (e.g. to reap completions); true when it did something
    * @returns "more" when the budget ran out with chains still pending
    */
@@ -349,7 +350,7 @@ export class VirtioPciTransport implements PciFunction, Migratable {
     q: number,
     handle: (chain: DescriptorChain) => number | undefined,
     budget = 256,
-    pollUs = 0,
+    pollUs: number | (() => number) = 0,
     onPoll?: () => boolean,
   ): "idle" | "more" {
     return processQueue(this, this.#log, q, handle, budget, pollUs, onPoll);
@@ -360,9 +361,11 @@ export class VirtioPciTransport implements PciFunction, Migratable {
    * puts `n` pairs (head, bytes written) from `pairs` on the used ring, publishes it and
    * interrupts the driver if it asked for it. Nothing happens when the device is not running
    * (a reset dropped the chains).
+   * @param publishEvery publish the used index after every this many entries too (a polling driver
+   *   starts on the first ones while the rest are put on the ring)
    */
-  complete(q: number, pairs: Uint32Array, n: number): void {
-    completeChains(this, q, pairs, n);
+  complete(q: number, pairs: Uint32Array, n: number, publishEvery = n): void {
+    completeChains(this, q, pairs, n, publishEvery);
   }
 
   /** Interrupts the driver for queue `q` (MSI-X vector, or ISR + INTx). */

@@ -44,7 +44,7 @@ export function processQueue(
   q: number,
   handle: (chain: DescriptorChain) => number | undefined,
   budget: number,
-  pollUs: number,
+  pollUs: number | (() => number),
   onPoll?: () => boolean,
 ): "idle" | "more" {
   if (!owner.beginWork()) return "idle";
@@ -85,7 +85,8 @@ export function processQueue(
         }
         vq.flushUsed();
         if (stop) break;
-        if (pollUs > 0 && poll(owner, q, vq, pollUs, onPoll)) continue; // notifications still off
+        const us = typeof pollUs === "number" ? pollUs : pollUs();
+        if (us > 0 && poll(owner, q, vq, us, onPoll)) continue; // notifications still off
         if (!vq.enableNotification()) break;
         vq.disableNotification(); // more arrived meanwhile: serve it quietly
       }
@@ -119,15 +120,25 @@ function poll(owner: QueueOwner, q: number, vq: Virtqueue, us: number, onPoll?: 
 
 /**
  * Completes chains a device took with {@linkcode CHAIN_DEFERRED}: puts `n` pairs (head, bytes
- * written) from `pairs` on the used ring, publishes it and interrupts the driver if it asked for
- * it. Nothing happens when the device is not running (a reset dropped the chains).
+ * written) from `pairs` on the used ring, publishes it (every `publishEvery` entries and at the end)
+ * and interrupts the driver if it asked for it. Nothing happens when the device is not running (a
+ * reset dropped the chains).
  */
-export function completeChains(owner: QueueOwner, q: number, pairs: Uint32Array, n: number): void {
+export function completeChains(
+  owner: QueueOwner,
+  q: number,
+  pairs: Uint32Array,
+  n: number,
+  publishEvery = n,
+): void {
   if (n === 0 || !owner.beginWork()) return;
   try {
     const vq = owner.queue(q);
     if (!vq) return;
-    for (let i = 0; i < n; i++) vq.pushUsed(pairs[2 * i]!, pairs[2 * i + 1]!);
+    for (let i = 0; i < n; i++) {
+      vq.pushUsed(pairs[2 * i]!, pairs[2 * i + 1]!);
+      if ((i + 1) % publishEvery === 0 && i + 1 < n) vq.flushUsed(); // a polling driver starts refilling
+    }
     vq.flushUsed();
     if (vq.needsInterrupt()) owner.signalQueue(q);
   } finally {

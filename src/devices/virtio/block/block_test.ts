@@ -334,7 +334,7 @@ function mappedMemory(sizeBytes: number): { memory: GuestMemory; unmap: () => vo
  * A virtio-blk device on a 4 MiB temp image, driven by a TestDriver (one queue of 256) through a
  * BlockUringServer; `close()` releases everything.
  */
-function uringRig(o: { direct: boolean; writeback?: boolean; pollUs?: number }) {
+function uringRig(o: { direct: boolean; writeback?: boolean; pollUs?: number; refillPollUs?: number }) {
   const file = image(4 << 20);
   const blk = new VirtioBlk({ drive: { id: "rootfs", file, readonly: false, direct: o.direct } });
   const { memory, unmap } = mappedMemory(8 << 20);
@@ -348,6 +348,7 @@ function uringRig(o: { direct: boolean; writeback?: boolean; pollUs?: number }) 
     memory,
     transport: t,
     ...(o.pollUs !== undefined ? { pollUs: o.pollUs } : {}),
+    ...(o.refillPollUs !== undefined ? { refillPollUs: o.refillPollUs } : {}),
   });
   const close = () => {
     srv.close();
@@ -432,6 +433,40 @@ Deno.test("BlockUringServer drain: requests submitted and not yet reaped complet
     assert.equal(q.nextUsed, 32, "the saved queue has nothing taken and not used");
     const disk = Deno.readFileSync(file);
     for (let i = 0; i < 32; i++) assert.deepEqual(disk.subarray(i * 4096, (i + 1) * 4096), pattern(4096, i));
+  } finally {
+    close();
+  }
+});
+
+Deno.test("BlockUringServer refill poll: after completions it takes the chains the driver added without notifying, then asks for notifications again", () => {
+  const { d, srv, close } = uringRig({ direct: false, pollUs: 0, refillPollUs: 32 });
+  const read = (sector: number) =>
+    d.submit(0, [
+      { data: header(VIRTIO_BLK_T_IN, sector), writable: false },
+      { len: 4096, writable: true, align: 4096 },
+      { len: 1, writable: true },
+    ]);
+  try {
+    const first = read(0);
+    srv.submitAvailable();
+    assert.equal(srv.inFlight, 1);
+    while (srv.ring.completed === 0) srv.ring.submit(1); // wait for its CQE
+    const second = read(8); // the driver refills without a notification (it polls)
+    assert.equal(srv.completions(), "idle");
+    assert.equal(d.usedIdx(0) >= 1, true, "the completion is published");
+    assert.equal(srv.inFlight + d.usedIdx(0), 2, "the refilled chain was taken in the same pass");
+    assert.equal(d.usedFlags(0) & 1, 0, "notifications are on again after the pass");
+    srv.drain();
+    const used = d.takeUsed(0).map((u) => u.id);
+    assert.deepEqual(used, [first, second]);
+    // No refill: the pass polls, publishes the completion, and turns notifications back on.
+    read(16);
+    srv.submitAvailable();
+    while (srv.ring.completed === 0) srv.ring.submit(1);
+    srv.completions();
+    assert.equal(srv.inFlight, 0);
+    assert.equal(d.usedIdx(0), 3);
+    assert.equal(d.usedFlags(0) & 1, 0);
   } finally {
     close();
   }

@@ -144,6 +144,11 @@ export class Uring {
     this.#unsubmitted++;
   }
 
+  /** Completions posted and not yet reaped. */
+  get completed(): number {
+    return (Atomics.load(this.#cq, this.#cqTail) - Atomics.load(this.#cq, this.#cqHead)) >>> 0;
+  }
+
   /** SQEs filled and not yet handed to the kernel. */
   get unsubmitted(): number {
     return this.#unsubmitted;
