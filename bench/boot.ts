@@ -164,10 +164,10 @@ async function benchMemory(list: Vmm[], runs: number): Promise<Row[]> {
 }
 
 /**
- * The exit round trip at `-smp smp`, made by vCPU `cpu` (the probe's `exits_cpu`). ferry's vCPU
- * Worker runs vCPU 0 itself and answers its exits on the same thread; every other vCPU has a run
- * thread that hands each exit to the Worker (getting it out of vCPU 0 first) and waits. With
- * `cpu` > 0, vCPU 0 computes in the guest meanwhile (no progress line within the run).
+ * The exit round trip at `-smp smp`, made by vCPU `cpu` (the probe's `exits_cpu`). At `-smp 1`
+ * ferry's vCPU Worker runs the vCPU and answers on the same thread; with more vCPUs each has a run
+ * thread and an exit is handed to the Worker and back. With `cpu` > 0, vCPU 0 computes in the
+ * guest meanwhile (no progress line within the run).
  */
 async function benchExits(list: Vmm[], runs: number, smp: number, cpu = 0): Promise<Row[]> {
   const n = 1000, rounds = 5;

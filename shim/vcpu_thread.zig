@@ -12,13 +12,6 @@
 //!   `ferry_vcpu_thread_join`). The thread also rings once at start, after setting `tid`.
 //! `ferry_vcpu_run_here` is one THREAD turn on the caller's own thread, for a host that runs a vCPU
 //! itself (no run thread).
-//!
-//! The doorbell word is the first field of a `Bell`. While a host thread runs a vCPU itself
-//! (`host_run` set), a run thread that hands an exit over also gets the host out of `KVM_RUN`: it
-//! sets that vCPU's `kvm_run.immediate_exit` and, when the host is inside the ioctl (`in_run`),
-//! sends it `signal`. Either the host sees `immediate_exit` as it enters or the ringer sees `in_run`
-//! (both sequentially consistent), so no hand-over waits for the host's vCPU to exit on its own;
-//! `ferry_vcpu_run_here` clears `immediate_exit` after the ioctl, before the host looks at the turns.
 const std = @import("std");
 const linux = std.os.linux;
 
@@ -51,37 +44,10 @@ inline fn atomicTurn(b: *RunBlock) i32 {
     return @atomicLoad(i32, &b.turn, .acquire);
 }
 
-/// The doorbell and what a ringer needs to get a host thread out of `KVM_RUN` (offsets pinned below
-/// and in src/ffi/shim.ts).
-pub const Bell = extern struct {
-    /// The futex word: +1 after every hand-over.
-    word: i32,
-    /// The host thread's tid while it runs a vCPU itself (0: none).
-    host_tid: i32,
-    /// Address of that vCPU's `kvm_run` (0: the host runs none).
-    host_run: u64,
-    /// Process id and signal for `tgkill`.
-    pid: i32,
-    signal: i32,
-    /// 1 while the host thread is inside the ioctl.
-    in_run: i32,
-    _pad: i32,
-};
-
-/// Offset of `immediate_exit` in `struct kvm_run`.
-const KVM_RUN_IMMEDIATE_EXIT = 1;
-
 fn ring(b: *RunBlock) void {
-    const bell: *Bell = @ptrFromInt(b.doorbell);
-    _ = @atomicRmw(i32, &bell.word, .Add, 1, .acq_rel);
-    _ = linux.futex_wake(&bell.word, FUTEX_WAKE, std.math.maxInt(i32));
-    const run = @atomicLoad(u64, &bell.host_run, .acquire);
-    if (run == 0) return;
-    const imm: *u8 = @ptrFromInt(run + KVM_RUN_IMMEDIATE_EXIT);
-    @atomicStore(u8, imm, 1, .seq_cst);
-    if (@atomicLoad(i32, &bell.in_run, .seq_cst) == 0) return;
-    const tid = @atomicLoad(i32, &bell.host_tid, .acquire);
-    if (tid > 0) _ = linux.tgkill(bell.pid, tid, @intCast(bell.signal));
+    const bell: *i32 = @ptrFromInt(b.doorbell);
+    _ = @atomicRmw(i32, bell, .Add, 1, .acq_rel);
+    _ = linux.futex_wake(bell, FUTEX_WAKE, std.math.maxInt(i32));
 }
 
 fn threadMain(arg: ?*anyopaque) callconv(.c) ?*anyopaque {
@@ -131,17 +97,7 @@ export fn ferry_vcpu_thread_start(block: *RunBlock, stack: u64, len: u64) isize 
 /// result, or -EAGAIN without calling it when the turn is not TURN_THREAD.
 export fn ferry_vcpu_run_here(b: *RunBlock) isize {
     if (atomicTurn(b) != TURN_THREAD) return -@as(isize, @intFromEnum(linux.E.AGAIN));
-    const bell: *Bell = @ptrFromInt(b.doorbell);
-    @atomicStore(i32, &bell.in_run, 1, .seq_cst);
     const r: isize = @bitCast(linux.syscall3(.ioctl, @as(usize, @bitCast(@as(isize, b.fd))), b.req, 0));
-    @atomicStore(i32, &bell.in_run, 0, .seq_cst);
-    const run = @atomicLoad(u64, &bell.host_run, .acquire);
-    if (run != 0) {
-        // A ringer's request is answered by the look at the turns that follows; a pause's is too
-        // (its request word is read after this store).
-        const imm: *u8 = @ptrFromInt(run + KVM_RUN_IMMEDIATE_EXIT);
-        @atomicStore(u8, imm, 0, .seq_cst);
-    }
     @atomicStore(i32, &b.rc, @intCast(r), .release);
     _ = @cmpxchgStrong(i32, &b.turn, TURN_THREAD, TURN_HOST, .acq_rel, .acquire);
     return r;
@@ -183,17 +139,8 @@ test "RunBlock layout matches src/ffi/shim.ts" {
     try std.testing.expectEqual(@as(usize, 40), @offsetOf(RunBlock, "thread"));
 }
 
-test "Bell layout matches src/ffi/shim.ts" {
-    try std.testing.expectEqual(@as(usize, 32), @sizeOf(Bell));
-    try std.testing.expectEqual(@as(usize, 4), @offsetOf(Bell, "host_tid"));
-    try std.testing.expectEqual(@as(usize, 8), @offsetOf(Bell, "host_run"));
-    try std.testing.expectEqual(@as(usize, 16), @offsetOf(Bell, "pid"));
-    try std.testing.expectEqual(@as(usize, 20), @offsetOf(Bell, "signal"));
-    try std.testing.expectEqual(@as(usize, 24), @offsetOf(Bell, "in_run"));
-}
-
 test "ferry_vcpu_run_here calls the ioctl only on TURN_THREAD and hands the turn to the host" {
-    var bell = std.mem.zeroes(Bell);
+    var bell: i32 = 0;
     var b = std.mem.zeroes(RunBlock);
     b.fd = -1; // the ioctl fails with EBADF: enough to see that it was called
     b.req = 0xAE80; // KVM_RUN
@@ -207,29 +154,5 @@ test "ferry_vcpu_run_here calls the ioctl only on TURN_THREAD and hands the turn
     try std.testing.expectEqual(badf, ferry_vcpu_run_here(&b));
     try std.testing.expectEqual(TURN_HOST, b.turn);
     try std.testing.expectEqual(@as(i32, @intCast(badf)), b.rc);
-    try std.testing.expectEqual(@as(i32, 0), bell.word); // no ring: the caller is the host
-}
-
-test "a run thread's ring gets a host that runs a vCPU itself out: immediate_exit set, cleared by run_here" {
-    var run = [_]u8{0} ** 64;
-    var bell = std.mem.zeroes(Bell);
-    bell.host_run = @intFromPtr(&run);
-    bell.pid = @intCast(linux.getpid());
-    bell.signal = 0; // tgkill with signal 0 only checks that the thread exists
-    var b = std.mem.zeroes(RunBlock);
-    b.fd = -1;
-    b.req = 0xAE80;
-    b.doorbell = @intFromPtr(&bell);
-    ring(&b);
-    try std.testing.expectEqual(@as(i32, 1), bell.word);
-    try std.testing.expectEqual(@as(u8, 1), run[KVM_RUN_IMMEDIATE_EXIT]);
-    b.turn = TURN_THREAD;
-    _ = ferry_vcpu_run_here(&b);
-    try std.testing.expectEqual(@as(u8, 0), run[KVM_RUN_IMMEDIATE_EXIT]);
-    try std.testing.expectEqual(@as(i32, 0), bell.in_run);
-    // Without a host vCPU a ring touches nothing else.
-    bell.host_run = 0;
-    run[KVM_RUN_IMMEDIATE_EXIT] = 0;
-    ring(&b);
-    try std.testing.expectEqual(@as(u8, 0), run[KVM_RUN_IMMEDIATE_EXIT]);
+    try std.testing.expectEqual(@as(i32, 0), bell); // no ring: the caller is the host
 }

@@ -122,16 +122,6 @@ export const RUN_BLOCK = {
   thread: 40,
   size: 48,
 } as const;
-/** Byte offsets in the shim's `Bell` (shim/vcpu_thread.zig): the doorbell and the host's vCPU. */
-export const BELL = {
-  word: 0,
-  hostTid: 4,
-  hostRun: 8,
-  pid: 16,
-  signal: 20,
-  inRun: 24,
-  size: 32,
-} as const;
 /** `RunBlock.turn` values. */
 export const TURN_THREAD = 0, TURN_HOST = 1, TURN_QUIT = 2;
 

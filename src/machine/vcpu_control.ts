@@ -17,14 +17,13 @@
  * request to run, ring. A paused vCPU is outside `KVM_RUN`: its state may be read and written from
  * the main thread (migration, QMP).
  *
- * With `runOnHost` vCPU 0 has no run thread: the vCPU Worker runs it on its own thread and puts its
- * tid in the block, so the kicks above reach it the same way. The other vCPUs' run threads get the
- * Worker out of vCPU 0's `KVM_RUN` whenever they hand an exit over (the shim's `Bell`).
+ * With `runOnHost` (a VM of one vCPU) no run thread starts: the vCPU Worker runs the vCPU on its own
+ * thread and puts its tid in the block, so the kicks above reach it the same way.
  * @module
  */
 import { ABI } from "../ffi/abi.ts";
 import { check } from "../ffi/errno.ts";
-import { BELL, RUN_BLOCK, shim, TURN_HOST, TURN_QUIT, viewAt } from "../ffi/shim.ts";
+import { RUN_BLOCK, shim, TURN_HOST, TURN_QUIT, viewAt } from "../ffi/shim.ts";
 import { KVM } from "../kvm/ioctls.ts";
 
 /** Where the host finds the VM's vCPUs (plain data; every address is in this process). */
@@ -39,9 +38,8 @@ export interface VcpuHostPlan {
   /** The control words (this file). */
   control: SharedArrayBuffer;
   /**
-   * The host thread runs vCPU 0's `KVM_RUN` itself (vCPU 0 has no run thread): its exits are
-   * handled on the thread they came out on, as in QEMU, instead of waking a second thread each way.
-   * Another vCPU's hand-over gets the host out of vCPU 0 (shim/vcpu_thread.zig, `Bell`).
+   * The host thread runs vCPU 0's `KVM_RUN` itself (no run thread; a VM of one vCPU): an exit is
+   * handled on the thread it came out on, as in QEMU, instead of waking a second thread each way.
    */
   runOnHost: boolean;
 }
@@ -93,14 +91,16 @@ export class VcpuControl {
    * Maps the run blocks and stacks; the threads start with {@linkcode start}.
    * @param vcpus each vCPU's fd and `kvm_run` mapping
    * @param options.spin iterations a run thread spins on its turn before it sleeps (default 0)
-   * @param options.runOnHost the vCPU Worker runs vCPU 0 itself ({@linkcode VcpuHostPlan.runOnHost})
+   * @param options.runOnHost the vCPU Worker runs the only vCPU itself ({@linkcode VcpuHostPlan.runOnHost})
+   * @throws {RangeError} for `runOnHost` with more than one vCPU
    */
   constructor(
     vcpus: { fd: number; runAddr: bigint; runSize: number }[],
     options: { spin?: number; runOnHost?: boolean } = {},
   ) {
     const count = vcpus.length;
-    const runOnHost = (options.runOnHost ?? false) && count > 0;
+    const runOnHost = options.runOnHost ?? false;
+    if (runOnHost && count !== 1) throw new RangeError(`runOnHost needs one vCPU, not ${count}`);
     this.shared = new SharedArrayBuffer(4 * (2 + 2 * count));
     this.#words = new Int32Array(this.shared);
     this.#runs = vcpus.map((v) => viewAt(v.runAddr, v.runSize));
@@ -116,13 +116,7 @@ export class VcpuControl {
     ));
     const doorbell = this.#mapAddr;
     const blocks = this.#mapAddr + BigInt(BLOCK_STRIDE);
-    this.#bell = new Int32Array(viewAt(doorbell, BELL.size).buffer);
-    if (runOnHost) {
-      const bell = new DataView(this.#bell.buffer);
-      bell.setBigUint64(BELL.hostRun, vcpus[0]!.runAddr, true);
-      bell.setInt32(BELL.pid, this.#pid, true);
-      bell.setInt32(BELL.signal, KICK_SIGNAL, true);
-    }
+    this.#bell = new Int32Array(viewAt(doorbell, 4).buffer);
     this.#blocks = vcpus.map((v, i) => {
       const view = viewAt(blocks + BigInt(i * BLOCK_STRIDE), RUN_BLOCK.size);
       const dv = new DataView(view.buffer);
@@ -151,13 +145,12 @@ export class VcpuControl {
 
   /**
    * Starts every run thread (each waits for its first turn) and waits until each has its tid. With
-   * `runOnHost` vCPU 0 has none: the host sets its tid when it serves.
+   * `runOnHost` there is none: the host sets the tid when it serves.
    */
   async start(timeoutMs = 5000): Promise<void> {
-    const first = this.#firstThread;
-    if (first >= this.count) return;
+    if (this.#plan.runOnHost) return;
     const header = Math.ceil((BLOCK_STRIDE * (1 + this.count)) / PAGE) * PAGE;
-    for (let i = first; i < this.count; i++) {
+    for (let i = 0; i < this.count; i++) {
       const stack = this.#mapAddr + BigInt(header + i * STACK_BYTES);
       check(
         shim().ferry_vcpu_thread_start(this.#blockAddr(i), stack, BigInt(STACK_BYTES)),
@@ -166,15 +159,10 @@ export class VcpuControl {
     }
     this.#started = true;
     const deadline = Date.now() + timeoutMs;
-    while (this.tids().some((t, i) => i >= first && t === 0)) {
+    while (this.tids().some((t) => t === 0)) {
       if (Date.now() > deadline) throw new Error(`Cannot start vCPU threads: no answer in ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 1));
     }
-  }
-
-  /** The first vCPU with a run thread (1 with `runOnHost`). */
-  get #firstThread(): number {
-    return this.#plan.runOnHost ? 1 : 0;
   }
 
   #blockAddr(i: number): bigint {
@@ -290,7 +278,7 @@ export class VcpuControl {
     if (this.#hostServing && Atomics.load(this.#words, 1 + this.count) === 0) return; // still looking
     if (this.#started) {
       if (this.tids().some((t) => t !== 0)) return;
-      for (let i = this.#firstThread; i < this.count; i++) shim().ferry_vcpu_thread_join(this.#blockAddr(i));
+      for (let i = 0; i < this.count; i++) shim().ferry_vcpu_thread_join(this.#blockAddr(i));
     }
     shim().ferry_munmap(this.#mapAddr, BigInt(this.#mapBytes));
   }

@@ -1,10 +1,8 @@
 /**
- * The vCPU host: handles the exits of every vCPU of a VM on one JavaScript thread. vCPU 0 runs on
- * this thread ({@linkcode VcpuHost.runHere}, with `runOnHost`); every other vCPU runs on a native
- * run thread (shim/vcpu_thread.zig) that only loops `KVM_RUN` and hands each return over through
- * its `RunBlock.turn` (getting this thread out of vCPU 0's `KVM_RUN` to look). This class reads
- * `kvm_run`, dispatches PIO and MMIO to the buses, and decides when a vCPU may enter the guest
- * again (hands the turn back):
+ * The vCPU host: handles the exits of every vCPU of a VM on one JavaScript thread. Each vCPU runs
+ * on a native run thread (shim/vcpu_thread.zig) that only loops `KVM_RUN` and hands each return
+ * over through its `RunBlock.turn`; this class reads `kvm_run`, dispatches PIO and MMIO to the
+ * buses, and decides when a vCPU may enter the guest again (hands the turn back):
  *
  * - request RUN: at once, unless the vCPU is *held* ({@linkcode VcpuHost.hold}: HLT backs off 1 ms,
  *   a system event 50 ms, `VcpuControl.hold(i, ms)` from the main thread N ms) or *parked* (it raised reset/poweroff: the machine will
@@ -20,7 +18,7 @@
  * @module
  */
 import { ABI } from "../ffi/abi.ts";
-import { BELL, RUN_BLOCK, shim, TURN_HOST, TURN_THREAD, viewAt } from "../ffi/shim.ts";
+import { RUN_BLOCK, shim, TURN_HOST, TURN_THREAD, viewAt } from "../ffi/shim.ts";
 import { EXIT, exitName } from "../kvm/ioctls.ts";
 import type { Buses, MachineRequest } from "./platform.ts";
 import { REQ_RUN, REQ_STOP, ST_EXITED, ST_PAUSED, ST_RUNNING, type VcpuHostPlan } from "./vcpu_control.ts";
@@ -76,7 +74,7 @@ export class VcpuHost {
     this.#runs = plan.runs.map((r) => viewAt(r.addr, r.size));
     this.#runDvs = this.#runs.map((r) => new DataView(r.buffer));
     this.#bellAddr = plan.doorbell;
-    this.#bell = new Int32Array(viewAt(plan.doorbell, BELL.size).buffer);
+    this.#bell = new Int32Array(viewAt(plan.doorbell, 4).buffer);
     this.#buses = buses;
     this.#emit = emit;
     this.#handled = new Array<boolean>(n).fill(true); // the first turn is a start, not an exit
@@ -84,12 +82,8 @@ export class VcpuHost {
     this.#exited = new Array<boolean>(n).fill(false);
     this.#holdUntilMs = new Array<number>(n).fill(0);
     this.#runOnHost = plan.runOnHost;
-    // Kicks (pause, hold, stop, other vCPUs' hand-overs) go to the thread in KVM_RUN: this one.
-    if (this.#runOnHost) {
-      const tid = Number(shim().ferry_gettid());
-      Atomics.store(this.#turns[0]!, RUN_BLOCK.tid / 4, tid);
-      Atomics.store(this.#bell, BELL.hostTid / 4, tid);
-    }
+    // Kicks (pause, hold, stop) go to the thread in KVM_RUN: this one.
+    if (this.#runOnHost) Atomics.store(this.#turns[0]!, RUN_BLOCK.tid / 4, Number(shim().ferry_gettid()));
   }
 
   /** Called by a device on this thread when the guest asks for reset or poweroff. */
@@ -119,10 +113,7 @@ export class VcpuHost {
   poll(): number {
     const req = Atomics.load(this.#words, 0);
     if (req === REQ_STOP) {
-      if (this.#runOnHost) {
-        Atomics.store(this.#bell, BELL.hostTid / 4, 0);
-        Atomics.store(this.#turns[0]!, RUN_BLOCK.tid / 4, 0);
-      }
+      if (this.#runOnHost) Atomics.store(this.#turns[0]!, RUN_BLOCK.tid / 4, 0);
       const left = 1 + this.#turns.length;
       Atomics.store(this.#words, left, 1);
       Atomics.notify(this.#words, left);
@@ -158,9 +149,7 @@ export class VcpuHost {
       }
       if (Atomics.load(this.#words, 1 + i) !== ST_RUNNING) this.#setState(i, ST_RUNNING);
       this.#handled[i] = false;
-      if (
-        Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST && (i > 0 || !this.#runOnHost)
-      ) {
+      if (Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST && !this.#runOnHost) {
         shim().ferry_futex_wake(this.#blockAddrs[i]!, 1);
       }
     }

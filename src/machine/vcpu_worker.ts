@@ -1,9 +1,9 @@
 /**
- * Worker entry: the one vCPU Worker of a VM. It runs vCPU 0 on its own thread
- * ({@linkcode VcpuHost.runHere}) and handles the exits of every vCPU ({@linkcode VcpuHost}); the
- * others run on native run threads (shim/vcpu_thread.zig), whose hand-overs get it out of vCPU 0.
- * When vCPU 0 may not run it sleeps synchronously on the doorbell futex (a wake costs a few µs; a
- * Promise per exit on an event loop costs tens: DESIGN.md §2). Devices keep their registers in SharedArrayBuffers, so
+ * Worker entry: the one vCPU Worker of a VM. Every vCPU runs on its own native run thread
+ * (shim/vcpu_thread.zig) and this Worker handles all their exits ({@linkcode VcpuHost}), sleeping
+ * synchronously on the doorbell futex in between; the one vCPU of a single-vCPU VM runs on this
+ * thread instead ({@linkcode VcpuHost.runHere}) (a wake costs a few µs; a Promise per exit on an
+ * event loop costs tens: DESIGN.md §2). Devices keep their registers in SharedArrayBuffers, so
  * the buses built here act on the same state as the main thread's.
  *
  * Messages: main → worker {@linkcode VcpuInit}; worker → main {@linkcode VcpuReady}, then

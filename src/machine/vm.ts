@@ -137,9 +137,8 @@ export class Vm {
     this.memory = hostGuestMemory(layout);
     this.vcpus = vcpus;
     this.platform = platform;
-    // The vCPU Worker runs vCPU 0 and answers its exits on the same thread (no hand-off); the
-    // others have run threads (vcpu_control.ts).
-    this.control = new VcpuControl(vcpus, { runOnHost: true });
+    // One vCPU: the vCPU Worker runs it and answers its exits on the same thread (no hand-off).
+    this.control = new VcpuControl(vcpus, { runOnHost: vcpus.length === 1 });
     this.throttle = new VcpuThrottle(this.control);
     this.#kvmMsrs = new Set(kvm.msrIndexList());
     this.msrIndices = [...this.#kvmMsrs, ...(vcpus[0] ? platformMsrs(vcpus[0]) : [])];
