@@ -24,14 +24,18 @@ function memory(regions: { gpa: number; sizeBytes: number }[]): GuestMemory {
   });
 }
 
-/** Collects what the sender writes and splits it into RAM messages. */
+/** Collects what the sender writes; splits it into RAM messages, or reads it back as a stream. */
 function capture() {
   const chunks: Uint8Array[] = [];
   const writer = new MessageWriter({ write: (p) => (chunks.push(p.slice()), Promise.resolve(p.length)) });
-  function messages(): { runs: RamRun[]; dataBytes: number }[] {
+  function bytes(): Uint8Array {
     const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
     let o = 0;
     for (const c of chunks) all.set(c, (o += c.length) - c.length);
+    return all;
+  }
+  function messages(): { runs: RamRun[]; dataBytes: number }[] {
+    const all = bytes();
     const out = [];
     for (let p = 0; p < all.length;) {
       const h = decodeHeader(all.subarray(p, p + HEADER_BYTES));
@@ -42,7 +46,21 @@ function capture() {
     }
     return out;
   }
-  return { writer, messages };
+  /** A destination's reader over everything written so far. */
+  function reader(): MessageReader {
+    const all = bytes();
+    let at = 0;
+    return new MessageReader({
+      read: (p) => {
+        if (at >= all.length) return Promise.resolve(null);
+        const n = Math.min(p.length, all.length - at);
+        p.set(all.subarray(at, at + n));
+        at += n;
+        return Promise.resolve(n);
+      },
+    }, "source");
+  }
+  return { writer, messages, reader };
 }
 
 Deno.test("RamSender sends zero pages as runs and coalesces adjacent pages within one region", async () => {
@@ -130,22 +148,7 @@ Deno.test("a large full pass round-trips through receiveRamBatch: raw bytes land
   const dst = memory([{ gpa: 0, sizeBytes: pages * 4096 }]);
   // Stale data where the source has zero pages must be cleared.
   for (let p = 1; p < pages; p += 3) dst.write(p * 4096 + 7, Uint8Array.of(9));
-  const chunks: Uint8Array[] = [];
-  const w = new MessageWriter({ write: (p) => (chunks.push(p.slice()), Promise.resolve(p.length)) });
-  await new RamSender(w, src, new RamCounters()).sendAll();
-  const all = new Uint8Array(chunks.reduce((n, x) => n + x.length, 0));
-  let o = 0;
-  for (const x of chunks) all.set(x, (o += x.length) - x.length);
-  let at = 0;
-  const reader = new MessageReader({
-    read: (p) => {
-      if (at >= all.length) return Promise.resolve(null);
-      const n = Math.min(p.length, all.length - at);
-      p.set(all.subarray(at, at + n));
-      at += n;
-      return Promise.resolve(n);
-    },
-  }, "source");
+  const reader = c.reader();
   let messages = 0;
   for (let h = await reader.readHeader(); h; h = await reader.readHeader()) {
     await receiveRamBatch(reader, h, dst);
@@ -162,22 +165,9 @@ Deno.test("receiveRamBatch with place: runs with a page not resident go through 
   for (let p = 0; p < pages; p++) {
     if (p < 300 || (p >= 600 && p < 800) || p >= 810) src.write(p * 4096 + 5, Uint8Array.of((p % 250) + 1));
   }
-  const chunks: Uint8Array[] = [];
-  const w = new MessageWriter({ write: (p) => (chunks.push(p.slice()), Promise.resolve(p.length)) });
-  await new RamSender(w, src, new RamCounters()).sendAll();
-  const all = new Uint8Array(chunks.reduce((n, x) => n + x.length, 0));
-  let o = 0;
-  for (const x of chunks) all.set(x, (o += x.length) - x.length);
-  let at = 0;
-  const reader = new MessageReader({
-    read: (p) => {
-      if (at >= all.length) return Promise.resolve(null);
-      const n = Math.min(p.length, all.length - at);
-      p.set(all.subarray(at, at + n));
-      at += n;
-      return Promise.resolve(n);
-    },
-  }, "source");
+  const c = capture();
+  await new RamSender(c.writer, src, new RamCounters()).sendAll();
+  const reader = c.reader();
   const dst = memory([{ gpa: 0, sizeBytes: pages * 4096 }]);
   // Pages 600.. are resident already but page 700, the rest never backed.
   const resident = new Uint8Array(pages);
