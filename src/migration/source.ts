@@ -592,35 +592,33 @@ class OutgoingMigration {
           break;
         }
         // Within the limit, but the guest dirties slowly: one more short pass shortens the pause.
-        this.#measure(await this.#step(`send dirty RAM (pass ${pass})`, () => sender.sendDirty(bitmaps)));
-        if (sender.stoppedAt) unsent = unsentPages(vm.memory, sender.stoppedAt, bitmaps);
-        continue;
-      }
-      const capped = pass > p["max-iterations"] ||
-        (p["max-precopy-time"] > 0 && performance.now() - iterStartMs >= p["max-precopy-time"]);
-      if (capped) {
-        const why = `${c.remainingBytes} bytes still dirty after ${pass - 1} dirty passes, more than ` +
-          `${Math.floor(thresholdBytes)} bytes (${Math.round(this.#bandwidth())} B/s × ${
-            p["downtime-limit"]
-          } ms)`;
-        if (p["convergence-policy"] === "cancel") {
-          throw new MigrationError("converge", `${why}; convergence-policy is cancel`);
+      } else {
+        const capped = pass > p["max-iterations"] ||
+          (p["max-precopy-time"] > 0 && performance.now() - iterStartMs >= p["max-precopy-time"]);
+        if (capped) {
+          const why = `${c.remainingBytes} bytes still dirty after ${pass - 1} dirty passes, more than ` +
+            `${Math.floor(thresholdBytes)} bytes (${Math.round(this.#bandwidth())} B/s × ${
+              p["downtime-limit"]
+            } ms)`;
+          if (p["convergence-policy"] === "cancel") {
+            throw new MigrationError("converge", `${why}; convergence-policy is cancel`);
+          }
+          log.warn("Forcing switchover: %s", why);
+          pending = bitmaps;
+          break;
         }
-        log.warn("Forcing switchover: %s", why);
-        pending = bitmaps;
-        break;
-      }
-      if (this.#capabilities["auto-converge"] && vm.setCpuThrottle) {
-        const before = this.#autoConverge.percentage;
-        const pct = this.#autoConverge.afterSync(c.remainingBytes, sentBytes, p);
-        if (pct !== before) {
-          log.info(
-            "auto-converge: throttling the vCPUs at %d%% (%d bytes dirtied, %d sent)",
-            pct,
-            c.remainingBytes,
-            sentBytes,
-          );
-          await this.#step("throttle the vCPUs", () => this.#applyThrottle(pct), false);
+        if (this.#capabilities["auto-converge"] && vm.setCpuThrottle) {
+          const before = this.#autoConverge.percentage;
+          const pct = this.#autoConverge.afterSync(c.remainingBytes, sentBytes, p);
+          if (pct !== before) {
+            log.info(
+              "auto-converge: throttling the vCPUs at %d%% (%d bytes dirtied, %d sent)",
+              pct,
+              c.remainingBytes,
+              sentBytes,
+            );
+            await this.#step("throttle the vCPUs", () => this.#applyThrottle(pct), false);
+          }
         }
       }
       this.#measure(await this.#step(`send dirty RAM (pass ${pass})`, () => sender.sendDirty(bitmaps)));
