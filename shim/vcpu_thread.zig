@@ -7,7 +7,8 @@
 //! Hand-over protocol on `RunBlock.turn` (futex words, process-private):
 //! - TURN_THREAD (0): the thread may call the ioctl; it stores the result in `rc`, swaps the turn to
 //!   TURN_HOST (compare-and-swap, so a QUIT is never lost), adds 1 to the doorbell and wakes its waiters.
-//! - TURN_HOST (1): the exit is TypeScript's; the thread spins `spin` times, then futex-waits.
+//! - TURN_HOST (1): the exit is TypeScript's; the thread spins `spin` times (read at each wait), then futex-waits.
+//!   Before each hand-over it stores the CPU it ran on in `cpu`.
 //! - TURN_QUIT (2): the thread clears `tid`, rings once more and returns (then join it with
 //!   `ferry_vcpu_thread_join`). The thread also rings once at start, after setting `tid`.
 //! `ferry_vcpu_run_here` is one THREAD turn on the caller's own thread, for a host that runs a vCPU
@@ -36,7 +37,9 @@ pub const RunBlock = extern struct {
     doorbell: u64,
     /// `pause` iterations to spin on `turn` before sleeping on it.
     spin: u32,
-    _pad: u32,
+    /// The CPU the thread ran its last ioctl on, stored before each hand-over (a fact for the
+    /// host's choice whether to spin while it waits; -1 until the first hand-over).
+    cpu: i32,
     thread: u64,
 };
 
@@ -50,12 +53,24 @@ fn ring(b: *RunBlock) void {
     _ = linux.futex_wake(bell, FUTEX_WAKE, std.math.maxInt(i32));
 }
 
+/// The CPU this thread runs on now (getcpu), or -1.
+fn currentCpu() i32 {
+    var cpu: usize = 0;
+    if (linux.E.init(linux.getcpu(&cpu, null)) != .SUCCESS) return -1;
+    return @intCast(cpu);
+}
+
+/// getcpu(2): the CPU the calling thread runs on now, or -1.
+export fn ferry_getcpu() i32 {
+    return currentCpu();
+}
+
 fn threadMain(arg: ?*anyopaque) callconv(.c) ?*anyopaque {
     const b: *RunBlock = @ptrCast(@alignCast(arg.?));
     @atomicStore(i32, &b.tid, @intCast(linux.gettid()), .release);
     ring(b); // started: TypeScript sees the tid; the turn stays whatever it was
     while (true) {
-        var spins = b.spin;
+        var spins = @atomicLoad(u32, &b.spin, .monotonic); // TypeScript sets it per hand-over
         var t = atomicTurn(b);
         while (t == TURN_HOST) : (t = atomicTurn(b)) {
             if (spins > 0) {
@@ -66,6 +81,7 @@ fn threadMain(arg: ?*anyopaque) callconv(.c) ?*anyopaque {
         if (t == TURN_QUIT) break;
         const r: isize = @bitCast(linux.syscall3(.ioctl, @as(usize, @bitCast(@as(isize, b.fd))), b.req, 0));
         @atomicStore(i32, &b.rc, @intCast(r), .release);
+        @atomicStore(i32, &b.cpu, currentCpu(), .release);
         // THREAD → HOST; a QUIT stored meanwhile stays (the owner is tearing down).
         if (@cmpxchgStrong(i32, &b.turn, TURN_THREAD, TURN_HOST, .acq_rel, .acquire) != null) break;
         ring(b);
@@ -122,6 +138,28 @@ export fn ferry_futex_wait(addr: u64, expected: i32, timeout_ms: i32) isize {
     return @bitCast(linux.futex_wait(p, FUTEX_WAIT, expected, &ts));
 }
 
+/// `ferry_futex_wait` after spinning up to `spin_ns` on the word first (plain loads, no `pause`: a
+/// long `pause` loop can make this host's own hypervisor deschedule the CPU). Returns 1 when the
+/// word changed during the spin (no sleep), else `ferry_futex_wait`'s result.
+export fn ferry_futex_wait_spin(addr: u64, expected: i32, spin_ns: u64, timeout_ms: i32) isize {
+    if (spin_ns > 0) {
+        const p: *const i32 = @ptrFromInt(addr);
+        const end = monotonicNs() + spin_ns;
+        var k: u32 = 1;
+        while (true) : (k +%= 1) {
+            if (@atomicLoad(i32, p, .acquire) != expected) return 1;
+            if (k % 64 == 0 and monotonicNs() >= end) break;
+        }
+    }
+    return ferry_futex_wait(addr, expected, timeout_ms);
+}
+
+fn monotonicNs() u64 {
+    var ts: linux.timespec = undefined;
+    _ = linux.clock_gettime(.MONOTONIC, &ts);
+    return @as(u64, @intCast(ts.sec)) * 1_000_000_000 + @as(u64, @intCast(ts.nsec));
+}
+
 /// futex(FUTEX_WAKE_PRIVATE): wakes up to `n` waiters on the u32 at `addr`; returns how many.
 export fn ferry_futex_wake(addr: u64, n: i32) isize {
     return @bitCast(linux.futex_wake(@ptrFromInt(addr), FUTEX_WAKE, n));
@@ -136,6 +174,7 @@ test "RunBlock layout matches src/ffi/shim.ts" {
     try std.testing.expectEqual(@as(usize, 16), @offsetOf(RunBlock, "req"));
     try std.testing.expectEqual(@as(usize, 24), @offsetOf(RunBlock, "doorbell"));
     try std.testing.expectEqual(@as(usize, 32), @offsetOf(RunBlock, "spin"));
+    try std.testing.expectEqual(@as(usize, 36), @offsetOf(RunBlock, "cpu"));
     try std.testing.expectEqual(@as(usize, 40), @offsetOf(RunBlock, "thread"));
 }
 
@@ -155,4 +194,49 @@ test "ferry_vcpu_run_here calls the ioctl only on TURN_THREAD and hands the turn
     try std.testing.expectEqual(TURN_HOST, b.turn);
     try std.testing.expectEqual(@as(i32, @intCast(badf)), b.rc);
     try std.testing.expectEqual(@as(i32, 0), bell); // no ring: the caller is the host
+}
+
+test "ferry_getcpu names a CPU of this machine" {
+    const cpu = ferry_getcpu();
+    try std.testing.expect(cpu >= 0);
+    try std.testing.expect(cpu < 4096);
+}
+
+test "a run thread stores the CPU it ran on with each hand-over" {
+    var bell: i32 = 0;
+    var b = std.mem.zeroes(RunBlock);
+    b.fd = -1; // the ioctl fails with EBADF at once
+    b.req = 0xAE80; // KVM_RUN
+    b.doorbell = @intFromPtr(&bell);
+    b.cpu = -1;
+    b.turn = TURN_THREAD;
+    const stack = try std.heap.page_allocator.alignedAlloc(u8, 16, 256 * 1024);
+    defer std.heap.page_allocator.free(stack);
+    try std.testing.expectEqual(@as(isize, 0), ferry_vcpu_thread_start(&b, @intFromPtr(stack.ptr), stack.len));
+    while (@atomicLoad(i32, &b.turn, .acquire) != TURN_HOST) std.atomic.spinLoopHint();
+    try std.testing.expectEqual(-@as(i32, @intFromEnum(linux.E.BADF)), @atomicLoad(i32, &b.rc, .acquire));
+    const cpu = @atomicLoad(i32, &b.cpu, .acquire);
+    try std.testing.expect(cpu >= 0 and cpu < 4096);
+    @atomicStore(i32, &b.turn, TURN_QUIT, .release);
+    _ = linux.futex_wake(&b.turn, FUTEX_WAKE, 1);
+    try std.testing.expectEqual(@as(isize, 0), ferry_vcpu_thread_join(&b));
+    try std.testing.expectEqual(@as(i32, 0), b.tid);
+}
+
+test "ferry_futex_wait_spin returns 1 when the word changes during the spin, else waits" {
+    var word: i32 = 5;
+    const Bump = struct {
+        fn run(w: *i32) void {
+            std.Thread.sleep(2 * std.time.ns_per_ms);
+            @atomicStore(i32, w, 6, .release);
+        }
+    };
+    const t = try std.Thread.spawn(.{}, Bump.run, .{&word});
+    // A spin of up to 2 s sees the store without sleeping.
+    try std.testing.expectEqual(@as(isize, 1), ferry_futex_wait_spin(@intFromPtr(&word), 5, 2 * std.time.ns_per_s, 5000));
+    t.join();
+    // No spin and a word that already differs: the futex answers at once (EAGAIN).
+    try std.testing.expectEqual(-@as(isize, @intFromEnum(linux.E.AGAIN)), ferry_futex_wait_spin(@intFromPtr(&word), 5, 0, 5000));
+    // A spin that runs out falls back to the futex wait (here its 1 ms timeout).
+    try std.testing.expectEqual(-@as(isize, @intFromEnum(linux.E.TIMEDOUT)), ferry_futex_wait_spin(@intFromPtr(&word), 6, 100_000, 1));
 }

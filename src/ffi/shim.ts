@@ -38,6 +38,7 @@ export const symbols = {
   ferry_epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "isize" }, // epfd, u64 *out, max, timeout ms
   ferry_install_kick_handler: { parameters: ["i32"], result: "isize" }, // int sig
   ferry_gettid: { parameters: [], result: "isize" },
+  ferry_getcpu: { parameters: [], result: "i32" }, // the CPU the calling thread runs on now, or -1
   ferry_getpid: { parameters: [], result: "isize" },
   ferry_tgkill: { parameters: ["i32", "i32", "i32"], result: "isize" }, // tgid, tid, sig
   ferry_now_ns: { parameters: [], result: "u64" }, // CLOCK_MONOTONIC ns
@@ -46,6 +47,7 @@ export const symbols = {
   ferry_vcpu_thread_join: { parameters: ["u64"], result: "isize" }, // RunBlock *block
   ferry_vcpu_run_here: { parameters: ["u64"], result: "isize" }, // RunBlock *block
   ferry_futex_wait: { parameters: ["u64", "i32", "i32"], result: "isize" }, // u32 *addr, int expected, int timeout ms
+  ferry_futex_wait_spin: { parameters: ["u64", "i32", "u64", "i32"], result: "isize" }, // addr, expected, spin_ns, timeout_ms → 1: changed while spinning
   ferry_futex_wait_async: {
     name: "ferry_futex_wait",
     parameters: ["u64", "i32", "i32"],
@@ -119,6 +121,7 @@ export const RUN_BLOCK = {
   req: 16,
   doorbell: 24,
   spin: 32,
+  cpu: 36,
   thread: 40,
   size: 48,
 } as const;

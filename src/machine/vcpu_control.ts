@@ -125,6 +125,7 @@ export class VcpuControl {
       dv.setBigUint64(RUN_BLOCK.req, KVM.RUN, true);
       dv.setBigUint64(RUN_BLOCK.doorbell, doorbell, true);
       dv.setUint32(RUN_BLOCK.spin, options.spin ?? 0, true);
+      dv.setInt32(RUN_BLOCK.cpu, -1, true);
       return new Int32Array(view.buffer);
     });
     this.#plan = {

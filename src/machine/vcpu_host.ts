@@ -37,6 +37,40 @@ export interface VcpuEvent {
 const EINTR = 4, EAGAIN = 11;
 /** Longest sleep on the doorbell: a bound, never needed for correctness. */
 const MAX_SLEEP_MS = 1000;
+/**
+ * Longest spin on the doorbell before the vCPU Worker sleeps on it ({@linkcode VcpuHost.spinNs}),
+ * as long as KVM's own halt polling (`halt_poll_ns` 200000). A vCPU in an exit loop comes back
+ * within 45-60 µs here; a sleep instead costs a wake-up from another CPU each way, ~50 µs on this
+ * nested host (docs/architecture.md §3). 128 µs with 16 waits of back-off measured 61-100 µs per
+ * exit, 256 µs with 4 measured 46-85 (QEMU 48-93).
+ */
+export const SPIN_MAX_US = 200;
+/** Waits that sleep at once after a spin ran out. */
+export const SPIN_BACKOFF = 4;
+/**
+ * `pause` iterations a run thread spins on its turn before it sleeps, when it runs on another CPU
+ * than the vCPU Worker (RunBlock.spin): the exit is handled in ~10 µs, and a sleeping thread's
+ * wake-up costs more than that on this nested host.
+ */
+export const THREAD_SPIN = 3000;
+
+/**
+ * Whether spinning while vCPU `i`'s run thread has the turn pays, for a thread on CPU `mine`: that
+ * run thread last ran on another CPU, and no other vCPU is in the guest on either CPU (a spin there
+ * would keep that vCPU from running). `turns` are the vCPUs' `RunBlock`s as words (turn, cpu).
+ */
+export function spinPays(turns: readonly Int32Array[], i: number, mine: number): boolean {
+  const cpu = Atomics.load(turns[i]!, RUN_BLOCK.cpu / 4);
+  if (cpu < 0 || mine < 0 || cpu === mine) return false;
+  for (let j = 0; j < turns.length; j++) {
+    if (j === i) continue;
+    const t = turns[j]!;
+    if (Atomics.load(t, 0) !== TURN_THREAD) continue;
+    const c = Atomics.load(t, RUN_BLOCK.cpu / 4);
+    if (c === mine || c === cpu) return false;
+  }
+  return true;
+}
 
 /** Exit handling and turn hand-back for every vCPU of a VM (one thread). */
 export class VcpuHost {
@@ -55,6 +89,10 @@ export class VcpuHost {
   readonly #exited: boolean[];
   readonly #holdUntilMs: number[];
   readonly #runOnHost: boolean;
+  /** Waits left that sleep at once, after a spin that ran out ({@linkcode spinNs}). */
+  #spinSkip = 0;
+  /** The vCPU whose turn was handed back last (the next ring is most likely its), or -1. */
+  #lastHanded = -1;
   #pending: MachineRequest | undefined;
 
   /**
@@ -149,8 +187,11 @@ export class VcpuHost {
       }
       if (Atomics.load(this.#words, 1 + i) !== ST_RUNNING) this.#setState(i, ST_RUNNING);
       this.#handled[i] = false;
+      // Its next wait for the turn spins first when that pays (as this thread's, spinNs()).
+      if (!this.#runOnHost) Atomics.store(turn, RUN_BLOCK.spin / 4, this.#spinPays(i) ? THREAD_SPIN : 0);
       if (Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST && !this.#runOnHost) {
         shim().ferry_futex_wake(this.#blockAddrs[i]!, 1);
+        this.#lastHanded = i;
       }
     }
     return sleepMs;
@@ -164,6 +205,32 @@ export class VcpuHost {
     if (!this.#runOnHost || Atomics.load(this.#turns[0]!, 0) !== TURN_THREAD) return false;
     shim().ferry_vcpu_run_here(this.#blockAddrs[0]!);
     return true;
+  }
+
+  /**
+   * How long the caller's next wait on the doorbell spins before it sleeps, in ns (0: sleep at
+   * once); tell {@linkcode spun} how it went. It spins only when that pays for the vCPU whose turn
+   * was handed back last (its run thread on another CPU than this thread, and no other vCPU in the
+   * guest on either), and not for the next {@linkcode SPIN_BACKOFF} waits after a spin that ran
+   * out (a guest that computes, or waits for a timer).
+   */
+  spinNs(): number {
+    const i = this.#lastHanded;
+    if (i < 0 || this.#runOnHost) return 0;
+    if (this.#spinSkip > 0) {
+      this.#spinSkip--;
+      return 0;
+    }
+    return this.#spinPays(i) ? SPIN_MAX_US * 1000 : 0;
+  }
+
+  /** After a wait that spun ({@linkcode spinNs} > 0): `hit`, the doorbell rang during the spin. */
+  spun(hit: boolean): void {
+    if (!hit) this.#spinSkip = SPIN_BACKOFF;
+  }
+
+  #spinPays(i: number): boolean {
+    return spinPays(this.#turns, i, shim().ferry_getcpu());
   }
 
   #setState(i: number, st: number): void {

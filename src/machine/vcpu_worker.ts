@@ -46,7 +46,9 @@ async function serve(init: VcpuInit): Promise<void> {
     const sleepMs = host.poll();
     if (sleepMs < 0) break;
     if (host.runHere()) continue;
-    lib.ferry_futex_wait(bell, seen, sleepMs);
+    const spinNs = host.spinNs();
+    if (spinNs === 0) lib.ferry_futex_wait(bell, seen, sleepMs);
+    else host.spun(lib.ferry_futex_wait_spin(bell, seen, BigInt(spinNs), sleepMs) === 1n);
   }
 }
 
