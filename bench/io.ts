@@ -328,7 +328,10 @@ function netDev(ctx: Ctx): { ferry: string[]; qemu: string[] } {
 }
 
 function netTxGroup(ctx: Ctx): Group {
-  const append = `mode=net net_burst=${NET_TX_BURST} rounds=0 interval_ms=100 cpus=1`;
+  // A whole burst must finish within io_timeout_ms, or the probe stops (PROBE NET TIMEOUT) and its
+  // idle loop overwrites the TX ring; its 2 s default failed both VMMs in load spikes
+  // (docs/io-performance.md), so both get 10 s here.
+  const append = `mode=net net_burst=${NET_TX_BURST} rounds=0 interval_ms=100 cpus=1 io_timeout_ms=10000`;
   return {
     id: "net-tx",
     metrics: [
@@ -479,7 +482,7 @@ export async function benchIo(o: IoOptions): Promise<Row[]> {
           } catch (e) {
             const msg = e instanceof Error ? e.message : String(e);
             g.errors[vmm].push(msg);
-            out(`  ! ${vmm} ${g.id} run ${r + 1}: ${msg.slice(0, 400)}`);
+            out(`  ! ${vmm} ${g.id} run ${r + 1}: ${msg.slice(0, 4000)}`);
           }
         }
       }
