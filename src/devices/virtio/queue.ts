@@ -78,6 +78,15 @@ function ringView(mem: GuestMemory, gpa: number, len: number): DataView | undefi
   return new DataView(r.bytes.buffer, r.bytes.byteOffset + (gpa - r.gpa), len);
 }
 
+/**
+ * The 16-bit words of a ring's view (little-endian host, as x86). Undefined without a view, or at
+ * an odd address (then `check` refuses the queue: rings are 2-, 4- and 16-byte aligned).
+ */
+function wordView(dv: DataView | undefined): Uint16Array | undefined {
+  if (!dv || dv.byteOffset % 2 !== 0) return undefined;
+  return new Uint16Array(dv.buffer, dv.byteOffset, dv.byteLength >> 1);
+}
+
 /** Marks `chain` unusable with the reason. */
 function failChain(chain: DescriptorChain, why: string): DescriptorChain {
   chain.error = why;
@@ -100,6 +109,15 @@ export class Virtqueue {
   readonly #dDesc: DataView | undefined;
   readonly #dAvail: DataView | undefined;
   readonly #dUsed: DataView | undefined;
+  /**
+   * The available and used rings as 16-bit words, for the fields both sides change while the other
+   * reads them (indices, flags, event indices): each is read and written in one access
+   * (`Atomics`). A `DataView` u16 access may be two byte accesses in V8's unoptimised code, and a
+   * torn available index read as the driver crossed a multiple of 256 (0x26ff → 0x2700 read as
+   * 0x27ff) made the device take up to 255 chains the driver had not offered.
+   */
+  readonly #uAvail: Uint16Array | undefined;
+  readonly #uUsed: Uint16Array | undefined;
 
   /** Takes a snapshot of the queue's size and addresses (call {@linkcode check} before use). */
   constructor(options: VirtqueueOptions) {
@@ -114,6 +132,8 @@ export class Virtqueue {
     this.#dDesc = ringView(this.#mem, this.#desc, 16 * n);
     this.#dAvail = ringView(this.#mem, this.#avail, 6 + 2 * n);
     this.#dUsed = ringView(this.#mem, this.#used, 6 + 8 * n);
+    this.#uAvail = wordView(this.#dAvail);
+    this.#uUsed = wordView(this.#dUsed);
   }
 
   get size(): number {
@@ -157,7 +177,7 @@ export class Virtqueue {
    * @throws {QueueError} when the driver's index is more than a ring ahead
    */
   pending(): number {
-    const idx = this.#dAvail ? this.#dAvail.getUint16(2, true) : this.#mem.readU16(this.#avail + 2);
+    const idx = this.#availU16(2);
     const n = (idx - this.regs.nextAvail) & 0xffff;
     if (n > this.#size) {
       throw new QueueError(
@@ -177,7 +197,7 @@ export class Virtqueue {
     memoryFence(); // read ring entries only after the index
     const next = this.regs.nextAvail;
     const at = 4 + 2 * (next % this.#size);
-    const head = this.#dAvail ? this.#dAvail.getUint16(at, true) : this.#mem.readU16(this.#avail + at);
+    const head = this.#availU16(at);
     this.regs.nextAvail = next + 1;
     if (head >= this.#size) {
       throw new QueueError(`available ring entry ${next} names descriptor ${head} of ${this.#size}`);
@@ -270,10 +290,7 @@ export class Virtqueue {
   /** Publishes the used index (after the entries, with a fence between). */
   flushUsed(): void {
     memoryFence();
-    if (this.#dUsed) {
-      this.#dUsed.setUint16(2, this.regs.nextUsed & 0xffff, true);
-      this.#mem.markDirty(this.#used + 2, 2);
-    } else this.#mem.writeU16(this.#used + 2, this.regs.nextUsed);
+    this.#setUsedU16(2, this.regs.nextUsed);
     memoryFence();
   }
 
@@ -286,17 +303,20 @@ export class Virtqueue {
     if (!this.#eventIdx) this.#setUsedU16(0, VIRTQ_USED_F_NO_NOTIFY);
   }
 
-  /** Writes a u16 of the used ring at byte `off` and marks it dirty, without allocating. */
+  /**
+   * Writes a u16 of the used ring at byte `off` (even) in one store and marks it dirty, without
+   * allocating.
+   */
   #setUsedU16(off: number, v: number): void {
-    if (this.#dUsed) {
-      this.#dUsed.setUint16(off, v & 0xffff, true);
+    if (this.#uUsed) {
+      Atomics.store(this.#uUsed, off >> 1, v & 0xffff);
       this.#mem.markDirty(this.#used + off, 2);
     } else this.#mem.writeU16(this.#used + off, v);
   }
 
-  /** Reads a u16 of the available ring at byte `off`, without allocating. */
+  /** Reads a u16 of the available ring at byte `off` (even) in one load, without allocating. */
   #availU16(off: number): number {
-    return this.#dAvail ? this.#dAvail.getUint16(off, true) : this.#mem.readU16(this.#avail + off);
+    return this.#uAvail ? Atomics.load(this.#uAvail, off >> 1) : this.#mem.readU16(this.#avail + off);
   }
 
   /**
