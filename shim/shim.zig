@@ -197,7 +197,7 @@ export fn ferry_tgkill(tgid: c_int, tid: c_int, sig: c_int) isize {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds.
-export fn ferry_now_ns() u64 {
+pub export fn ferry_now_ns() u64 {
     var ts: linux.timespec = undefined;
     _ = linux.clock_gettime(.MONOTONIC, &ts);
     return @as(u64, @intCast(ts.sec)) * 1_000_000_000 + @as(u64, @intCast(ts.nsec));

@@ -15,6 +15,7 @@
 //! itself (no run thread).
 const std = @import("std");
 const linux = std.os.linux;
+const shim = @import("shim.zig"); // ferry_now_ns
 
 pub const TURN_THREAD: i32 = 0;
 pub const TURN_HOST: i32 = 1;
@@ -53,16 +54,11 @@ fn ring(b: *RunBlock) void {
     _ = linux.futex_wake(bell, FUTEX_WAKE, std.math.maxInt(i32));
 }
 
-/// The CPU this thread runs on now (getcpu), or -1.
-fn currentCpu() i32 {
+/// getcpu(2): the CPU the calling thread runs on now, or -1.
+export fn ferry_getcpu() i32 {
     var cpu: usize = 0;
     if (linux.E.init(linux.getcpu(&cpu, null)) != .SUCCESS) return -1;
     return @intCast(cpu);
-}
-
-/// getcpu(2): the CPU the calling thread runs on now, or -1.
-export fn ferry_getcpu() i32 {
-    return currentCpu();
 }
 
 fn threadMain(arg: ?*anyopaque) callconv(.c) ?*anyopaque {
@@ -81,7 +77,7 @@ fn threadMain(arg: ?*anyopaque) callconv(.c) ?*anyopaque {
         if (t == TURN_QUIT) break;
         const r: isize = @bitCast(linux.syscall3(.ioctl, @as(usize, @bitCast(@as(isize, b.fd))), b.req, 0));
         @atomicStore(i32, &b.rc, @intCast(r), .release);
-        @atomicStore(i32, &b.cpu, currentCpu(), .release);
+        @atomicStore(i32, &b.cpu, ferry_getcpu(), .release);
         // THREAD → HOST; a QUIT stored meanwhile stays (the owner is tearing down).
         if (@cmpxchgStrong(i32, &b.turn, TURN_THREAD, TURN_HOST, .acq_rel, .acquire) != null) break;
         ring(b);
@@ -144,20 +140,14 @@ export fn ferry_futex_wait(addr: u64, expected: i32, timeout_ms: i32) isize {
 export fn ferry_futex_wait_spin(addr: u64, expected: i32, spin_ns: u64, timeout_ms: i32) isize {
     if (spin_ns > 0) {
         const p: *const i32 = @ptrFromInt(addr);
-        const end = monotonicNs() + spin_ns;
+        const end = shim.ferry_now_ns() + spin_ns;
         var k: u32 = 1;
         while (true) : (k +%= 1) {
             if (@atomicLoad(i32, p, .acquire) != expected) return 1;
-            if (k % 64 == 0 and monotonicNs() >= end) break;
+            if (k % 64 == 0 and shim.ferry_now_ns() >= end) break;
         }
     }
     return ferry_futex_wait(addr, expected, timeout_ms);
-}
-
-fn monotonicNs() u64 {
-    var ts: linux.timespec = undefined;
-    _ = linux.clock_gettime(.MONOTONIC, &ts);
-    return @as(u64, @intCast(ts.sec)) * 1_000_000_000 + @as(u64, @intCast(ts.nsec));
 }
 
 /// futex(FUTEX_WAKE_PRIVATE): wakes up to `n` waiters on the u32 at `addr`; returns how many.

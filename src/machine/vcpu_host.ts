@@ -91,8 +91,11 @@ export class VcpuHost {
   readonly #runOnHost: boolean;
   /** Waits left that sleep at once, after a spin that ran out ({@linkcode spinNs}). */
   #spinSkip = 0;
-  /** The vCPU whose turn was handed back last (the next ring is most likely its), or -1. */
-  #lastHanded = -1;
+  /**
+   * Whether spinning pays for the vCPU whose turn was handed back last (the next ring is most
+   * likely its), as decided at that hand-back ({@linkcode spinPays}).
+   */
+  #lastPays = false;
   #pending: MachineRequest | undefined;
 
   /**
@@ -159,6 +162,7 @@ export class VcpuHost {
     }
     let sleepMs = MAX_SLEEP_MS;
     let now = 0;
+    let mine: number | undefined; // this thread's CPU, read once per pass when a turn goes back
     for (let i = 0; i < this.#turns.length; i++) {
       if (this.#exited[i]) continue;
       const holdMs = Atomics.exchange(this.#words, 2 + this.#turns.length + i, 0);
@@ -187,11 +191,17 @@ export class VcpuHost {
       }
       if (Atomics.load(this.#words, 1 + i) !== ST_RUNNING) this.#setState(i, ST_RUNNING);
       this.#handled[i] = false;
-      // Its next wait for the turn spins first when that pays (as this thread's, spinNs()).
-      if (!this.#runOnHost) Atomics.store(turn, RUN_BLOCK.spin / 4, this.#spinPays(i) ? THREAD_SPIN : 0);
-      if (Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST && !this.#runOnHost) {
+      if (this.#runOnHost) {
+        Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD);
+        continue;
+      }
+      // Its next wait for the turn spins first when that pays, as this thread's next one (spinNs()).
+      mine ??= shim().ferry_getcpu();
+      const pays = spinPays(this.#turns, i, mine);
+      Atomics.store(turn, RUN_BLOCK.spin / 4, pays ? THREAD_SPIN : 0);
+      if (Atomics.compareExchange(turn, 0, TURN_HOST, TURN_THREAD) === TURN_HOST) {
         shim().ferry_futex_wake(this.#blockAddrs[i]!, 1);
-        this.#lastHanded = i;
+        this.#lastPays = pays;
       }
     }
     return sleepMs;
@@ -211,26 +221,20 @@ export class VcpuHost {
    * How long the caller's next wait on the doorbell spins before it sleeps, in ns (0: sleep at
    * once); tell {@linkcode spun} how it went. It spins only when that pays for the vCPU whose turn
    * was handed back last (its run thread on another CPU than this thread, and no other vCPU in the
-   * guest on either), and not for the next {@linkcode SPIN_BACKOFF} waits after a spin that ran
+   * guest on either, judged at that hand-back), and not for the next {@linkcode SPIN_BACKOFF} waits after a spin that ran
    * out (a guest that computes, or waits for a timer).
    */
   spinNs(): number {
-    const i = this.#lastHanded;
-    if (i < 0 || this.#runOnHost) return 0;
     if (this.#spinSkip > 0) {
       this.#spinSkip--;
       return 0;
     }
-    return this.#spinPays(i) ? SPIN_MAX_US * 1000 : 0;
+    return this.#lastPays ? SPIN_MAX_US * 1000 : 0;
   }
 
   /** After a wait that spun ({@linkcode spinNs} > 0): `hit`, the doorbell rang during the spin. */
   spun(hit: boolean): void {
     if (!hit) this.#spinSkip = SPIN_BACKOFF;
-  }
-
-  #spinPays(i: number): boolean {
-    return spinPays(this.#turns, i, shim().ferry_getcpu());
   }
 
   #setState(i: number, st: number): void {

@@ -10,42 +10,29 @@ function block(turn: number, cpu: number): Int32Array {
   return w;
 }
 
+/** Each case: the vCPUs' (turn, last CPU), the spinner's CPU, and whether spinning for vCPU 0 pays. */
+function check(cases: [why: string, vcpus: [number, number][], mine: number, pays: boolean][]): void {
+  for (const [why, vcpus, mine, pays] of cases) {
+    assert.equal(spinPays(vcpus.map(([t, c]) => block(t, c)), 0, mine), pays, why);
+  }
+}
+
 Deno.test("spinning for a vCPU pays only when its run thread is on another CPU", () => {
-  assert.equal(spinPays([block(TURN_THREAD, 1)], 0, 0), true);
-  assert.equal(
-    spinPays([block(TURN_THREAD, 0)], 0, 0),
-    false,
-    "same CPU: the spin would keep it from running",
-  );
-  assert.equal(spinPays([block(TURN_THREAD, -1)], 0, 0), false, "no hand-over yet: its CPU is unknown");
-  assert.equal(spinPays([block(TURN_THREAD, 1)], 0, -1), false, "this thread's CPU is unknown");
+  check([
+    ["another CPU", [[TURN_THREAD, 1]], 0, true],
+    ["same CPU: the spin would keep it from running", [[TURN_THREAD, 0]], 0, false],
+    ["no hand-over yet: its CPU is unknown", [[TURN_THREAD, -1]], 0, false],
+    ["this thread's CPU is unknown", [[TURN_THREAD, 1]], -1, false],
+  ]);
 });
 
 Deno.test("spinning pays not while another vCPU is in the guest on either CPU", () => {
   // vCPU 0 is awaited on CPU 1, the spinner is on CPU 0.
-  assert.equal(
-    spinPays([block(TURN_THREAD, 1), block(TURN_THREAD, 0)], 0, 0),
-    false,
-    "vCPU 1 computes on the spinner's CPU",
-  );
-  assert.equal(
-    spinPays([block(TURN_THREAD, 1), block(TURN_THREAD, 1)], 0, 0),
-    false,
-    "vCPU 1 computes on vCPU 0's CPU",
-  );
-  assert.equal(
-    spinPays([block(TURN_THREAD, 1), block(TURN_THREAD, 2)], 0, 0),
-    true,
-    "vCPU 1 is on a third CPU",
-  );
-  assert.equal(
-    spinPays([block(TURN_THREAD, 1), block(TURN_HOST, 0)], 0, 0),
-    true,
-    "vCPU 1 is out of the guest",
-  );
-  assert.equal(
-    spinPays([block(TURN_THREAD, 1), block(TURN_THREAD, -1)], 0, 0),
-    true,
-    "vCPU 1 never left the guest: no CPU known",
-  );
+  check([
+    ["vCPU 1 computes on the spinner's CPU", [[TURN_THREAD, 1], [TURN_THREAD, 0]], 0, false],
+    ["vCPU 1 computes on vCPU 0's CPU", [[TURN_THREAD, 1], [TURN_THREAD, 1]], 0, false],
+    ["vCPU 1 is on a third CPU", [[TURN_THREAD, 1], [TURN_THREAD, 2]], 0, true],
+    ["vCPU 1 is out of the guest", [[TURN_THREAD, 1], [TURN_HOST, 0]], 0, true],
+    ["vCPU 1 never left the guest: no CPU known", [[TURN_THREAD, 1], [TURN_THREAD, -1]], 0, true],
+  ]);
 });

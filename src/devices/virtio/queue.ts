@@ -103,11 +103,11 @@ export class Virtqueue {
   readonly #avail: number;
   readonly #used: number;
   /**
-   * Direct views of the three rings (each lies in one RAM region), so that ring accesses allocate
-   * nothing; undefined when a ring is not in RAM (then {@linkcode check} refuses the queue).
+   * Direct views of the rings (each lies in one RAM region; the available ring as words only), so
+   * that ring accesses allocate nothing; undefined when a ring is not in RAM (then
+   * {@linkcode check} refuses the queue).
    */
   readonly #dDesc: DataView | undefined;
-  readonly #dAvail: DataView | undefined;
   readonly #dUsed: DataView | undefined;
   /**
    * The available and used rings as 16-bit words, for the fields both sides change while the other
@@ -130,9 +130,8 @@ export class Virtqueue {
     this.#used = options.regs.deviceGpa;
     const n = this.#size;
     this.#dDesc = ringView(this.#mem, this.#desc, 16 * n);
-    this.#dAvail = ringView(this.#mem, this.#avail, 6 + 2 * n);
     this.#dUsed = ringView(this.#mem, this.#used, 6 + 8 * n);
-    this.#uAvail = wordView(this.#dAvail);
+    this.#uAvail = wordView(ringView(this.#mem, this.#avail, 6 + 2 * n));
     this.#uUsed = wordView(this.#dUsed);
   }
 
