@@ -215,6 +215,11 @@ export function shim(): Shim {
   return table;
 }
 
+/** The symbols {@linkcode shim} has opened so far in this isolate. */
+export function openedSymbols(): string[] {
+  return table ? Object.keys(table) : [];
+}
+
 /** A NUL-terminated copy of `s` for `const char *` parameters. */
 export function cString(s: string): Uint8Array<ArrayBuffer> {
   const bytes = new TextEncoder().encode(s);
