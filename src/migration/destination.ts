@@ -221,6 +221,7 @@ class IncomingMigration {
   #endMs: number | undefined;
   #writer: MessageWriter | undefined;
   #reader: MessageReader | undefined;
+  #guard: StallGuard | undefined;
   #stallMs: number;
   #multifd: MultifdReceiver | undefined;
   #capabilities: Readonly<MigrationCapabilities>;
@@ -277,6 +278,7 @@ class IncomingMigration {
       // A channel failure closed the main connection: its reason is the cause.
       throw this.#multifd?.failure ?? e;
     } finally {
+      this.#guard?.close();
       this.#multifd?.close();
       this.#closePlacer();
     }
@@ -299,6 +301,7 @@ class IncomingMigration {
       readTimeoutMs: this.#stallMs,
       writeTimeoutMs: this.#stallMs,
     });
+    this.#guard = guard;
     const reader = new MessageReader(guard, "source");
     this.#reader = reader;
     const writer = new MessageWriter(guard);

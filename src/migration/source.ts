@@ -337,6 +337,7 @@ class OutgoingMigration {
     const conn = this.#conn;
     if (!conn || this.#connClosed) return;
     this.#connClosed = true;
+    this.#guard?.close();
     const close = () => {
       try {
         conn.close();
@@ -403,6 +404,7 @@ class OutgoingMigration {
 
   #finish(to: MigrationStatus, errorDesc?: string): void {
     this.#endMs = performance.now();
+    this.#guard?.close();
     this.#multifd?.close();
     this.#multifdWorkers?.close();
     this.#finished = true;

@@ -264,15 +264,32 @@ export interface StallGuardOptions {
   writeTimeoutMs?: number;
 }
 
+/** Direction of a guarded operation: index into {@linkcode StallGuard}'s per-direction state. */
+const READ = 0, WRITE = 1;
+const STALLED_WHAT = ["received nothing from", "could not send anything to"];
+
 /**
  * A connection whose single reads and writes fail with {@linkcode StallError} when they make no
  * progress in time; the connection is closed then, so the stuck operation ends too. Each write
  * or read returns as soon as some bytes moved, so a slow but moving link never trips it.
+ *
+ * One timer watches both directions, re-armed only when it fires while something is in flight:
+ * a timer per operation cost a migration's main thread ~40 ms on each side (Deno's timers are
+ * Node.js `Timeout` objects, with an async id and a priority queue each). A direction stalls when
+ * it has an operation in flight and none of its operations started or ended for its timeout.
+ * {@linkcode close} stops the timer; a guard left open lets it lapse (it keeps no process alive).
  */
 export class StallGuard {
   #conn: Deno.Conn;
   #opts: Required<StallGuardOptions>;
   #stalled: StallError | undefined;
+  /** Per direction: guarded operations in flight, when it last made progress, its timeout. */
+  readonly #pending = [0, 0];
+  readonly #progress = [0, 0];
+  readonly #limitMs = [0, 0];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the armed timer fires (performance.now() ms). */
+  #due = Infinity;
 
   constructor(conn: Deno.Conn, options: StallGuardOptions) {
     this.#conn = conn;
@@ -290,31 +307,77 @@ export class StallGuard {
   }
 
   read(p: Uint8Array): Promise<number | null> {
-    return this.#guard(this.#conn.read(p), this.#opts.readTimeoutMs, "received nothing from");
+    return this.#guard(READ, this.#conn.read(p), this.#opts.readTimeoutMs);
   }
 
   write(p: Uint8Array): Promise<number> {
-    return this.#guard(this.#conn.write(p), this.#opts.writeTimeoutMs, "could not send anything to");
+    return this.#guard(WRITE, this.#conn.write(p), this.#opts.writeTimeoutMs);
   }
 
-  #guard<T>(op: Promise<T>, ms: number, what: string): Promise<T> {
+  /** Stops watching (the owner is done with the connection). */
+  close(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#due = Infinity;
+  }
+
+  #guard<T>(dir: number, op: Promise<T>, ms: number): Promise<T> {
     if (this.#stalled) {
       op.catch(() => {});
       return Promise.reject(this.#stalled);
     }
     if (ms <= 0) return op;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const stall = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        this.#stalled = new StallError(
-          `the connection stalled: ${what} the ${this.#opts.peer} for ${ms / 1000} s`,
-        );
-        try {
-          this.#conn.close();
-        } catch { /* already closed */ }
-        reject(this.#stalled);
-      }, ms);
-    });
-    return Promise.race([op, stall]).finally(() => clearTimeout(timer));
+    const now = performance.now();
+    if (this.#pending[dir]!++ === 0) this.#progress[dir] = now;
+    this.#limitMs[dir] = ms;
+    if (now + ms < this.#due) this.#arm(now, ms);
+    return op.then(
+      (v) => {
+        this.#settled(dir);
+        return v;
+      },
+      (e) => {
+        this.#settled(dir);
+        throw this.#stalled ?? e;
+      },
+    );
+  }
+
+  #settled(dir: number): void {
+    this.#pending[dir]!--;
+    this.#progress[dir] = performance.now();
+  }
+
+  #arm(now: number, ms: number): void {
+    clearTimeout(this.#timer);
+    this.#due = now + ms;
+    const timer = setTimeout(this.#check, ms);
+    Deno.unrefTimer(timer);
+    this.#timer = timer;
+  }
+
+  readonly #check = (): void => {
+    this.#timer = undefined;
+    this.#due = Infinity;
+    const now = performance.now();
+    let next = Infinity;
+    for (const dir of [READ, WRITE]) {
+      if (this.#pending[dir] === 0) continue;
+      const due = this.#progress[dir]! + this.#limitMs[dir]!;
+      if (now >= due) return this.#stall(dir);
+      next = Math.min(next, due - now);
+    }
+    if (next < Infinity) this.#arm(now, next);
+  };
+
+  #stall(dir: number): void {
+    this.#stalled = new StallError(
+      `the connection stalled: ${STALLED_WHAT[dir]} the ${this.#opts.peer} for ${
+        this.#limitMs[dir]! / 1000
+      } s`,
+    );
+    try {
+      this.#conn.close();
+    } catch { /* already closed */ }
   }
 }
