@@ -101,3 +101,46 @@ Deno.test("StallGuard fails a write the peer takes nothing of, and a read that g
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("StallGuard lets a slow but moving connection run past its timeout: each read waits less than it", async () => {
+  const dir = Deno.makeTempDirSync();
+  const path = `${dir}/s.sock`;
+  const listener = Deno.listen({ transport: "unix", path });
+  try {
+    const accepting = listener.accept();
+    const conn = await Deno.connect({ transport: "unix", path });
+    const peer = await accepting;
+    const guard = new StallGuard(conn, { peer: "source", readTimeoutMs: 150 });
+    const t0 = performance.now();
+    const feeding = (async () => {
+      for (let i = 0; i < 8; i++) {
+        await new Promise((r) => setTimeout(r, 60));
+        await peer.write(new Uint8Array([i]));
+      }
+    })();
+    const got: number[] = [];
+    const buf = new Uint8Array(1);
+    for (let i = 0; i < 8; i++) {
+      assert.equal(await guard.read(buf), 1);
+      got.push(buf[0]!);
+    }
+    await feeding;
+    assert.deepEqual(got, [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert.ok(performance.now() - t0 > 3 * 150, "the reads together outlasted the timeout");
+    assert.equal(guard.stalled, undefined);
+    // Then nothing comes: the next read stalls after the timeout (the watchdog re-armed itself).
+    const last = guard.read(buf);
+    last.catch(() => {});
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("no stall within 2 s")), 2000);
+    });
+    await assert.rejects(() => Promise.race([last, late]), /received nothing from the source for 0.15 s/);
+    clearTimeout(timer);
+    guard.close();
+    peer.close();
+  } finally {
+    listener.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
