@@ -60,3 +60,4 @@ export {
 export { receiveMigration, type ReceiveMigrationOptions } from "./destination.ts";
 export { PostcopyPausedError } from "./postcopy.ts";
 export { multifdChannels, prewarmMultifd } from "./multifd.ts";
+export { warmMigrationPath } from "./warm.ts";

@@ -18,7 +18,6 @@ import type { VmmOptions } from "./vmm.ts";
 import { Vmm } from "./vmm.ts";
 import { shim } from "../ffi/shim.ts";
 import { warnIfStaleBundle } from "../util/bundled.ts";
-import { warmMigrationPath } from "../migration/warm.ts";
 
 const log = logger("ferry");
 const encoder = new TextEncoder();
@@ -165,8 +164,6 @@ export async function runFerry(args: string[]): Promise<number> {
   }
   // Once the guest runs, off the start's critical path (~3 ms of stat calls when bundled).
   warnIfStaleBundle(import.meta.url);
-  // Also off a migration's clock: the runtime's lazy loads it would pay (migration/warm.ts).
-  warmMigrationPath();
   const onSignal = () => void vmm.end({ code: 0, message: "ferry: terminated by signal" });
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);

@@ -31,6 +31,7 @@ import {
   startMigration,
   updateMigrationCapabilities,
   updateMigrationParameters,
+  warmMigrationPath,
 } from "../migration/mod.ts";
 import {
   type MachineControl,
@@ -183,6 +184,7 @@ export class Vmm implements MachineControl, MigrationControl {
   }
 
   #receive(uri: string | MigrationUri): void {
+    warmMigrationPath();
     const target = typeof uri === "string" ? parseMigrationUri(uri, { listen: true }) : uri;
     const tls = target.kind === "file" ? undefined : this.#tls("server");
     const abort = new AbortController();
@@ -443,6 +445,7 @@ export class Vmm implements MachineControl, MigrationControl {
     }
     this.#active?.setParameters(this.#params);
     if (!this.#migration.isActive) prewarmMultifd(multifdChannels(this.#capabilities, this.#params));
+    warmMigrationPath();
   }
 
   /** `migrate-set-capabilities`; refused during a migration, as QEMU does. */
@@ -456,6 +459,7 @@ export class Vmm implements MachineControl, MigrationControl {
       throw new QmpError("GenericError", (e as Error).message);
     }
     prewarmMultifd(multifdChannels(this.#capabilities, this.#params));
+    warmMigrationPath();
   }
 
   capabilities(): MigrationCapabilityStatus[] {
