@@ -64,14 +64,28 @@ Deno.test("MigrationListener accepts one connection and removes its unix socket"
   await assert.rejects(() => connectMigration(target), /Cannot connect to 'unix:.*': No such file/);
 });
 
-Deno.test("StallGuard fails a write the peer takes nothing of, and a read that gets nothing, then closes", async () => {
+/** Runs `body` with a unix listener in a fresh directory; `pair()` connects to it. */
+async function withUnixPairs(
+  body: (pair: () => Promise<{ conn: Deno.Conn; peer: Deno.Conn }>) => Promise<void>,
+): Promise<void> {
   const dir = Deno.makeTempDirSync();
   const path = `${dir}/s.sock`;
   const listener = Deno.listen({ transport: "unix", path });
   try {
-    const accepting = listener.accept();
-    const conn = await Deno.connect({ transport: "unix", path });
-    const peer = await accepting;
+    await body(async () => {
+      const accepting = listener.accept();
+      const conn = await Deno.connect({ transport: "unix", path });
+      return { conn, peer: await accepting };
+    });
+  } finally {
+    listener.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
+}
+
+Deno.test("StallGuard fails a write the peer takes nothing of, and a read that gets nothing, then closes", () =>
+  withUnixPairs(async (pair) => {
+    const { conn, peer } = await pair();
     const guard = new StallGuard(conn, { peer: "destination", readTimeoutMs: 100, writeTimeoutMs: 100 });
     // The peer never reads: the socket buffer fills, then a write stalls.
     const chunk = new Uint8Array(1 << 20);
@@ -87,29 +101,18 @@ Deno.test("StallGuard fails a write the peer takes nothing of, and a read that g
     await assert.rejects(() => guard.read(new Uint8Array(10)), StallError);
     peer.close();
 
-    const accepting2 = listener.accept();
-    const conn2 = await Deno.connect({ transport: "unix", path });
-    const peer2 = await accepting2;
-    const g2 = new StallGuard(conn2, { peer: "source", readTimeoutMs: 100 });
-    await peer2.write(new Uint8Array([1, 2, 3]));
+    const second = await pair();
+    const g2 = new StallGuard(second.conn, { peer: "source", readTimeoutMs: 100 });
+    await second.peer.write(new Uint8Array([1, 2, 3]));
     assert.equal(await g2.read(new Uint8Array(10)), 3, "a read that gets bytes is fine");
     await assert.rejects(() => g2.read(new Uint8Array(10)), /received nothing from the source for 0.1 s/);
     g2.setReadTimeout(0);
-    peer2.close();
-  } finally {
-    listener.close();
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+    second.peer.close();
+  }));
 
-Deno.test("StallGuard lets a slow but moving connection run past its timeout: each read waits less than it", async () => {
-  const dir = Deno.makeTempDirSync();
-  const path = `${dir}/s.sock`;
-  const listener = Deno.listen({ transport: "unix", path });
-  try {
-    const accepting = listener.accept();
-    const conn = await Deno.connect({ transport: "unix", path });
-    const peer = await accepting;
+Deno.test("StallGuard lets a slow but moving connection run past its timeout: each read waits less than it", () =>
+  withUnixPairs(async (pair) => {
+    const { conn, peer } = await pair();
     const guard = new StallGuard(conn, { peer: "source", readTimeoutMs: 150 });
     const t0 = performance.now();
     const feeding = (async () => {
@@ -139,8 +142,4 @@ Deno.test("StallGuard lets a slow but moving connection run past its timeout: ea
     clearTimeout(timer);
     guard.close();
     peer.close();
-  } finally {
-    listener.close();
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+  }));
