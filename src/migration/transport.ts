@@ -290,6 +290,12 @@ export class StallGuard {
   #timer: ReturnType<typeof setTimeout> | undefined;
   /** When the armed timer fires (performance.now() ms). */
   #due = Infinity;
+  /**
+   * Rejects with the stall: every guarded operation races it, so it fails with the stall whatever
+   * the connection does with it on close (a TLS read ends with EOF then, a Deno one with an error).
+   */
+  #stallSignal: Promise<never> | undefined;
+  #signalStall: ((e: StallError) => void) | undefined;
 
   constructor(conn: Deno.Conn, options: StallGuardOptions) {
     this.#conn = conn;
@@ -331,7 +337,7 @@ export class StallGuard {
     if (this.#pending[dir]!++ === 0) this.#progress[dir] = now;
     this.#limitMs[dir] = ms;
     if (now + ms < this.#due) this.#arm(now, ms);
-    return op.then(
+    const settled = op.then(
       (v) => {
         this.#settled(dir);
         return v;
@@ -341,6 +347,13 @@ export class StallGuard {
         throw this.#stalled ?? e;
       },
     );
+    return Promise.race([settled, this.#stallSignal ??= this.#newStallSignal()]);
+  }
+
+  #newStallSignal(): Promise<never> {
+    const p = new Promise<never>((_, reject) => (this.#signalStall = reject));
+    p.catch(() => {}); // observed through the races; unobserved when nothing stalls
+    return p;
   }
 
   #settled(dir: number): void {
@@ -379,5 +392,6 @@ export class StallGuard {
     try {
       this.#conn.close();
     } catch { /* already closed */ }
+    this.#signalStall?.(this.#stalled);
   }
 }

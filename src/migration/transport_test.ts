@@ -143,3 +143,23 @@ Deno.test("StallGuard lets a slow but moving connection run past its timeout: ea
     guard.close();
     peer.close();
   }));
+
+Deno.test("StallGuard fails a stalled read with the stall even when the closed connection ends it as EOF (as a TLS one does)", async () => {
+  // A connection whose pending read resolves with null (end of stream) once it is closed.
+  let eof: (() => void) | undefined;
+  const conn = {
+    read: () => new Promise<number | null>((resolve) => (eof = () => resolve(null))),
+    write: (p: Uint8Array) => Promise.resolve(p.length),
+    close: () => eof?.(),
+  } as unknown as Deno.Conn;
+  const guard = new StallGuard(conn, { peer: "destination", readTimeoutMs: 50 });
+  // The guard's timer keeps no process alive, and this fake holds no resource that would.
+  const alive = setTimeout(() => {}, 5000);
+  await assert.rejects(
+    () => guard.read(new Uint8Array(4)),
+    (e: Error) =>
+      e instanceof StallError && /received nothing from the destination for 0.05 s/.test(e.message),
+  );
+  clearTimeout(alive);
+  guard.close();
+});
