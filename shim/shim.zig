@@ -19,6 +19,7 @@ comptime {
     _ = @import("vectored.zig"); // readv/writev (virtio-net)
     _ = @import("scan.zig"); // migration data path: page scanning
     _ = @import("uffd.zig"); // userfaultfd (post-copy)
+    _ = @import("splice.zig"); // migration data path: pages sent by reference
     _ = @import("sha256.zig"); // the kernel image digest (configuration check)
 }
 

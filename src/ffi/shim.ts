@@ -81,6 +81,15 @@ export const symbols = {
     parameters: ["buffer", "buffer", "buffer", "u32", "u32", "buffer", "u32", "u32", "u32", "buffer"],
     result: "i64",
   },
+  // ---- pages sent by reference (shim/splice.zig; src/migration/splice.ts) ----
+  ferry_pipe: { parameters: ["buffer", "u32"], result: "isize" }, // int fds[2], size → capacity
+  // sock, pipe_r, pipe_w, capacity, const u8 *src, len, queued, timeout ms, u64 progress[2] → 1 all sent, 0 timed out
+  ferry_splice_out_async: {
+    name: "ferry_splice_out",
+    parameters: ["i32", "i32", "i32", "u64", "buffer", "u64", "u64", "i32", "buffer"],
+    result: "isize",
+    nonblocking: true,
+  },
   // ---- userfaultfd (shim/uffd.zig; post-copy, src/memory/userfault.ts) ----
   ferry_uffd_open: { parameters: ["i32"], result: "isize" }, // int flags (O_CLOEXEC | O_NONBLOCK)
   ferry_uffd_api: { parameters: ["i32", "u64", "buffer"], result: "isize" }, // fd, features, u64 out[2]

@@ -25,6 +25,7 @@
  * @module
  */
 import { shim } from "../ffi/shim.ts";
+import type { ReferenceSink } from "./splice.ts";
 import {
   HEADER_BYTES,
   HEADER_CRC_OFFSET,
@@ -45,6 +46,9 @@ import {
 
 export * from "./wire.ts";
 export * from "./messages.ts";
+
+/** An empty write: moves only what a {@linkcode ReferenceSink} still has queued. */
+const NOTHING = new Uint8Array(0);
 
 /**
  * CRC32C of `bytes`, continuing `crc` (0 to start), by the shim's `crc32` instruction path.
@@ -196,6 +200,8 @@ export interface ByteSource {
 /** What the writer writes to. */
 export interface ByteSink {
   write(p: Uint8Array): Promise<number>;
+  /** Writes pages by reference (splice.ts), when the connection can: a plaintext unix source. */
+  readonly byReference?: ReferenceSink | undefined;
 }
 
 /** Writes all of `bytes` (a `write` may be partial). Zero-copy for guest RAM views. */
@@ -665,11 +671,17 @@ export class MessageWriter {
       const out = inPlace
         ? this.#frameInPlace(kind, parts, pageCrcs!)
         : [this.#fill(i, kind, parts, pageCrcs)];
+      // Pages in place go by reference when the connection can (the kernel reads them from guest
+      // RAM as the peer reads), and all of them are in the socket before the next write.
+      const ref = inPlace ? this.#sink.byReference : undefined;
       const written = this.#writeTail.then(async () => {
-        for (const b of out) {
+        for (let k = 0; k < out.length; k++) {
           if (this.#error !== undefined) throw this.#error;
-          await writeAll(this.#sink, b);
+          const b = out[k]!;
+          if (ref && k > 0) { for (let off = 0; off < b.length;) off += await ref.write(b.subarray(off)); }
+          else await writeAll(this.#sink, b);
         }
+        while (ref && ref.queued > 0) await ref.write(NOTHING);
       }).catch((e) => {
         this.#error ??= e;
         throw e;

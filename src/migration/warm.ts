@@ -32,6 +32,8 @@ export const MIGRATION_SYMBOLS: readonly (keyof Shim)[] = [
   "ferry_uffd_place_async",
   "ferry_close", // the destination's userfaultfd, closed at the first message after RAM
   "ferry_tgkill", // the source's switch-over pause kicks its vCPUs
+  "ferry_pipe", // a unix source's pages go by reference (splice.ts)
+  "ferry_splice_out_async",
 ];
 
 let warmed = false;
