@@ -179,6 +179,15 @@ export interface MigrationCapabilities {
    * @default {false}
    */
   multifd?: boolean;
+  /**
+   * Source, `unix:` only: a paused guest's pages go into the socket by reference (vmsplice and
+   * splice: splice.ts) instead of being copied into it, so the source neither copies them nor
+   * makes the kernel allocate socket buffer pages. Off by default, as in QEMU: it pays off when
+   * the destination's RAM is already backed (`-mem-prealloc`); a destination that lands the pages
+   * in fresh memory spent more CPU on them here (docs/migration-performance.md, "Pages by
+   * reference"). Over `tcp:` ferry copies either way (no faster on loopback). @default {false}
+   */
+  "zero-copy-send"?: boolean;
 }
 
 /** The default capabilities. */
@@ -187,6 +196,7 @@ export const DEFAULT_MIGRATION_CAPABILITIES: Readonly<MigrationCapabilities> = O
   "postcopy-ram": false,
   "postcopy-blocktime": false,
   multifd: false,
+  "zero-copy-send": false,
 });
 
 /** One entry of `migrate-set-capabilities` / `query-migrate-capabilities`. */

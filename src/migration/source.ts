@@ -473,6 +473,7 @@ class OutgoingMigration {
           connectMigration(target, {
             timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
             signal,
+            byReference: this.#capabilities["zero-copy-send"] === true,
             ...(this.#options.tls ? { tls: this.#options.tls } : {}),
           }),
       );

@@ -16,7 +16,7 @@ async function withUnixMigration(
   const listener = new MigrationListener(target);
   try {
     const accepting = listener.acceptOne();
-    const source = await connectMigration(target);
+    const source = await connectMigration(target, { byReference: true });
     const destination = await accepting;
     try {
       await body(source, destination);

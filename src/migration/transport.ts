@@ -119,7 +119,7 @@ export const CONNECT_TIMEOUT_MS = 10_000;
  */
 export async function connectMigration(
   target: SocketMigrationUri,
-  options: { timeoutMs?: number; signal?: AbortSignal; tls?: MigrationTls } = {},
+  options: { timeoutMs?: number; signal?: AbortSignal; tls?: MigrationTls; byReference?: boolean } = {},
 ): Promise<Deno.Conn> {
   const tls = options.tls;
   const before = target.kind === "unix" ? socketFds() : undefined;
@@ -148,11 +148,12 @@ export async function connectMigration(
     const conn = await Promise.race([connecting, guard]);
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
     if (before) {
-      // A unix source gets a larger send buffer and sends a paused guest's pages by reference
-      // (over loopback TCP, splicing measured no faster: docs/migration-performance.md).
+      // A unix source gets a larger send buffer and, with `byReference` (capability
+      // zero-copy-send), sends a paused guest's pages by reference (over loopback TCP splicing
+      // measured no faster: docs/migration-performance.md, "Pages by reference").
       const fd = findConnectedUnix(before);
       enlargeSendBuffer(fd);
-      if (fd !== undefined && conn instanceof PlainConn) conn.sendByReference(fd);
+      if (fd !== undefined && options.byReference && conn instanceof PlainConn) conn.sendByReference(fd);
     }
     return conn;
   } catch (e) {
