@@ -1,6 +1,7 @@
 /**
  * `deno task bench migrate [--runs N] [--scenario idle,dirty,filled] [--rate PAGES_PER_S]
- * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--multifd 0,2,4] [--prealloc on] [--only WORDS]`:
+ * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--multifd 0,2,4] [--prealloc on] [--zero-copy-send on]
+ * [--only WORDS]`:
  * live migration, ferry beside QEMU, on the same probe guest, sizes and parameters, on this host.
  *
  * Filled (issue 9): a 512 MiB and a 2 GiB guest whose work area (all RAM above 16 MiB but 16 MiB,
@@ -13,6 +14,9 @@
  * row once per channel count, capability `multifd` with `multifd-channels` N on both sides of both
  * VMMs (0 = off; ids end in `-mfdN`); those destinations start with `-incoming defer`.
  * `--prealloc on`: both VMMs' destinations start with `-mem-prealloc` (RAM backed before `migrate`).
+ * `--zero-copy-send on`: ferry's source sets capability `zero-copy-send` (a paused guest's pages go into
+ * a unix socket by reference; ids end in `-zc`). QEMU's capability of that name needs multifd and
+ * `MSG_ZEROCOPY`, which its unix sockets lack (and loopback tcp copies anyway): QEMU runs without it.
  *
  * Profiling: `BENCH_PERF=PREFIX` records `perf record -g` of both processes over each migration
  * into `PREFIX.ferry` / `PREFIX.qemu`; `BENCH_CPU_PROF=DIR` runs ferry with `--cpu-prof` (V8
@@ -89,6 +93,8 @@ export interface MigrateOptions {
   fillRate: number;
   /** Destinations of both VMMs start with `-mem-prealloc`. */
   prealloc: boolean;
+  /** ferry's source sets capability `zero-copy-send`. */
+  zeroCopySend: boolean;
   /** filled: multifd channel counts to run (0 = capability off). */
   multifd: number[];
   /** Which workloads to run (`--scenario idle,dirty,filled`). */
@@ -109,6 +115,8 @@ interface Scenario {
   paused?: boolean;
   /** The destination starts with `-mem-prealloc`. */
   prealloc?: boolean;
+  /** ferry's source sets capability `zero-copy-send` (QEMU runs without it). */
+  zeroCopySend?: boolean;
   /** Capability `multifd` with this many channels on both sides; 0/absent = off. */
   multifd?: number;
 }
@@ -165,6 +173,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     fillRate: DEFAULT_FILL_RATE,
     multifd: [0, 2],
     prealloc: false,
+    zeroCopySend: false,
     workloads: ["idle", "dirty", "filled"],
     qemu: qemuBinary(),
   };
@@ -176,6 +185,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     else if (k === "qemu") o.qemu = v === "none" ? undefined : v;
     else if (k === "fill-rate") o.fillRate = Number.parseInt(v, 10);
     else if (k === "prealloc") o.prealloc = !["false", "off", "0"].includes(v);
+    else if (k === "zero-copy-send") o.zeroCopySend = !["false", "off", "0"].includes(v);
     else if (k === "multifd") {
       o.multifd = v.split(",").map((x) => Number.parseInt(x, 10));
       if (o.multifd.some((n) => !(n >= 0 && n <= 255))) {
@@ -192,7 +202,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     } else {
       throw new Error(
         `Cannot use option '--${k}' with migrate: choose from --runs, --rate, --bandwidth, --only, ` +
-          "--scenario, --fill-rate, --multifd, --prealloc, --qemu",
+          "--scenario, --fill-rate, --multifd, --prealloc, --zero-copy-send, --qemu",
       );
     }
   }
@@ -223,9 +233,10 @@ function scenarios(o: MigrateOptions): Scenario[] {
             s.push({
               id: `filled-${name}-${paused ? "paused" : "running"}-${transport}${
                 multifd ? `-mfd${multifd}` : ""
-              }`,
+              }${o.zeroCopySend ? "-zc" : ""}`,
               multifd,
               prealloc: o.prealloc,
+              zeroCopySend: o.zeroCopySend,
               workload: "filled",
               memMiB,
               append: `mode=fill mib=${memMiB - 32} rate=${paused ? 0 : o.fillRate} ${GUEST_COMMON}`,
@@ -340,6 +351,11 @@ async function migrateOnce(vmm: Vmm, sc: Scenario, qemu: string | undefined, seq
       await dq.call("migrate-incoming", { uri });
     }
 
+    if (vmm === "ferry" && sc.zeroCopySend) {
+      await sq.call("migrate-set-capabilities", {
+        capabilities: [{ capability: "zero-copy-send", state: true }],
+      });
+    }
     await src.waitLine(/PROBE READY/, 30000);
     if (sc.workload === "filled") {
       await src.waitLine(/PROBE FILLED/, FILL_TIMEOUT_MS);
@@ -621,6 +637,13 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
         (o.rate * PAGE / MIB).toFixed(0)
       } MiB/s; QEMU zero-page detection is on (its default)`,
   );
+  if (o.prealloc) out("  --prealloc on: both VMMs' destinations start with -mem-prealloc");
+  if (o.zeroCopySend) {
+    out(
+      "  --zero-copy-send on: ferry's source sends a paused guest's pages by reference over unix; " +
+        "QEMU 7.2's zero-copy-send needs multifd and MSG_ZEROCOPY (tcp only): QEMU runs without it",
+    );
+  }
   if (!qemu) {
     out(
       "  qemu   not used (not installed: apt-get install qemu-system-x86; or --qemu none): " +
