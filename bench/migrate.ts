@@ -1,6 +1,6 @@
 /**
  * `deno task bench migrate [--runs N] [--scenario idle,dirty,filled] [--rate PAGES_PER_S]
- * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--multifd 0,2,4] [--prealloc on] [--zero-copy-send on]
+ * [--fill-rate PAGES_PER_S] [--bandwidth 1G,128M] [--multifd 0,2,4] [--prealloc on] [--zero-copy-send off]
  * [--only WORDS]`:
  * live migration, ferry beside QEMU, on the same probe guest, sizes and parameters, on this host.
  *
@@ -14,9 +14,9 @@
  * row once per channel count, capability `multifd` with `multifd-channels` N on both sides of both
  * VMMs (0 = off; ids end in `-mfdN`); those destinations start with `-incoming defer`.
  * `--prealloc on`: both VMMs' destinations start with `-mem-prealloc` (RAM backed before `migrate`).
- * `--zero-copy-send on`: ferry's source sets capability `zero-copy-send` (a paused guest's pages go into
- * a unix socket by reference; ids end in `-zc`). QEMU's capability of that name needs multifd and
- * `MSG_ZEROCOPY`, which its unix sockets lack (and loopback tcp copies anyway): QEMU runs without it.
+ * Capability `zero-copy-send` (a paused guest's pages go into a unix socket by reference) is on by default
+ * in ferry; `--zero-copy-send off` turns it off on ferry's source (ids end in `-nozc`). QEMU's capability
+ * of that name needs multifd and `MSG_ZEROCOPY`, which its unix sockets lack: QEMU runs without it.
  *
  * Profiling: `BENCH_PERF=PREFIX` records `perf record -g` of both processes over each migration
  * into `PREFIX.ferry` / `PREFIX.qemu`; `BENCH_CPU_PROF=DIR` runs ferry with `--cpu-prof` (V8
@@ -93,8 +93,8 @@ export interface MigrateOptions {
   fillRate: number;
   /** Destinations of both VMMs start with `-mem-prealloc`. */
   prealloc: boolean;
-  /** ferry's source sets capability `zero-copy-send`. */
-  zeroCopySend: boolean;
+  /** ferry's source turns capability `zero-copy-send` (on by default) off. */
+  noZeroCopySend: boolean;
   /** filled: multifd channel counts to run (0 = capability off). */
   multifd: number[];
   /** Which workloads to run (`--scenario idle,dirty,filled`). */
@@ -115,8 +115,8 @@ interface Scenario {
   paused?: boolean;
   /** The destination starts with `-mem-prealloc`. */
   prealloc?: boolean;
-  /** ferry's source sets capability `zero-copy-send` (QEMU runs without it). */
-  zeroCopySend?: boolean;
+  /** ferry's source turns capability `zero-copy-send` off. */
+  noZeroCopySend?: boolean;
   /** Capability `multifd` with this many channels on both sides; 0/absent = off. */
   multifd?: number;
 }
@@ -173,7 +173,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     fillRate: DEFAULT_FILL_RATE,
     multifd: [0, 2],
     prealloc: false,
-    zeroCopySend: false,
+    noZeroCopySend: false,
     workloads: ["idle", "dirty", "filled"],
     qemu: qemuBinary(),
   };
@@ -185,7 +185,7 @@ export function migrateOptions(flags: Record<string, string>): MigrateOptions {
     else if (k === "qemu") o.qemu = v === "none" ? undefined : v;
     else if (k === "fill-rate") o.fillRate = Number.parseInt(v, 10);
     else if (k === "prealloc") o.prealloc = !["false", "off", "0"].includes(v);
-    else if (k === "zero-copy-send") o.zeroCopySend = !["false", "off", "0"].includes(v);
+    else if (k === "zero-copy-send") o.noZeroCopySend = ["false", "off", "0"].includes(v);
     else if (k === "multifd") {
       o.multifd = v.split(",").map((x) => Number.parseInt(x, 10));
       if (o.multifd.some((n) => !(n >= 0 && n <= 255))) {
@@ -233,10 +233,10 @@ function scenarios(o: MigrateOptions): Scenario[] {
             s.push({
               id: `filled-${name}-${paused ? "paused" : "running"}-${transport}${
                 multifd ? `-mfd${multifd}` : ""
-              }${o.zeroCopySend ? "-zc" : ""}`,
+              }${o.noZeroCopySend ? "-nozc" : ""}`,
               multifd,
               prealloc: o.prealloc,
-              zeroCopySend: o.zeroCopySend,
+              noZeroCopySend: o.noZeroCopySend,
               workload: "filled",
               memMiB,
               append: `mode=fill mib=${memMiB - 32} rate=${paused ? 0 : o.fillRate} ${GUEST_COMMON}`,
@@ -351,9 +351,9 @@ async function migrateOnce(vmm: Vmm, sc: Scenario, qemu: string | undefined, seq
       await dq.call("migrate-incoming", { uri });
     }
 
-    if (vmm === "ferry" && sc.zeroCopySend) {
+    if (vmm === "ferry" && sc.noZeroCopySend) {
       await sq.call("migrate-set-capabilities", {
-        capabilities: [{ capability: "zero-copy-send", state: true }],
+        capabilities: [{ capability: "zero-copy-send", state: false }],
       });
     }
     await src.waitLine(/PROBE READY/, 30000);
@@ -638,12 +638,10 @@ export async function benchMigrate(o: MigrateOptions): Promise<Record<string, st
       } MiB/s; QEMU zero-page detection is on (its default)`,
   );
   if (o.prealloc) out("  --prealloc on: both VMMs' destinations start with -mem-prealloc");
-  if (o.zeroCopySend) {
-    out(
-      "  --zero-copy-send on: ferry's source sends a paused guest's pages by reference over unix; " +
-        "QEMU 7.2's zero-copy-send needs multifd and MSG_ZEROCOPY (tcp only): QEMU runs without it",
-    );
-  }
+  out(
+    `  ferry's zero-copy-send ${o.noZeroCopySend ? "off" : "on (its default)"}: a paused guest's pages ` +
+      "go into a unix socket by reference; QEMU 7.2's needs multifd and MSG_ZEROCOPY (tcp only), not used",
+  );
   if (!qemu) {
     out(
       "  qemu   not used (not installed: apt-get install qemu-system-x86; or --qemu none): " +

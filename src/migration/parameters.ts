@@ -182,10 +182,10 @@ export interface MigrationCapabilities {
   /**
    * Source, `unix:` only: a paused guest's pages go into the socket by reference (vmsplice and
    * splice: splice.ts) instead of being copied into it, so the source neither copies them nor
-   * makes the kernel allocate socket buffer pages. Off by default, as in QEMU: it pays off when
-   * the destination's RAM is already backed (`-mem-prealloc`); a destination that lands the pages
-   * in fresh memory spent more CPU on them here (docs/migration-performance.md, "Pages by
-   * reference"). Over `tcp:` ferry copies either way (no faster on loopback). @default {false}
+   * makes the kernel allocate socket buffer pages for them. On by default in ferry (QEMU: off, and
+   * there it needs multifd and `MSG_ZEROCOPY`): measured faster with and without `-mem-prealloc`
+   * on the destination (docs/migration-performance.md, "Pages by reference"). Over `tcp:` ferry
+   * copies either way (no faster on loopback). @default {true}
    */
   "zero-copy-send"?: boolean;
 }
@@ -196,7 +196,7 @@ export const DEFAULT_MIGRATION_CAPABILITIES: Readonly<MigrationCapabilities> = O
   "postcopy-ram": false,
   "postcopy-blocktime": false,
   multifd: false,
-  "zero-copy-send": false,
+  "zero-copy-send": true,
 });
 
 /** One entry of `migrate-set-capabilities` / `query-migrate-capabilities`. */

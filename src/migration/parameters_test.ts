@@ -52,7 +52,7 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
     "postcopy-ram": false,
     "postcopy-blocktime": false,
     multifd: false,
-    "zero-copy-send": false,
+    "zero-copy-send": true,
   });
   assert.equal(updateMigrationCapabilities(c, [{ capability: "multifd", state: true }]).multifd, true);
   assert.throws(
@@ -72,6 +72,6 @@ Deno.test("updateMigrationCapabilities applies known capabilities all or nothing
     { capability: "postcopy-ram", state: false },
     { capability: "postcopy-blocktime", state: false },
     { capability: "multifd", state: false },
-    { capability: "zero-copy-send", state: false },
+    { capability: "zero-copy-send", state: true },
   ]);
 });

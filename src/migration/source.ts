@@ -473,7 +473,7 @@ class OutgoingMigration {
           connectMigration(target, {
             timeoutMs: this.#options.connectTimeoutMs ?? 10_000,
             signal,
-            byReference: this.#capabilities["zero-copy-send"] === true,
+            byReference: this.#capabilities["zero-copy-send"] !== false,
             ...(this.#options.tls ? { tls: this.#options.tls } : {}),
           }),
       );

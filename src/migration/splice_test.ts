@@ -183,3 +183,20 @@ Deno.test("MessageWriter moves every page it handed over by reference into the s
   assert.deepEqual(wire, [`copy ${HEADER_BYTES + 1}`, `ref ${PAGE}`, `ref ${PAGE}`, `copy ${HEADER_BYTES}`]);
   assert.equal(queued, 0);
 });
+
+Deno.test("a unix source connection copies unless asked to send by reference (capability zero-copy-send off)", async () => {
+  const dir = Deno.makeTempDirSync();
+  const target = parseMigrationUri(`unix:${dir}/m.sock`) as SocketMigrationUri;
+  const listener = new MigrationListener(target);
+  try {
+    const accepting = listener.acceptOne();
+    const source = await connectMigration(target);
+    const destination = await accepting;
+    assert.equal(new StallGuard(source, { peer: "destination" }).byReference, undefined);
+    source.close();
+    destination.close();
+  } finally {
+    listener.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
