@@ -23,13 +23,8 @@ comptime {
     _ = @import("sha256.zig"); // the kernel image digest (configuration check)
 }
 
-inline fn ret(r: usize) isize {
-    return @bitCast(r);
-}
-
-inline fn ufd(fd: c_int) usize {
-    return @bitCast(@as(isize, fd));
-}
+const ret = @import("sys.zig").ret;
+const ufd = @import("sys.zig").ufd;
 
 // ---- files and ioctls -------------------------------------------------------------------------
 

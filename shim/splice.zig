@@ -6,13 +6,8 @@
 const std = @import("std");
 const linux = std.os.linux;
 
-inline fn ret(r: usize) isize {
-    return @bitCast(r);
-}
-
-inline fn ufd(fd: c_int) usize {
-    return @bitCast(@as(isize, fd));
-}
+const ret = @import("sys.zig").ret;
+const ufd = @import("sys.zig").ufd;
 
 const F_SETPIPE_SZ = 1031;
 const F_GETPIPE_SZ = 1032;

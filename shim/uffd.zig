@@ -9,13 +9,8 @@ const c = @cImport({
     @cInclude("poll.h");
 });
 
-inline fn ret(r: usize) isize {
-    return @bitCast(r);
-}
-
-inline fn ufd(fd: c_int) usize {
-    return @bitCast(@as(isize, fd));
-}
+const ret = @import("sys.zig").ret;
+const ufd = @import("sys.zig").ufd;
 
 // linux/userfaultfd.h's ioctl numbers (its _IOWR/_IOR macros do not translate): type 0xAA.
 const UFFDIO = 0xAA;

@@ -5,9 +5,7 @@
 const std = @import("std");
 const linux = std.os.linux;
 
-inline fn ret(r: usize) isize {
-    return @bitCast(r);
-}
+const ret = @import("sys.zig").ret;
 
 /// io_uring_setup(2): `params` is the caller's `struct io_uring_params` (120 bytes), filled in by
 /// the kernel with the ring offsets. Returns the ring fd.

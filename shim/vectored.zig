@@ -4,13 +4,8 @@
 const std = @import("std");
 const linux = std.os.linux;
 
-inline fn ret(r: usize) isize {
-    return @bitCast(r);
-}
-
-inline fn ufd(fd: c_int) usize {
-    return @bitCast(@as(isize, fd));
-}
+const ret = @import("sys.zig").ret;
+const ufd = @import("sys.zig").ufd;
 
 /// readv(2).
 export fn ferry_readv(fd: c_int, iov: [*]const u8, iovcnt: c_int) isize {
