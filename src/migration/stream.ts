@@ -677,9 +677,7 @@ export class MessageWriter {
       const written = this.#writeTail.then(async () => {
         for (let k = 0; k < out.length; k++) {
           if (this.#error !== undefined) throw this.#error;
-          const b = out[k]!;
-          if (ref && k > 0) { for (let off = 0; off < b.length;) off += await ref.write(b.subarray(off)); }
-          else await writeAll(this.#sink, b);
+          await writeAll(ref && k > 0 ? ref : this.#sink, out[k]!);
         }
         while (ref && ref.queued > 0) await ref.write(NOTHING);
       }).catch((e) => {
