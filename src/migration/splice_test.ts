@@ -7,16 +7,20 @@ import type { SocketMigrationUri } from "./uri.ts";
 const PAGE = 4096;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A unix migration connection as the source makes it (connectMigration), and the accepted end. */
+/**
+ * A unix migration connection as the source makes it (connectMigration, by reference unless told
+ * otherwise), and the accepted end.
+ */
 async function withUnixMigration(
   body: (source: Deno.Conn, destination: Deno.Conn) => Promise<void>,
+  byReference = true,
 ): Promise<void> {
   const dir = Deno.makeTempDirSync();
   const target = parseMigrationUri(`unix:${dir}/m.sock`) as SocketMigrationUri;
   const listener = new MigrationListener(target);
   try {
     const accepting = listener.acceptOne();
-    const source = await connectMigration(target, { byReference: true });
+    const source = await connectMigration(target, { byReference });
     const destination = await accepting;
     try {
       await body(source, destination);
@@ -184,19 +188,8 @@ Deno.test("MessageWriter moves every page it handed over by reference into the s
   assert.equal(queued, 0);
 });
 
-Deno.test("a unix source connection copies unless asked to send by reference (capability zero-copy-send off)", async () => {
-  const dir = Deno.makeTempDirSync();
-  const target = parseMigrationUri(`unix:${dir}/m.sock`) as SocketMigrationUri;
-  const listener = new MigrationListener(target);
-  try {
-    const accepting = listener.acceptOne();
-    const source = await connectMigration(target);
-    const destination = await accepting;
+Deno.test("a unix source connection copies unless asked to send by reference (capability zero-copy-send off)", () =>
+  withUnixMigration((source) => {
     assert.equal(new StallGuard(source, { peer: "destination" }).byReference, undefined);
-    source.close();
-    destination.close();
-  } finally {
-    listener.close();
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+    return Promise.resolve();
+  }, false));
